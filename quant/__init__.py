@@ -1,0 +1,1 @@
+"""Mixed-quantization GGUF for diffusion transformers: the method, without ComfyUI."""

@@ -1,0 +1,50 @@
+"""Writes that either complete or leave nothing: a temp file beside the target, then rename."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def check_target(path: Path, overwrite: bool = False) -> None:
+    """Refuse a target whose folder is missing, or that exists (unless ``overwrite``)."""
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another name or allow overwriting")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temp path in the target's folder; on success rename it to ``path``.
+
+    On any error (or interrupt) the temp file is removed and the target is untouched.
+    """
+    path = Path(path)
+    check_target(path, overwrite)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)  # mkstemp makes it 0600; the result should be an ordinary file
+    try:
+        yield tmp
+        if overwrite:
+            os.replace(tmp, path)
+        else:  # link fails if the target appeared meanwhile: never clobbers
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileExistsError(f"{path} appeared while writing; not overwriting it") from None
+            tmp.unlink()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str, overwrite: bool = True) -> None:
+    with atomic_output(path, overwrite) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -1,0 +1,77 @@
+"""What every codec shares: the gguf-py type table and ggml's float32 idioms in torch.
+
+A codec works on blocks: ``quantize_blocks`` takes float32 ``(n, block_size)`` and returns
+uint8 ``(n, type_size)`` laid out exactly as ggml writes one block; ``dequantize_blocks``
+is its inverse. Vectorised across blocks; within a block, sums run left to right in
+float32 as ggml's C loops do, because a tree-ordered sum changes the last bit and so,
+through rounding, the bytes.
+"""
+from __future__ import annotations
+
+import gguf
+import torch
+
+QType = gguf.GGMLQuantizationType
+
+
+class Codec:
+    """One GGUF tensor type. Subclasses set ``qtype`` and implement the two block maps."""
+
+    qtype: QType
+    # True where ggml has a separate importance-weighted path (quantize_*_impl).
+    supports_imatrix: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.qtype.name
+
+    @property
+    def block_size(self) -> int:
+        return gguf.GGML_QUANT_SIZES[self.qtype][0]
+
+    @property
+    def type_size(self) -> int:
+        return gguf.GGML_QUANT_SIZES[self.qtype][1]
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.type_size / self.block_size
+
+    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def nearest_int(x: torch.Tensor) -> torch.Tensor:
+    """ggml's nearest_int: float32 round-half-to-even (the 1.5*2^23 trick), as int32."""
+    return torch.round(x).to(torch.int32)
+
+
+def fp16_round(x: torch.Tensor) -> torch.Tensor:
+    """Round float32 through fp16 and back, as ggml does when it stores a scale."""
+    return x.to(torch.float16).to(torch.float32)
+
+
+def seq_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum the last dimension left to right in float32, like a C ``for`` loop."""
+    acc = x[..., 0].clone()
+    for j in range(1, x.shape[-1]):
+        acc = acc + x[..., j]
+    return acc
+
+
+def fp16_bytes(x: torch.Tensor) -> torch.Tensor:
+    """float32 ``(n,)`` or ``(n, k)`` -> little-endian fp16 bytes ``(n, 2k)``."""
+    return x.to(torch.float16).reshape(x.shape[0], -1).contiguous().view(torch.uint8)
+
+
+def fp16_from_bytes(b: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(n, 2k)`` -> float32 ``(n, k)``."""
+    return b.contiguous().view(torch.float16).to(torch.float32)
+
+
+def pack_nibbles(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Two tensors of 4-bit values -> bytes ``lo | hi << 4``."""
+    return (lo.to(torch.uint8) | (hi.to(torch.uint8) << 4)).to(torch.uint8)

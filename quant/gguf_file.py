@@ -1,0 +1,223 @@
+"""Stream a checkpoint into a GGUF file, one tensor at a time, atomically, and read it back.
+
+The header (names, shapes, types, offsets) follows from the plan before any data, so each
+tensor is read (mmap), quantized and written, then dropped: memory holds one tensor and
+its bytes, never the model. The file is written under a temp name beside the target,
+read back and checked, and only then renamed into place.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+
+from . import codecs
+from .arch import GGUF_ARCH, FluxArch
+from .atomic import atomic_output
+from .recipe import Recipe, TensorPlan, average_bpw
+
+PACK_KEY = "mxgguf"  # our metadata namespace
+PACK_VERSION = "0.1.0"
+ProgressFn = Callable[[int, int, str], None]  # (params done, params total, tensor key)
+
+
+class CheckpointError(ValueError):
+    """A source checkpoint that cannot be read: corrupt, truncated or holding bad values."""
+
+
+class GGUFWriteError(OSError):
+    """Writing the GGUF failed; nothing was left at the target."""
+
+
+@dataclass
+class Source:
+    """A checkpoint whose tensors are read on demand."""
+
+    name: str
+    shapes: dict[str, tuple[int, ...]]
+    read: Callable[[str], torch.Tensor]
+    sha256: str | None = None
+
+
+@contextlib.contextmanager
+def open_safetensors(path: str | os.PathLike[str], hash_file: bool = True) -> Iterator[Source]:
+    """A lazily read (mmap) safetensors file; refuses corrupt or truncated files up front."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path.name} is not a readable safetensors file (corrupt or truncated?): {e}") from None
+    with handle as f:
+        try:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except SafetensorError as e:
+            raise CheckpointError(f"{path.name}: bad tensor header: {e}") from None
+
+        def read(key: str) -> torch.Tensor:
+            try:
+                return f.get_tensor(key)
+            except SafetensorError as e:
+                raise CheckpointError(f"{path.name}: cannot read {key}: {e}") from None
+
+        yield Source(path.name, shapes, read, file_sha256(path) if hash_file else None)
+
+
+def state_dict_source(state_dict: Mapping[str, torch.Tensor], name: str) -> Source:
+    """A checkpoint already in memory (e.g. a ComfyUI model's weights)."""
+    return Source(name, {k: tuple(v.shape) for k, v in state_dict.items()}, state_dict.__getitem__)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_type(plan: Sequence[TensorPlan]) -> int:
+    """general.file_type for the type holding most parameters (a mixed file has no code of its own)."""
+    params: Counter[str] = Counter()
+    for t in plan:
+        params[t.qtype] += t.numel
+    dominant = params.most_common(1)[0][0]
+    name = {"F32": "ALL_F32", "Q3_K": "MOSTLY_Q3_K_S", "Q4_K": "MOSTLY_Q4_K_S",
+            "Q5_K": "MOSTLY_Q5_K_S"}.get(dominant, f"MOSTLY_{dominant}")
+    return int(gguf.LlamaFileType[name])
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    path: Path
+    size_bytes: int
+    bpw: float
+    n_tensors: int
+
+
+def write_gguf(source: Source, arch: FluxArch, recipe: Recipe, plan: Sequence[TensorPlan],
+               out_path: str | os.PathLike[str], *, overwrite: bool = False,
+               progress: ProgressFn | None = None, device: torch.device | str | None = None,
+               extra_metadata: Mapping[str, str] | None = None) -> WriteResult:
+    """Quantize ``source`` per ``plan`` into ``out_path``; return what was written.
+
+    ``progress`` is called after each tensor and may raise to cancel; an exception at any
+    point leaves no file behind. ``device`` runs the codecs there (default: CPU).
+    """
+    out_path = Path(out_path)
+    bpw = average_bpw(plan)
+    total = sum(t.numel for t in plan)
+    done = 0
+    with atomic_output(out_path, overwrite) as tmp:
+        writer = gguf.GGUFWriter(tmp, GGUF_ARCH)
+        writer.add_name(Path(source.name).stem)
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        writer.add_file_type(_file_type(plan))
+        writer.add_string(f"{PACK_KEY}.version", PACK_VERSION)
+        writer.add_string(f"{PACK_KEY}.recipe", _recipe_text(recipe))
+        writer.add_float32(f"{PACK_KEY}.bpw", bpw)
+        writer.add_string(f"{PACK_KEY}.source.name", source.name)
+        if source.sha256:
+            writer.add_string(f"{PACK_KEY}.source.sha256", source.sha256)
+        for k, v in (extra_metadata or {}).items():
+            writer.add_string(f"{PACK_KEY}.{k}", v)
+        for t in plan:
+            writer.add_tensor_info(t.key, t.shape, np.dtype(np.float32), t.nbytes,
+                                   raw_dtype=gguf.GGMLQuantizationType[t.qtype])
+        try:
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for t in plan:
+                writer.write_tensor_data(_encode(source, t, device))
+                done += t.numel
+                if progress:
+                    progress(done, total, t.key)
+        except OSError as e:
+            raise GGUFWriteError(e.errno, f"writing {out_path.name} failed after {done / total:.0%} "
+                                          f"of the parameters: {e.strerror or e}; nothing was written") from e
+        finally:
+            writer.close()
+        verify_gguf(tmp, plan)
+    return WriteResult(out_path, out_path.stat().st_size, bpw, len(plan))
+
+
+def _encode(source: Source, t: TensorPlan, device: torch.device | str | None) -> np.ndarray:
+    x = source.read(t.source_key)
+    if tuple(x.shape) != t.shape:
+        raise CheckpointError(f"{t.source_key} has shape {tuple(x.shape)}, the header says {t.shape}")
+    x = x.to(device=device or "cpu", dtype=torch.float32)
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise CheckpointError(f"{t.source_key} holds {bad} NaN/Inf values; refusing to quantize a broken weight")
+    row = x.reshape(-1, t.shape[-1]) if x.dim() else x.reshape(1, 1)
+    return codecs.quantize(row, t.qtype).cpu().numpy().reshape(-1)
+
+
+def _recipe_text(recipe: Recipe) -> str:
+    import yaml
+
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+
+
+def verify_gguf(path: str | os.PathLike[str], plan: Sequence[TensorPlan]) -> None:
+    """Read the file back: every planned tensor present with its name, type and shape."""
+    reader = gguf.GGUFReader(path)
+    found = {t.name: t for t in reader.tensors}
+    problems = []
+    for t in plan:
+        r = found.pop(t.key, None)
+        if r is None:
+            problems.append(f"{t.key} missing")
+        elif r.tensor_type.name != t.qtype or tuple(int(v) for v in reversed(r.shape)) != t.shape:
+            problems.append(f"{t.key}: {r.tensor_type.name} {tuple(reversed(r.shape))}, planned {t.qtype} {t.shape}")
+    problems += [f"{k} not planned" for k in found]
+    if problems:
+        raise GGUFWriteError(f"read-back of {Path(path).name} failed: " + "; ".join(problems[:5]))
+
+
+def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a GGUF holds: types per block, size, bits per parameter, our metadata."""
+    from .arch import detect
+
+    reader = gguf.GGUFReader(path)
+    shapes = {t.name: tuple(int(v) for v in reversed(t.shape)) for t in reader.tensors}
+    arch = detect(shapes)
+    per_block: list[Counter[str]] = [Counter() for _ in range(arch.n_blocks)]
+    type_params: Counter[str] = Counter()
+    data_bytes = params = 0
+    for t in reader.tensors:
+        n = int(t.n_elements)
+        params += n
+        data_bytes += int(t.n_bytes)
+        type_params[t.tensor_type.name] += n
+        block = arch.block_of(t.name)
+        if block is not None and len(t.shape) == 2:
+            per_block[block][t.tensor_type.name] += n
+    meta = {}
+    for field in reader.fields.values():
+        if field.name.startswith(f"{PACK_KEY}.") or field.name.startswith("general."):
+            meta[field.name] = field.contents()
+    return {
+        "file": Path(path).name,
+        "size_bytes": Path(path).stat().st_size,
+        "arch": arch.describe(),
+        "n_tensors": len(reader.tensors),
+        "params": params,
+        "bpw": 8 * data_bytes / params,
+        "blocks": ["+".join(sorted(c)) if c else "-" for c in per_block],
+        "type_params": dict(type_params),
+        "metadata": meta,
+    }

@@ -1,0 +1,196 @@
+"""Recipes: one GGUF type per block, and what that means for every tensor of a model.
+
+A recipe is data (YAML, see ``recipes/README.md``). Applied to a checkpoint it gives a
+*plan*: the output type of every tensor, under the fixed policy of ``quant.arch`` (only
+block weights follow the recipe; everything else stays F32). From the plan come the exact
+average bits per parameter over the whole file and the file name ``<model>_mxN_N.gguf``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import codecs
+from .arch import FluxArch
+from .atomic import atomic_write_text
+
+RECIPE_FORMAT = "mxgguf-recipe/1"
+# Where a row does not fill the type's blocks, take the type llama.cpp falls back to.
+_FALLBACK = {"Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL", "IQ4_XS": "IQ4_NL", "Q4_K": "Q5_0",
+             "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+_RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be read, or does not fit the model."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A GGUF type name for each block index (0 .. n_blocks-1)."""
+
+    types: tuple[str, ...]
+    depth_double: int
+    depth_single: int
+    name: str = ""
+    notes: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.types) != self.depth_double + self.depth_single:
+            raise RecipeError(f"recipe has {len(self.types)} block types for "
+                              f"{self.depth_double} + {self.depth_single} blocks")
+        for block, t in enumerate(self.types):
+            if t not in codecs.TYPE_NAMES:
+                raise RecipeError(f"block {block}: unknown type {t!r}; known: {', '.join(codecs.TYPE_NAMES)}")
+
+    @classmethod
+    def uniform(cls, arch: FluxArch, qtype: str) -> Recipe:
+        qtype = codecs.get_codec(qtype).name
+        return cls((qtype,) * arch.n_blocks, arch.depth_double, arch.depth_single, name=f"uniform {qtype}")
+
+    def check_fits(self, arch: FluxArch) -> None:
+        if (self.depth_double, self.depth_single) != (arch.depth_double, arch.depth_single):
+            raise RecipeError(
+                f"recipe {self.name or ''!s} is for {self.depth_double} double + {self.depth_single} single "
+                f"blocks, the model has {arch.depth_double} + {arch.depth_single}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"format": RECIPE_FORMAT, "arch": "flux", "name": self.name,
+                             "depth": {"double": self.depth_double, "single": self.depth_single},
+                             "blocks": list(self.types)}
+        if self.notes:
+            d["notes"] = dict(self.notes)
+        return d
+
+
+def parse_blocks(spec: str, n_blocks: int) -> list[int]:
+    """``"0-2, 4"`` -> [0, 1, 2, 4] (the original converter's ``layers`` syntax)."""
+    blocks: list[int] = []
+    for part in str(spec).split(","):
+        m = _RANGE.match(part)
+        if m is None:
+            raise RecipeError(f"bad block range {part.strip()!r} in {spec!r}: use e.g. '0-2, 4'")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo or hi >= n_blocks:
+            raise RecipeError(f"block range {part.strip()!r} is outside 0..{n_blocks - 1}")
+        blocks.extend(range(lo, hi + 1))
+    return blocks
+
+
+def recipe_from_dict(d: Mapping[str, Any]) -> Recipe:
+    """Build a recipe from its YAML mapping (``blocks`` a list, or ranges -> type plus ``default``)."""
+    if not isinstance(d, Mapping):
+        raise RecipeError("a recipe is a YAML mapping with 'depth' and 'blocks'")
+    known = {"format", "arch", "name", "depth", "blocks", "default", "notes"}
+    if unknown := set(d) - known:
+        raise RecipeError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(known)}")
+    if d.get("format", RECIPE_FORMAT) != RECIPE_FORMAT:
+        raise RecipeError(f"recipe format {d['format']!r} is not {RECIPE_FORMAT!r}")
+    if d.get("arch", "flux") != "flux":
+        raise RecipeError(f"recipe is for arch {d['arch']!r}; only 'flux' is supported")
+    depth = d.get("depth")
+    if not isinstance(depth, Mapping) or not {"double", "single"} <= set(depth):
+        raise RecipeError("recipe needs 'depth: {double: D, single: S}'")
+    nd, ns = int(depth["double"]), int(depth["single"])
+    blocks, default = d.get("blocks"), d.get("default")
+    if isinstance(blocks, Sequence) and not isinstance(blocks, str):
+        types = [str(t) for t in blocks]
+    elif isinstance(blocks, Mapping) or blocks is None:
+        slots: list[str | None] = [None if default is None else str(default)] * (nd + ns)
+        for spec, qtype in (blocks or {}).items():
+            for b in parse_blocks(spec, nd + ns):
+                slots[b] = str(qtype)
+        if missing := [b for b, t in enumerate(slots) if t is None]:
+            raise RecipeError(f"blocks {missing} have no type: list them or give a 'default'")
+        types = [t for t in slots if t is not None]
+    else:
+        raise RecipeError("'blocks' must be a list (one type per block) or a mapping of ranges to types")
+    return Recipe(tuple(t.upper() for t in types), nd, ns, str(d.get("name", "")), dict(d.get("notes") or {}))
+
+
+def load_recipe(path: str | os.PathLike[str]) -> Recipe:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    try:
+        return recipe_from_dict(data)
+    except RecipeError as e:
+        raise RecipeError(f"{path}: {e}") from None
+
+
+def save_recipe(recipe: Recipe, path: str | os.PathLike[str]) -> None:
+    text = f"# {recipe.name or 'mx GGUF recipe'}: one GGUF type per block (see recipes/README.md)\n"
+    text += yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+    atomic_write_text(Path(path), text)
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """How one source tensor is written."""
+
+    key: str  # name in the GGUF (prefix stripped)
+    source_key: str  # name in the source checkpoint
+    shape: tuple[int, ...]
+    qtype: str
+    block: int | None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel // codecs.get_codec(self.qtype).block_size * codecs.get_codec(self.qtype).type_size
+
+
+def tensor_type(qtype: str, shape: Sequence[int]) -> str:
+    """``qtype`` if the rows fill its blocks, else llama.cpp's fallback, else F16."""
+    for candidate in (qtype, _FALLBACK.get(qtype, "F16")):
+        if shape[-1] % codecs.get_codec(candidate).block_size == 0:
+            return candidate
+    return "F16"
+
+
+def plan_tensors(arch: FluxArch, shapes: Mapping[str, Sequence[int]], recipe: Recipe) -> list[TensorPlan]:
+    """The output type of every tensor, in source order."""
+    recipe.check_fits(arch)
+    plan = []
+    for source_key, shape in shapes.items():
+        key = arch.strip_prefix(source_key)
+        block = arch.block_of(key)
+        qtype = tensor_type(recipe.types[block], shape) if arch.is_quantizable(key, shape) else "F32"
+        plan.append(TensorPlan(key, source_key, tuple(shape), qtype, block))
+    return plan
+
+
+def average_bpw(plan: Sequence[TensorPlan]) -> float:
+    """Bits per parameter over every tensor in the file."""
+    return 8 * sum(t.nbytes for t in plan) / sum(t.numel for t in plan)
+
+
+def block_params(plan: Sequence[TensorPlan], n_blocks: int) -> list[int]:
+    """Parameters the recipe decides in each block (its 2-D weights)."""
+    counts = [0] * n_blocks
+    for t in plan:
+        if t.block is not None and len(t.shape) == 2:
+            counts[t.block] += t.numel
+    return counts
+
+
+def output_name(model_name: str, bpw: float) -> str:
+    """``flux1-dev.safetensors``, 6.93 -> ``flux1-dev_mx6_9.gguf``."""
+    stem = Path(model_name).name
+    for suffix in (".safetensors", ".gguf", ".sft", ".ckpt", ".pt", ".bin"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return f"{stem}_mx" + f"{bpw:.1f}".replace(".", "_") + ".gguf"

@@ -1,0 +1,69 @@
+"""Every codec against ggml's C quantizers (bytes) and gguf-py's dequantizers (values)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from quant import codecs
+from tests.corpus import ROW_LENGTHS, corpus_rows
+from tests.ggml_reference import ggml_quantize, gguf_dequantize
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+@pytest.mark.parametrize("n", ROW_LENGTHS)
+@pytest.mark.parametrize("qtype", codecs.TYPE_NAMES)
+def test_bytes_equal_ggml(qtype: str, n: int) -> None:
+    for name, rows in corpus_rows(n).items():
+        ours = codecs.quantize(torch.from_numpy(rows), qtype).numpy()
+        ref = ggml_quantize(rows, qtype)
+        if not np.array_equal(ours, ref):
+            bad = np.argwhere((ours != ref).any(axis=1)).ravel()
+            pytest.fail(f"{qtype} n={n} {name}: rows {bad.tolist()} differ from ggml")
+
+
+@pytest.mark.parametrize("qtype", codecs.TYPE_NAMES)
+def test_dequantize_equals_gguf_py(qtype: str) -> None:
+    for name, rows in corpus_rows(3072, seed=1).items():
+        raw = ggml_quantize(rows, qtype)
+        ours = codecs.dequantize(torch.from_numpy(raw), qtype, rows.shape).numpy()
+        ref = gguf_dequantize(raw, qtype)
+        np.testing.assert_array_equal(ours, ref, err_msg=f"{qtype} {name}")
+
+
+@pytest.mark.parametrize("qtype", codecs.TYPE_NAMES)
+def test_chunking_does_not_change_bytes(qtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = torch.from_numpy(corpus_rows(512, seed=2)["gaussian"])
+    whole = codecs.quantize(rows, qtype)
+    monkeypatch.setattr(codecs, "CHUNK_ELEMENTS", 512 * 3)
+    assert torch.equal(codecs.quantize(rows, qtype), whole)
+
+
+@CUDA
+@pytest.mark.parametrize("qtype", codecs.TYPE_NAMES)
+def test_cuda_bytes_equal_cpu(qtype: str) -> None:
+    for name, rows in corpus_rows(3072, seed=3).items():
+        x = torch.from_numpy(rows)
+        cpu = codecs.quantize(x, qtype)
+        gpu = codecs.quantize(x.cuda(), qtype).cpu()
+        assert torch.equal(cpu, gpu), f"{qtype} {name}: CUDA bytes differ"
+        back = codecs.dequantize(gpu.cuda(), qtype, x.shape).cpu()
+        assert torch.equal(back, codecs.dequantize(cpu, qtype, x.shape)), f"{qtype} {name}"
+
+
+def test_unknown_type_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown GGUF type 'Q7_K'"):
+        codecs.get_codec("Q7_K")
+
+
+def test_row_length_must_fill_blocks() -> None:
+    with pytest.raises(ValueError, match="multiple of 256"):
+        codecs.quantize(torch.zeros(2, 320), "Q4_K")
+
+
+def test_bits_per_weight_from_gguf_table() -> None:
+    assert codecs.bits_per_weight("Q8_0") == 8.5
+    assert codecs.bits_per_weight("Q4_K") == 4.5
+    assert codecs.bits_per_weight("IQ4_XS") == 4.25
+    assert codecs.bits_per_weight("BF16") == 16
