@@ -13,7 +13,8 @@ from tqdm import tqdm
 from . import codecs
 from .arch import ArchitectureError, detect
 from .atomic import check_target
-from .gguf_file import CheckpointError, GGUFWriteError, WriteResult, open_safetensors, read_summary, write_gguf
+from .checkpoint import CheckpointError, open_safetensors
+from .gguf_file import GGUFWriteError, WriteResult, read_summary, write_gguf
 from .recipe import Recipe, RecipeError, average_bpw, load_recipe, output_name, plan_tensors
 
 USER_ERRORS = (ArchitectureError, RecipeError, CheckpointError, GGUFWriteError,

@@ -118,12 +118,12 @@ def _count_blocks(keys: Mapping[str, object], kind: str) -> int:
 
 def _what_it_is(shapes: Mapping[str, object]) -> str:
     keys = list(shapes)
-    bare = [k.split(".", 1)[1] if k.startswith(("model.", "transformer.")) else k for k in keys]
+    bare = [k.removeprefix(COMFY_PREFIX).removeprefix("transformer.") for k in keys]
     if any(k.endswith(d) for k in keys for d in _DIFFUSERS_FLUX):
         return ("this is FLUX in the diffusers layout (transformer_blocks.*.attn.to_q ...); "
                 "use the single-file BFL/ComfyUI checkpoint (double_blocks.*, single_blocks.*)")
     for marker, name in _OTHER_ARCHS:
-        if any(k.startswith(marker) or marker in k for k in bare):
+        if any(k.startswith(marker) for k in bare + keys):
             return f"it looks like {name} (found {marker}*)"
     sample = ", ".join(sorted(keys)[:4])
     return f"found {len(keys)} tensors such as {sample}"

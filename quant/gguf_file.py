@@ -1,17 +1,15 @@
 """Stream a checkpoint into a GGUF file, one tensor at a time, atomically, and read it back.
 
 The header (names, shapes, types, offsets) follows from the plan before any data, so each
-tensor is read (mmap), quantized and written, then dropped: memory holds one tensor and
+tensor is read, quantized and written, then dropped: memory holds one tensor and
 its bytes, never the model. The file is written under a temp name beside the target,
 read back and checked, and only then renamed into place.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import torch
 from . import codecs
 from .arch import GGUF_ARCH, FluxArch
 from .atomic import atomic_output
+from .checkpoint import CheckpointError, Source
 from .recipe import Recipe, TensorPlan, average_bpw
 
 PACK_KEY = "mxgguf"  # our metadata namespace
@@ -30,62 +29,8 @@ PACK_VERSION = "0.1.0"
 ProgressFn = Callable[[int, int, str], None]  # (params done, params total, tensor key)
 
 
-class CheckpointError(ValueError):
-    """A source checkpoint that cannot be read: corrupt, truncated or holding bad values."""
-
-
 class GGUFWriteError(OSError):
     """Writing the GGUF failed; nothing was left at the target."""
-
-
-@dataclass
-class Source:
-    """A checkpoint whose tensors are read on demand."""
-
-    name: str
-    shapes: dict[str, tuple[int, ...]]
-    read: Callable[[str], torch.Tensor]
-    sha256: str | None = None
-
-
-@contextlib.contextmanager
-def open_safetensors(path: str | os.PathLike[str], hash_file: bool = True) -> Iterator[Source]:
-    """A lazily read (mmap) safetensors file; refuses corrupt or truncated files up front."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        handle = safe_open(str(path), framework="pt")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path.name} is not a readable safetensors file (corrupt or truncated?): {e}") from None
-    with handle as f:
-        try:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        except SafetensorError as e:
-            raise CheckpointError(f"{path.name}: bad tensor header: {e}") from None
-
-        def read(key: str) -> torch.Tensor:
-            try:
-                return f.get_tensor(key)
-            except SafetensorError as e:
-                raise CheckpointError(f"{path.name}: cannot read {key}: {e}") from None
-
-        yield Source(path.name, shapes, read, file_sha256(path) if hash_file else None)
-
-
-def state_dict_source(state_dict: Mapping[str, torch.Tensor], name: str) -> Source:
-    """A checkpoint already in memory (e.g. a ComfyUI model's weights)."""
-    return Source(name, {k: tuple(v.shape) for k, v in state_dict.items()}, state_dict.__getitem__)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _file_type(plan: Sequence[TensorPlan]) -> int:

@@ -20,6 +20,8 @@ class Codec:
     qtype: QType
     # True where ggml has a separate importance-weighted path (quantize_*_impl).
     supports_imatrix: bool = False
+    # Values per quantize_blocks call; None: the registry's default, sized for the search types.
+    chunk_elements: int | None = None
 
     @property
     def name(self) -> str:

@@ -8,6 +8,7 @@ from .base import Codec, QType
 
 class _FloatCodec(Codec):
     dtype: torch.dtype
+    chunk_elements = 1 << 40  # a cast needs no working space: one pass over the whole tensor
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         return x.to(self.dtype).contiguous().view(torch.uint8)

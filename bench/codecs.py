@@ -1,0 +1,83 @@
+"""Codec throughput against ggml's C quantizers, on one FLUX-sized weight, in one run.
+
+    python bench/codecs.py [TYPE ...] [--rows 3072 --cols 12288] [--repeat 3]
+
+Prints Mparams/s for our torch codecs (CPU with torch's default threads; CUDA too where
+available) and for ggml's ``ggml_quantize_chunk`` (ggml-python, one thread) on the same
+float32 matrix, the ratio, and whether the bytes match. Target: ratio >= 1.0 per type.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from quant import codecs  # noqa: E402
+
+
+def ggml_quantizer(x: np.ndarray, qtype: str) -> Callable[[], np.ndarray]:
+    import ggml
+
+    t = getattr(ggml, f"GGML_TYPE_{qtype}")
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]]
+    out = np.zeros(x.size // block * size, np.uint8)
+    ggml.ggml_quantize_init(t)
+
+    def run() -> np.ndarray:
+        ggml.ggml_quantize_chunk(t, x.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+                                 out.ctypes.data_as(ctypes.c_void_p), 0, x.shape[0], x.shape[1], None)
+        return out
+
+    return run
+
+
+def best_seconds(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("types", nargs="*", default=[t for t in codecs.QUANTIZED_TYPE_NAMES] + ["BF16", "F16"])
+    ap.add_argument("--rows", type=int, default=3072)
+    ap.add_argument("--cols", type=int, default=12288)
+    ap.add_argument("--repeat", type=int, default=3)
+    a = ap.parse_args()
+    x = (np.random.default_rng(0).standard_normal((a.rows, a.cols)) * 0.02).astype(np.float32)
+    xt = torch.from_numpy(x)
+    cuda = torch.cuda.is_available()
+    mp = x.size / 1e6
+    print(f"{a.rows}x{a.cols} float32, torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+          + (f", GPU {torch.cuda.get_device_name()}" if cuda else ", no GPU"))
+    print(f"{'type':7} {'ggml C Mp/s':>11} {'ours CPU Mp/s':>13} {'ratio':>6} {'bytes':>6}"
+          + (f" {'ours GPU Mp/s':>13} {'GPU ratio':>9}" if cuda else ""))
+    for qtype in a.types:
+        ref_fn = ggml_quantizer(x, qtype)
+        ref_s = best_seconds(ref_fn, a.repeat)
+        ours = codecs.quantize(xt, qtype)
+        same = np.array_equal(ours.numpy().reshape(-1), ref_fn())
+        our_s = best_seconds(lambda: codecs.quantize(xt, qtype), a.repeat)
+        line = f"{qtype:7} {mp / ref_s:11.1f} {mp / our_s:13.1f} {ref_s / our_s:6.2f} {'same' if same else 'DIFF':>6}"
+        if cuda:
+            xg = xt.cuda()
+            gpu_s = best_seconds(lambda: codecs.quantize(xg, qtype), a.repeat)
+            line += f" {mp / gpu_s:13.1f} {ref_s / gpu_s:9.1f}"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Peak memory and time of a conversion, on full-width FLUX checkpoints made on the fly.
+
+    python bench/convert_memory.py [--depths 2+4 4+8] [--recipe-types Q8_0,Q6_K,Q5_K,Q4_K] [--keep DIR]
+
+For each depth it writes a random stock-width (hidden 3072) FLUX checkpoint in bf16, then
+converts it with ``python -m quant convert`` in a fresh process that reports its own peak
+RSS and its RSS after imports (the interpreter's baseline). Streaming means the peak above
+baseline stays flat as the model grows. Target: <= 2 GB above baseline, within 10 %
+between the two depths.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Runs in the child: baseline after imports, then the CLI's convert, then peak RSS.
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+import torch, gguf, safetensors, numpy  # the imports a conversion needs, before the baseline
+from quant.__main__ import convert
+from quant.recipe import load_recipe
+from pathlib import Path
+
+def rss_kb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+
+base = rss_kb()
+t = time.perf_counter()
+r = convert(Path(sys.argv[2]), Path(sys.argv[3]), load_recipe(sys.argv[4]), quiet=True)
+print(json.dumps({"baseline_kb": base, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "seconds": time.perf_counter() - t, "bytes": r.size_bytes, "bpw": r.bpw}))
+"""
+
+
+def make_checkpoint(path: Path, depth_double: int, depth_single: int) -> int:
+    from safetensors.torch import save_file
+
+    from quant.synthetic import STOCK, random_state_dict
+
+    cfg = STOCK.__class__(**{**STOCK.__dict__, "depth_double": depth_double, "depth_single": depth_single})
+    sd = random_state_dict(cfg)
+    save_file(sd, str(path))
+    return sum(t.numel() for t in sd.values())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--depths", nargs="+", default=["2+4", "4+8"])
+    ap.add_argument("--recipe-types", default="Q8_0,Q6_K,Q5_K,Q4_K,IQ4_XS,Q3_K",
+                    help="types assigned over the blocks, first to last")
+    ap.add_argument("--keep", help="folder to keep the files in (default: a temp folder, removed)")
+    a = ap.parse_args()
+    from quant.recipe import Recipe, save_recipe
+
+    folder = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="mxgguf-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    ladder = a.recipe_types.split(",")
+    results = []
+    try:
+        for depth in a.depths:
+            nd, ns = (int(v) for v in depth.split("+"))
+            src, out, recipe_path = folder / f"stock-{depth}.safetensors", folder / f"stock-{depth}.gguf", folder / f"r-{depth}.yaml"
+            t = time.perf_counter()
+            params = make_checkpoint(src, nd, ns)
+            made = time.perf_counter() - t
+            n = nd + ns
+            types = tuple(ladder[i * len(ladder) // n] for i in range(n))
+            save_recipe(Recipe(types, nd, ns, name=f"bench {depth}"), recipe_path)
+            out.unlink(missing_ok=True)
+            proc = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(src), str(out), str(recipe_path)],
+                                  capture_output=True, text=True, check=True)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            above = (r["peak_kb"] - r["baseline_kb"]) / 2**20
+            results.append(above)
+            print(f"{depth:>5}: {params / 1e9:.2f} B params ({src.stat().st_size / 2**30:.2f} GiB bf16, made in {made:.0f} s)"
+                  f" -> {r['bytes'] / 2**30:.2f} GiB at {r['bpw']:.2f} bpw in {r['seconds']:.0f} s "
+                  f"({params / r['seconds'] / 1e6:.0f} Mparams/s); RSS baseline {r['baseline_kb'] / 2**20:.2f} GiB, "
+                  f"peak {r['peak_kb'] / 2**20:.2f} GiB, above baseline {above:.2f} GiB", flush=True)
+            src.unlink()
+            out.unlink()
+        if len(results) > 1:
+            print(f"peak above baseline, deepest vs shallowest: {results[-1] / results[0]:.3f}x "
+                  f"(target <= 2 GiB each, within 10 %)")
+    finally:
+        if not a.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from quant.arch import COMFY_PREFIX, ArchitectureError, detect
+from quant.synthetic import STOCK, TINY, FluxConfig, flux_shapes
+
+
+def test_flux1_dev_shape() -> None:
+    arch = detect(flux_shapes(FluxConfig(hidden=3072, heads=24, context_in_dim=4096,
+                                         depth_double=19, depth_single=38)))
+    assert (arch.depth_double, arch.depth_single, arch.n_blocks, arch.hidden_size) == (19, 38, 57, 3072)
+    assert arch.has_guidance and arch.variant == "flux-dev"
+    assert arch.block_of("double_blocks.18.img_mlp.0.weight") == 18
+    assert arch.block_of("single_blocks.0.linear1.weight") == 19
+    assert arch.block_of("single_blocks.37.linear2.weight") == 56
+    assert arch.block_name(19) == "single_blocks.0"
+
+
+def test_quantizable_params_match_flux1_dev() -> None:
+    shapes = flux_shapes(FluxConfig(hidden=3072, heads=24, context_in_dim=4096, depth_double=1, depth_single=1))
+    arch = detect(shapes)
+    per_block = [0, 0]
+    outside_blocks = norm_scales = 0
+    for key, shape in shapes.items():
+        if arch.is_quantizable(key, shape):
+            per_block[arch.block_of(key)] += math.prod(shape)
+        elif arch.block_of(key) is None:
+            outside_blocks += math.prod(shape)
+        elif key.endswith(".scale"):
+            norm_scales += math.prod(shape)
+    # the published FLUX.1-dev figures: per-block quantizable params, and 64,144,448 kept
+    # unquantized = everything outside blocks + 512 norm-scale params per double, 256 per single block
+    assert per_block == [339_738_624, 141_557_760]
+    assert norm_scales == 512 + 256
+    assert outside_blocks + 19 * 512 + 38 * 256 == 64_144_448
+
+
+def test_f32_policy() -> None:
+    arch = detect(flux_shapes(TINY))
+    for key, shape in flux_shapes(TINY).items():
+        if key.startswith(("img_in", "txt_in", "time_in", "vector_in", "guidance_in", "final_layer")) \
+                or key.endswith((".scale", ".bias")):
+            assert not arch.is_quantizable(key, shape), key
+    assert arch.is_quantizable("double_blocks.0.img_attn.qkv.weight", (768, 256))
+
+
+def test_schnell_and_prefix() -> None:
+    shapes = {COMFY_PREFIX + k: v for k, v in flux_shapes(FluxConfig(guidance=False)).items()}
+    arch = detect(shapes)
+    assert arch.variant == "flux-schnell" and arch.prefix == COMFY_PREFIX
+    assert arch.strip_prefix(COMFY_PREFIX + "img_in.weight") == "img_in.weight"
+
+
+def test_stock_width_detected() -> None:
+    assert detect(flux_shapes(STOCK)).hidden_size == 3072
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"transformer_blocks.0.attn.to_q.weight": (3072, 3072), "x_embedder.weight": (3072, 64)}, "diffusers layout"),
+    ({"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3)}, "SD1.x/SDXL"),
+    ({"model.layers.0.self_attn.q_proj.weight": (4096, 4096)}, "language model"),
+    ({"joint_blocks.0.x_block.attn.qkv.weight": (4608, 1536)}, "SD3"),
+    ({"foo.weight": (3, 3)}, "found 1 tensors such as foo.weight"),
+    ({}, "no tensors"),
+])
+def test_refuses_other_architectures(keys: dict, message: str) -> None:
+    with pytest.raises(ArchitectureError, match=message):
+        detect(keys)
+
+
+def test_refuses_missing_blocks() -> None:
+    shapes = {k: v for k, v in flux_shapes(TINY).items() if not k.startswith("single_blocks.1.")}
+    with pytest.raises(ArchitectureError, match=r"missing single_blocks \[1\]"):
+        detect(shapes)
