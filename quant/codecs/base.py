@@ -51,16 +51,47 @@ def nearest_int(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x).to(torch.int32)
 
 
+def rdiv(numerator: float, t: torch.Tensor) -> torch.Tensor:
+    """``numerator / t`` correctly rounded. torch evaluates ``scalar / tensor`` as
+    ``scalar * reciprocal(tensor)``, one rounding too many: off by an ulp for a quarter of
+    the values, which C's ``15.f / x`` never is."""
+    return torch.tensor(numerator, dtype=t.dtype, device=t.device) / t
+
+
+def inverse_or_zero(d: torch.Tensor, numerator: float = 1.0) -> torch.Tensor:
+    """C's ``d ? numerator/d : 0`` (also for ``d > 0 ? ... : 0`` where d >= 0)."""
+    return torch.where(d != 0, rdiv(numerator, torch.where(d != 0, d, 1.0)), 0.0)
+
+
+def sqrt_f32(x: torch.Tensor) -> torch.Tensor:
+    """C's ``sqrtf``: the correctly rounded float32 square root of x >= 0.
+
+    torch's float32 sqrt is off by an ulp for ~20 % of inputs. Rounding a float64 root is
+    right but for rare near-ties, and torch's float64 root is not exact either; so take it
+    as a guess and settle it against the exact squares (in float64) of the midpoints to
+    its float32 neighbours."""
+    guess = torch.sqrt(x.to(torch.float64)).to(torch.float32)
+    down = torch.nextafter(guess, torch.zeros_like(guess))
+    up = torch.nextafter(guess, torch.full_like(guess, torch.inf))
+    xd, g = x.to(torch.float64), guess.to(torch.float64)
+    below, above = (g + down.to(torch.float64)) / 2, (g + up.to(torch.float64)) / 2
+    return torch.where(xd < below * below, down, torch.where(xd > above * above, up, guess))
+
+
 def fp16_round(x: torch.Tensor) -> torch.Tensor:
     """Round float32 through fp16 and back, as ggml does when it stores a scale."""
     return x.to(torch.float16).to(torch.float32)
 
 
-def seq_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum the last dimension left to right in float32, like a C ``for`` loop."""
-    acc = x[..., 0].clone()
-    for j in range(1, x.shape[-1]):
-        acc = acc + x[..., j]
+def seq_sum(x: torch.Tensor, from_zero: bool = True) -> torch.Tensor:
+    """Sum over the *first* dimension in order, in float32, like a C ``for`` loop.
+
+    The first dimension is the position in the block, so each step adds one contiguous
+    slice across all blocks. ``from_zero``: the C sum starts at 0 (so -0 becomes +0),
+    else at the first term."""
+    acc = x[0] + 0.0 if from_zero else x[0].clone()
+    for j in range(1, x.shape[0]):
+        acc += x[j]
     return acc
 
 

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import Codec, QType, fp16_bytes, fp16_from_bytes, pack_nibbles
+from .base import Codec, QType, fp16_bytes, fp16_from_bytes, inverse_or_zero, pack_nibbles
 
 HALF = 16  # elements j and j + 16 share a byte
-
-
-def _inverse(d: torch.Tensor) -> torch.Tensor:
-    """1/d where d != 0, else 0 (as ggml's ``d ? 1.0f/d : 0.0f``)."""
-    return torch.where(d != 0, 1.0 / torch.where(d != 0, d, 1.0), 0.0)
 
 
 def round_away(x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +41,7 @@ def signed_absmax(x: torch.Tensor) -> torch.Tensor:
 def _symmetric(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Q4_0/Q5_0: ``-2^(bits-1)`` steps of the signed value of largest magnitude."""
     d = signed_absmax(x) / -(1 << (bits - 1))
-    v = x * _inverse(d)
+    v = x * inverse_or_zero(d)
     v += (1 << (bits - 1)) + 0.5
     return d, _truncate_to_uint8(v, (1 << bits) - 1)
 
@@ -72,7 +67,7 @@ def _affine(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, tor
     lo, hi = _first_equal(x, x.amin(dim=1, keepdim=True)), _first_equal(x, x.amax(dim=1, keepdim=True))
     d = (hi - lo) / ((1 << bits) - 1)
     v = x - lo
-    v *= _inverse(d)
+    v *= inverse_or_zero(d)
     v += 0.5
     return d, lo, _truncate_to_uint8(v, (1 << bits) - 1)
 
@@ -103,7 +98,7 @@ class Q8_0(Codec):
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         d = x.abs().amax(dim=1, keepdim=True) / 127
-        q = round_away(x * _inverse(d)).to(torch.int8)
+        q = round_away(x * inverse_or_zero(d)).to(torch.int8)
         return torch.cat([fp16_bytes(d), q.view(torch.uint8)], dim=1)
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,234 @@
+"""K-quants with a scale and a min per sub-block: Q4_K, Q5_K (32-value sub-blocks) and Q2_K
+(16-value sub-blocks), in 256-value super-blocks.
+
+Each sub-block's (scale, min) comes from ggml's ``make_qkx2_quants`` search: a first guess
+from the range, then ``nstep + 1`` candidate scales, each refit by weighted least squares
+and kept if its weighted error is strictly lower. The sub-block scales and mins are then
+quantized against the super-block's (stored as fp16), and the values requantized with
+those. Tensors are laid out position-first, ``(n, blocks, candidates)``, so that the
+in-order float32 sums ggml's loops make run over contiguous slices.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import Codec, QType, fp16_bytes, fp16_from_bytes, fp16_round, inverse_or_zero, nearest_int, rdiv, seq_sum, sqrt_f32
+
+QK_K = 256
+
+
+def _f32_numerator(rmin: float, rdelta: float, step: int, nmax: int) -> float:
+    """``rmin + rdelta*is + nmax`` evaluated in float32, as C does with float operands."""
+    def f(v: float) -> torch.Tensor:
+        return torch.tensor(v, dtype=torch.float32)
+
+    return float(f(rmin) + f(rdelta) * f(step) + f(nmax))
+
+
+def make_qkx2_quants(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta: float,
+                     nstep: int, use_mad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Vectorised ``make_qkx2_quants`` over sub-blocks given position-first, ``x, w: (n, m)``.
+
+    Returns (scale (m,), the_min (m,), L (n, m) int32), the_min being minus the offset.
+    The candidates run in order, as in C: an accepted candidate moves the offset that the
+    next ones start from.
+    """
+    n, m = x.shape
+    hi = x.amax(dim=0)
+    lo = torch.clamp(x.amin(dim=0), max=0.0)  # the scan's min, then "if (min > 0) min = 0"
+    flat = hi == lo
+    span = torch.where(flat, 1.0, hi - lo)
+    sum_w = seq_sum(w, from_zero=False)
+    sum_x = seq_sum(w * x, from_zero=False)
+    buf = torch.empty(n, 3, m, dtype=x.dtype, device=x.device)
+
+    def error(scale: torch.Tensor, offset: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        diff = scale * levels + offset - x
+        return seq_sum(w * (diff.abs() if use_mad else diff * diff))
+
+    iscale = rdiv(nmax, span)
+    scale = rdiv(1.0, iscale)
+    offset = lo
+    levels = nearest_int(iscale * (x - lo)).clamp_(0, nmax).to(x.dtype)
+    best_error = error(scale, offset, levels)
+    for step in range(nstep + 1):
+        iscale = rdiv(_f32_numerator(rmin, rdelta, step, nmax), hi - offset)
+        cand = nearest_int(iscale * (x - offset)).clamp_(0, nmax).to(x.dtype)
+        torch.mul(w, cand, out=buf[:, 0])
+        torch.mul(buf[:, 0], cand, out=buf[:, 1])
+        torch.mul(buf[:, 0], x, out=buf[:, 2])
+        sum_l, sum_l2, sum_xl = seq_sum(buf)
+        det = sum_w * sum_l2 - sum_l * sum_l
+        ok = det > 0
+        safe_det = torch.where(ok, det, 1.0)
+        this_scale = (sum_w * sum_xl - sum_x * sum_l) / safe_det
+        this_min = (sum_l2 * sum_x - sum_l * sum_xl) / safe_det
+        clip = this_min > 0
+        this_scale = torch.where(clip, sum_xl / torch.where(clip, sum_l2, 1.0), this_scale)
+        this_min = torch.where(clip, 0.0, this_min)
+        cand_error = error(this_scale, this_min, cand)
+        better = ok & (cand_error < best_error) & ~flat
+        best_error = torch.where(better, cand_error, best_error)
+        scale = torch.where(better, this_scale, scale)
+        offset = torch.where(better, this_min, offset)
+        levels = torch.where(better, cand, levels)
+    # a flat sub-block: all levels 0, scale 0, min as found
+    scale = torch.where(flat, 0.0, scale)
+    levels = torch.where(flat, 0.0, levels)
+    return scale, -offset, levels.to(torch.int32)
+
+
+def _super_scale(values: torch.Tensor) -> torch.Tensor:
+    """``max(0, max(values))`` per super-block: C scans with ``if (v > m) m = v`` from 0."""
+    top = values.amax(dim=1)
+    return torch.where(top > 0, top, 0.0)
+
+
+def _requantize(x: torch.Tensor, d: torch.Tensor, dm: torch.Tensor, levels: torch.Tensor, nmax: int) -> torch.Tensor:
+    """Values against the stored (fp16) scales; sub-blocks whose scale is 0 keep the search's levels.
+
+    ``x``: (n, m); ``d``, ``dm``: (m,); ``levels``: (n, m)."""
+    fresh = nearest_int((x + dm) / torch.where(d != 0, d, 1.0)).clamp_(0, nmax)
+    return torch.where(d != 0, fresh, levels)
+
+
+def _position_first(x: torch.Tensor, sub: int) -> torch.Tensor:
+    """(blocks, 256) -> (sub, blocks * 256/sub): sub-block positions first."""
+    return x.reshape(-1, sub).T.contiguous()
+
+
+def _block_major(levels: torch.Tensor, nb: int) -> torch.Tensor:
+    """(sub, blocks * 256/sub) levels -> (blocks, 256)."""
+    return levels.T.reshape(nb, QK_K)
+
+
+class _Scale6Codec(Codec):
+    """Q4_K and Q5_K: 8 sub-blocks of 32, 6-bit scales and mins packed in 12 bytes."""
+
+    nmax: int
+    rmin: float
+    nstep: int
+    chunk_elements = 1 << 18  # the search holds (32, blocks, candidates) floats
+
+    def levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (d, dmin as fp16 bytes source, packed scales (nb, 12), levels (nb, 256))."""
+        nb = x.shape[0]
+        xs = _position_first(x, 32)
+        av_x = sqrt_f32(seq_sum(xs * xs) / 32)
+        w = av_x + xs.abs()
+        scales, mins, levels = make_qkx2_quants(xs, w, self.nmax, self.rmin, 0.1, self.nstep, False)
+        scales, mins = scales.reshape(nb, 8), mins.reshape(nb, 8)
+        max_scale, max_min = _super_scale(scales), _super_scale(mins)
+        inv_scale, inv_min = inverse_or_zero(max_scale, 63.0), inverse_or_zero(max_min, 63.0)
+        ls = (nearest_int(inv_scale[:, None] * scales) & 0xFF).clamp_(max=63)
+        lm = (nearest_int(inv_min[:, None] * mins) & 0xFF).clamp_(max=63)
+        d, dmin = fp16_round(max_scale / 63.0), fp16_round(max_min / 63.0)
+        sub_d = (d[:, None] * ls.to(torch.float32)).reshape(-1)
+        sub_dm = (dmin[:, None] * lm.to(torch.float32)).reshape(-1)
+        levels = _requantize(xs, sub_d, sub_dm, levels, self.nmax)
+        return d, dmin, pack_scale_min_k4(ls, lm), _block_major(levels, nb)
+
+    def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
+        nb = blocks.shape[0]
+        d, dmin = fp16_from_bytes(blocks[:, :2]), fp16_from_bytes(blocks[:, 2:4])
+        sc, m = unpack_scale_min_k4(blocks[:, 4:16])
+        q = self.unpack_levels(blocks[:, 16:]).reshape(nb, 8, 32).to(torch.float32)
+        return ((d * sc.to(torch.float32))[..., None] * q - (dmin * m.to(torch.float32))[..., None]).reshape(nb, QK_K)
+
+
+def pack_scale_min_k4(ls: torch.Tensor, lm: torch.Tensor) -> torch.Tensor:
+    """Eight 6-bit scales and mins (nb, 8) -> ggml's 12-byte layout."""
+    ls, lm = ls.to(torch.int32), lm.to(torch.int32)
+    low = ls[:, :4] | ((ls[:, 4:] >> 4) << 6)
+    mid = lm[:, :4] | ((lm[:, 4:] >> 4) << 6)
+    high = (ls[:, 4:] & 0xF) | ((lm[:, 4:] & 0xF) << 4)
+    return torch.cat([low, mid, high], dim=1).to(torch.uint8)
+
+
+def unpack_scale_min_k4(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    q = q.to(torch.int32)
+    sc = torch.cat([q[:, :4] & 63, (q[:, 8:] & 0xF) | ((q[:, :4] >> 6) << 4)], dim=1)
+    m = torch.cat([q[:, 4:8] & 63, (q[:, 8:] >> 4) | ((q[:, 4:8] >> 6) << 4)], dim=1)
+    return sc, m
+
+
+def _pack_nibble_pairs(levels: torch.Tensor) -> torch.Tensor:
+    """(nb, 256) 4-bit levels -> (nb, 128): byte 32p+l = L[64p+l] | L[64p+32+l] << 4."""
+    pairs = levels.reshape(-1, 4, 2, 32)
+    return (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(-1, 128).to(torch.uint8)
+
+
+def _unpack_nibble_pairs(qs: torch.Tensor) -> torch.Tensor:
+    q = qs.reshape(-1, 4, 1, 32).to(torch.int32)
+    return torch.cat([q & 0xF, q >> 4], dim=2).reshape(-1, QK_K)
+
+
+class Q4_K(_Scale6Codec):
+    qtype = QType.Q4_K
+    nmax, rmin, nstep = 15, -1.0, 20
+
+    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        d, dmin, scales, levels = self.levels(x)
+        return torch.cat([fp16_bytes(d), fp16_bytes(dmin), scales, _pack_nibble_pairs(levels)], dim=1)
+
+    def unpack_levels(self, rest: torch.Tensor) -> torch.Tensor:
+        return _unpack_nibble_pairs(rest)
+
+
+class Q5_K(_Scale6Codec):
+    qtype = QType.Q5_K
+    nmax, rmin, nstep = 31, -0.5, 15
+
+    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        d, dmin, scales, levels = self.levels(x)
+        # bit 4 of value 32s + j goes to bit s of qh[j]
+        high = (levels >> 4).reshape(-1, 8, 32)
+        qh = (high << torch.arange(8, device=x.device, dtype=torch.int32)[None, :, None]).sum(dim=1)
+        return torch.cat([fp16_bytes(d), fp16_bytes(dmin), scales, qh.to(torch.uint8),
+                          _pack_nibble_pairs(levels & 0xF)], dim=1)
+
+    def unpack_levels(self, rest: torch.Tensor) -> torch.Tensor:
+        qh = rest[:, :32].to(torch.int32)
+        high = (qh[:, None, :] >> torch.arange(8, device=rest.device, dtype=torch.int32)[None, :, None]) & 1
+        return _unpack_nibble_pairs(rest[:, 32:]) | (high.reshape(-1, QK_K) << 4)
+
+
+class Q2_K(Codec):
+    """16 sub-blocks of 16: 4-bit scale and min each, 2-bit values."""
+
+    qtype = QType.Q2_K
+    chunk_elements = 1 << 18
+
+    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        nb = x.shape[0]
+        xs = _position_first(x, 16)
+        scales, mins, levels = make_qkx2_quants(xs, xs.abs(), 3, -0.5, 0.1, 15, True)
+        scales, mins = scales.reshape(nb, 16), mins.reshape(nb, 16)
+        max_scale, max_min = _super_scale(scales), _super_scale(mins)
+        has_scale, has_min = max_scale > 0, max_min > 0
+        ls = nearest_int(inverse_or_zero(max_scale, 15.0)[:, None] * scales)
+        lm = nearest_int(inverse_or_zero(max_min, 15.0)[:, None] * mins)
+        ls = torch.where(has_scale[:, None], ls & 0xFF, 0)
+        packed = ls | torch.where(has_min[:, None], (lm << 4) & 0xFF, 0)
+        d = fp16_round(torch.where(has_scale, max_scale / 15.0, 0.0))
+        dmin = fp16_round(torch.where(has_min, max_min / 15.0, 0.0))
+        sub_d = (d[:, None] * (packed & 0xF).to(torch.float32)).reshape(-1)
+        sub_dm = (dmin[:, None] * (packed >> 4).to(torch.float32)).reshape(-1)
+        levels = _block_major(_requantize(xs, sub_d, sub_dm, levels, 3), nb)
+        quads = levels.reshape(nb, 2, 4, 32)  # byte 32h+l holds L[128h + 32k + l] at bits 2k
+        qs = (quads << (2 * torch.arange(4, device=x.device, dtype=torch.int32))[None, None, :, None]).sum(dim=2)
+        return torch.cat([packed.to(torch.uint8), qs.reshape(nb, 64).to(torch.uint8),
+                          fp16_bytes(d), fp16_bytes(dmin)], dim=1)
+
+    def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
+        nb = blocks.shape[0]
+        scales = blocks[:, :16].to(torch.int32)
+        d, dmin = fp16_from_bytes(blocks[:, 80:82]), fp16_from_bytes(blocks[:, 82:84])
+        dl = (d * (scales & 0xF).to(torch.float32))[..., None]
+        ml = (dmin * (scales >> 4).to(torch.float32))[..., None]
+        qs = blocks[:, 16:80].to(torch.int32).reshape(nb, 2, 1, 32)
+        q = (qs >> (2 * torch.arange(4, device=blocks.device, dtype=torch.int32))[None, None, :, None]) & 3
+        return (dl * q.reshape(nb, 16, 16).to(torch.float32) - ml).reshape(nb, QK_K)
+
+
+CODECS = (Q5_K(), Q4_K(), Q2_K())
