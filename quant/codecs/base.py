@@ -78,6 +78,19 @@ def sqrt_f32(x: torch.Tensor) -> torch.Tensor:
     return torch.where(xd < below * below, down, torch.where(xd > above * above, up, guess))
 
 
+def signed_absmax(x: torch.Tensor) -> torch.Tensor:
+    """Per row, the first value of largest magnitude with its sign (+0 for an all-zero row),
+    as a C scan ``if (amax < fabsf(v))`` finds it. From amin/amax, which are fast; only rows
+    where +m and -m both occur need the index of the first one."""
+    hi, lo = x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True)
+    out = torch.where(hi >= -lo, hi, lo)
+    tied = ((hi == -lo) & (hi != 0)).reshape(-1).nonzero().reshape(-1)
+    if tied.numel():
+        rows = x[tied]
+        out[tied] = rows.gather(1, rows.abs().argmax(dim=1, keepdim=True))
+    return torch.where(out == 0, 0.0, out)  # -0 would flip the sign of d
+
+
 def fp16_round(x: torch.Tensor) -> torch.Tensor:
     """Round float32 through fp16 and back, as ggml does when it stores a scale."""
     return x.to(torch.float16).to(torch.float32)

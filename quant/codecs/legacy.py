@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Codec, QType, fp16_bytes, fp16_from_bytes, inverse_or_zero, pack_nibbles
+from .base import Codec, QType, fp16_bytes, fp16_from_bytes, inverse_or_zero, pack_nibbles, signed_absmax
 
 HALF = 16  # elements j and j + 16 share a byte
 
@@ -23,19 +23,6 @@ def round_away(x: torch.Tensor) -> torch.Tensor:
     q = (a + 0.5).to(torch.int32)
     q.masked_fill_(a < 0.5, 0)
     return torch.where(x < 0, -q, q)
-
-
-def signed_absmax(x: torch.Tensor) -> torch.Tensor:
-    """Per row, the first value of largest magnitude with its sign (+0 for an all-zero row),
-    as a C scan ``if (amax < fabsf(v))`` finds it. From amin/amax, which are fast; only rows
-    where +m and -m both occur need the index of the first one."""
-    hi, lo = x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True)
-    out = torch.where(hi >= -lo, hi, lo)
-    tied = ((hi == -lo) & (hi != 0)).reshape(-1).nonzero().reshape(-1)
-    if tied.numel():
-        rows = x[tied]
-        out[tied] = rows.gather(1, rows.abs().argmax(dim=1, keepdim=True))
-    return torch.where(out == 0, 0.0, out)  # -0 would flip the sign of d
 
 
 def _symmetric(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:

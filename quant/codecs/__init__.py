@@ -1,0 +1,103 @@
+"""Native GGUF codecs in torch, byte-identical to ggml's ``ggml_quantize_chunk``.
+
+``quantize(rows, "Q4_K")`` -> uint8 ``(rows, row_bytes)``; ``dequantize(raw, "Q4_K", shape)``
+-> float32. Rows are split into ggml blocks, and the blocks are processed in chunks so the
+search-based types (K-quants, IQ4) stay within a bounded working set on any tensor size.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import floats, iq4, kquants_affine, kquants_symmetric, legacy
+from .base import Codec, QType
+
+CODECS: dict[QType, Codec] = {
+    c.qtype: c
+    for family in (floats, legacy, kquants_affine, kquants_symmetric, iq4)
+    for c in family.CODECS
+}
+# Most precise first; the order users see in lists.
+TYPE_NAMES: tuple[str, ...] = tuple(
+    t.name for t in sorted(CODECS, key=lambda t: (-CODECS[t].bits_per_weight, t.name))
+)
+QUANTIZED_TYPE_NAMES: tuple[str, ...] = tuple(
+    n for n in TYPE_NAMES if n not in ("F32", "F16", "BF16")
+)
+# Blocks handled per step: large enough to amortise torch's per-op overhead, small enough
+# that a search over ~20 candidate scales stays at a few hundred MB.
+CHUNK_ELEMENTS = 1 << 20
+
+
+def get_codec(qtype: str | QType) -> Codec:
+    """The codec for a type name ("Q4_K") or a ``GGMLQuantizationType``."""
+    if isinstance(qtype, str):
+        try:
+            qtype = QType[qtype.upper()]
+        except KeyError:
+            raise ValueError(f"unknown GGUF type {qtype!r}; known: {', '.join(TYPE_NAMES)}") from None
+    try:
+        return CODECS[qtype]
+    except KeyError:
+        raise ValueError(f"GGUF type {qtype.name} is not supported; supported: {', '.join(TYPE_NAMES)}") from None
+
+
+def bits_per_weight(qtype: str | QType) -> float:
+    return get_codec(qtype).bits_per_weight
+
+
+def row_bytes(qtype: str | QType, row_length: int) -> int:
+    """Bytes one row of ``row_length`` values takes (raises if it is not a whole number of blocks)."""
+    codec = get_codec(qtype)
+    if row_length % codec.block_size:
+        raise ValueError(f"{codec.name} needs rows of a multiple of {codec.block_size} values, got {row_length}")
+    return row_length // codec.block_size * codec.type_size
+
+
+def quantize(x: torch.Tensor, qtype: str | QType, imatrix: torch.Tensor | None = None) -> torch.Tensor:
+    """Quantize float rows (last dim) to ggml blocks; returns uint8 ``(*x.shape[:-1], row_bytes)``.
+
+    ``imatrix``: optional per-column importance (length ``x.shape[-1]``), as llama.cpp's
+    imatrix gives; passed to the codecs that have an importance-weighted path.
+    """
+    codec = get_codec(qtype)
+    n = x.shape[-1]
+    nbytes = row_bytes(codec.qtype, n)
+    rows = x.reshape(-1, n)
+    blocks_per_row = n // codec.block_size
+    weights = None
+    if imatrix is not None:
+        if not codec.supports_imatrix:
+            raise NotImplementedError(f"{codec.name}: quantizing with an importance matrix is not implemented")
+        if imatrix.shape != (n,):
+            raise ValueError(f"imatrix must have shape ({n},), got {tuple(imatrix.shape)}")
+        weights = imatrix.to(device=x.device, dtype=torch.float32).reshape(blocks_per_row, codec.block_size)
+    step = max(1, (codec.chunk_elements or CHUNK_ELEMENTS) // n)
+    parts = []
+    for r in range(0, rows.shape[0], step):
+        chunk = rows[r : r + step].to(torch.float32).reshape(-1, codec.block_size)
+        w = None if weights is None else weights.repeat(chunk.shape[0] // blocks_per_row, 1)
+        parts.append(codec.quantize_blocks(chunk, w).reshape(-1, nbytes))
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return out.reshape(*x.shape[:-1], nbytes)
+
+
+def dequantize(raw: torch.Tensor, qtype: str | QType, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """ggml blocks (uint8, any shape holding the right byte count) -> float32 of ``shape``."""
+    codec = get_codec(qtype)
+    numel = 1
+    for s in shape:
+        numel *= s
+    if numel % codec.block_size or raw.numel() != numel // codec.block_size * codec.type_size:
+        raise ValueError(f"{raw.numel()} bytes do not hold a {codec.name} tensor of shape {tuple(shape)}")
+    blocks = raw.reshape(-1, codec.type_size)
+    out = torch.empty(blocks.shape[0], codec.block_size, dtype=torch.float32, device=raw.device)
+    step = max(1, CHUNK_ELEMENTS // codec.block_size)
+    for b in range(0, blocks.shape[0], step):
+        out[b : b + step] = codec.dequantize_blocks(blocks[b : b + step])
+    return out.reshape(shape)
+
+
+__all__ = [
+    "CODECS", "TYPE_NAMES", "QUANTIZED_TYPE_NAMES", "Codec", "QType", "get_codec",
+    "bits_per_weight", "row_bytes", "quantize", "dequantize",
+]

@@ -1,0 +1,112 @@
+"""IQ4_NL and IQ4_XS: 4-bit indices into a fixed non-linear table of 16 levels.
+
+Both run ggml's ``quantize_row_iq4_nl_impl`` as ``ggml_quantize_chunk`` calls it (no
+importance matrix, ``ntry = 7``): per 32-value block a first scale from the value of
+largest magnitude, then 15 nearby scales, each fitted by weighted least squares and kept
+if it explains more of the block. IQ4_NL stores that scale as fp16; IQ4_XS quantizes the
+eight block scales of a 256-value super-block to 6 bits against an fp16 super-scale.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import Codec, QType, fp16_bytes, fp16_from_bytes, fp16_round, inverse_or_zero, nearest_int, \
+    rdiv, seq_sum, signed_absmax
+
+KVALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+NTRY = 7
+GROUP_MAX_EPS = 1e-15
+
+
+def best_index(x: torch.Tensor) -> torch.Tensor:
+    """ggml's ``best_index_int8``: the nearest table level (ties to the upper one)."""
+    values = torch.tensor(KVALUES, dtype=torch.float32, device=x.device)
+    upper = torch.searchsorted(values, x.contiguous(), right=True).clamp_(1, len(KVALUES) - 1)
+    below, above = values[upper - 1], values[upper]
+    return torch.where(x - below < above - x, upper - 1, upper)
+
+
+def block_scales(x: torch.Tensor) -> torch.Tensor:
+    """The least-squares scale of each 32-value block x: (m, 32), after the ntry search."""
+    peak = signed_absmax(x)[:, 0]
+    zero = x.abs().amax(dim=1) < GROUP_MAX_EPS
+    peak = torch.where(zero, 1.0, peak)
+    values = torch.tensor(KVALUES, dtype=torch.float32, device=x.device)
+    xt = x.T  # position-first: in-order sums over contiguous slices
+    w = xt * xt
+    # the first guess -max/values[0], then id = (itry + values[0]) / max for itry = -NTRY..NTRY
+    first = rdiv(1.0, -peak / KVALUES[0])
+    tries = torch.tensor([float(t + KVALUES[0]) for t in range(-NTRY, NTRY + 1)], device=x.device)
+    inv = torch.cat([first[:, None], tries / peak[:, None]], dim=1)  # (m, 16)
+    q = values[best_index(inv * xt[..., None])]  # (32, m, 16)
+    wq = w[..., None] * q
+    sumqx = seq_sum(wq * xt[..., None])
+    sumq2 = seq_sum(wq * q)
+    d = torch.where(sumq2[:, 0] > 0, sumqx[:, 0] / torch.where(sumq2[:, 0] > 0, sumq2[:, 0], 1.0), 0.0)
+    best = d * sumqx[:, 0]
+    for t in range(1, inv.shape[1]):
+        qx, q2 = sumqx[:, t], sumq2[:, t]
+        better = (q2 > 0) & (qx * qx > best * q2)
+        d = torch.where(better, qx / torch.where(better, q2, 1.0), d)
+        best = torch.where(better, d * qx, best)
+    return torch.where(zero, 0.0, d)
+
+
+def _pack(levels: torch.Tensor) -> torch.Tensor:
+    """(m, 32) indices -> (m, 16) bytes: byte j = L[j] | L[16 + j] << 4."""
+    return (levels[:, :16] | (levels[:, 16:] << 4)).to(torch.uint8)
+
+
+def _unpack(qs: torch.Tensor) -> torch.Tensor:
+    q = qs.to(torch.int64)
+    return torch.cat([q & 0xF, q >> 4], dim=1)
+
+
+def _levels(qs: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(KVALUES, dtype=torch.float32, device=qs.device)[_unpack(qs)]
+
+
+class IQ4_NL(Codec):
+    qtype = QType.IQ4_NL
+    chunk_elements = 1 << 18  # the search holds (32, blocks, 16 tries) floats
+
+    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        d = block_scales(x)
+        levels = best_index(inverse_or_zero(d)[:, None] * x)  # the unrounded scale, as C
+        return torch.cat([fp16_bytes(d), _pack(levels)], dim=1)
+
+    def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
+        return fp16_from_bytes(blocks[:, :2]) * _levels(blocks[:, 2:])
+
+
+class IQ4_XS(Codec):
+    qtype = QType.IQ4_XS
+    chunk_elements = 1 << 18
+
+    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        nb = x.shape[0]
+        sub = x.reshape(-1, 32)
+        scales = block_scales(sub).reshape(nb, 8)
+        d = -signed_absmax(scales)[:, 0] / 32
+        ls = nearest_int(inverse_or_zero(d)[:, None] * scales).clamp_(-32, 31)
+        dl = (d[:, None] * ls.to(torch.float32)).reshape(-1)
+        levels = best_index(inverse_or_zero(dl)[:, None] * sub)
+        ls = ls + 32
+        scales_l = ((ls[:, 0::2] & 0xF) | ((ls[:, 1::2] & 0xF) << 4)).to(torch.uint8)
+        scales_h = ((ls >> 4) << (2 * torch.arange(8, device=x.device, dtype=torch.int32))).sum(dim=1)
+        scales_h = torch.stack([scales_h & 0xFF, scales_h >> 8], dim=1).to(torch.uint8)
+        return torch.cat([fp16_bytes(d), scales_h, scales_l, _pack(levels).reshape(nb, 128)], dim=1)
+
+    def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
+        nb = blocks.shape[0]
+        d = fp16_from_bytes(blocks[:, :2])
+        scales_h = blocks[:, 2].to(torch.int32) | (blocks[:, 3].to(torch.int32) << 8)
+        scales_l = blocks[:, 4:8].to(torch.int32)
+        low = torch.stack([scales_l & 0xF, scales_l >> 4], dim=2).reshape(nb, 8)
+        high = (scales_h[:, None] >> (2 * torch.arange(8, device=blocks.device))) & 3
+        dl = d * ((low | (high << 4)) - 32).to(torch.float32)
+        q = _levels(blocks[:, 8:].reshape(-1, 16)).reshape(nb, 8, 32)
+        return (dl[..., None] * q).reshape(nb, 256)
+
+
+CODECS = (IQ4_NL(), IQ4_XS())

@@ -1,0 +1,190 @@
+"""K-quants with one signed scale per 16-value sub-block: Q6_K and Q3_K.
+
+Q6_K finds each sub-block's scale with ggml's ``make_qx_quants`` (a first guess from the
+value of largest magnitude, then 18 nearby scales, each fitted by weighted least squares
+and kept if it explains more of the block); Q3_K with ``make_q3_quants`` (the same guess,
+then up to five in-order passes that move single values to a better level). Sub-block
+scales are then quantized against the super-block scale (stored as fp16), and the values
+requantized with them.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import Codec, QType, fp16_bytes, fp16_from_bytes, fp16_round, nearest_int, rdiv, seq_sum, signed_absmax
+
+QK_K = 256
+GROUP_MAX_EPS = 1e-15  # below this a sub-block counts as all zero
+
+
+def _f32(v: float) -> torch.Tensor:
+    return torch.tensor(v, dtype=torch.float32)
+
+
+def _first_guess(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x: (m, 16) -> (signed max (m,), all-zero mask (m,), iscale = -nmax/max (m,))."""
+    peak = signed_absmax(x)[:, 0]
+    zero = x.abs().amax(dim=1) < GROUP_MAX_EPS
+    return peak, zero, rdiv(-float(nmax), torch.where(zero, 1.0, peak))
+
+
+def make_qx_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make_qx_quants(n, nmax, x, L, rmse_type=1, NULL)`` over sub-blocks x: (m, n).
+
+    Returns (scale (m,), L (n, m) int32 in 0..2*nmax-1; 0 for all-zero sub-blocks)."""
+    peak, zero, iscale0 = _first_guess(x, nmax)
+    xt = x.T  # position-first: the sums run over contiguous slices
+    w = xt * xt
+    wx = w * xt
+    # candidate 0 is the first guess; then is = -9..9 without 0: iscale = -(nmax + 0.1*is)/max
+    steps = [s for s in range(-9, 10) if s != 0]
+    numerators = torch.stack([-(_f32(nmax) + _f32(0.1) * _f32(s)) for s in steps]).to(x.device)
+    iscale = torch.cat([iscale0[:, None], numerators / torch.where(zero, 1.0, peak)[:, None]], dim=1)  # (m, S)
+    levels = nearest_int(iscale * xt[..., None]).clamp_(-nmax, nmax - 1).to(torch.float32)  # (n, m, S)
+    sumlx = seq_sum(wx[..., None] * levels)
+    suml2 = seq_sum(w[..., None] * levels * levels)
+    scale = torch.where(suml2[:, 0] != 0, sumlx[:, 0] / torch.where(suml2[:, 0] != 0, suml2[:, 0], 1.0), 0.0)
+    best = scale * sumlx[:, 0]
+    choice = torch.zeros_like(scale, dtype=torch.long)
+    for s in range(1, len(steps) + 1):
+        lx, l2 = sumlx[:, s], suml2[:, s]
+        better = (l2 > 0) & (lx * lx > best * l2)
+        new_scale = lx / torch.where(better, l2, 1.0)
+        scale = torch.where(better, new_scale, scale)
+        best = torch.where(better, new_scale * lx, best)
+        choice = torch.where(better, s, choice)
+    chosen = levels.gather(2, choice[None, :, None].expand(x.shape[1], -1, 1))[..., 0]
+    scale = torch.where(zero, 0.0, scale)
+    return scale, torch.where(zero, 0, chosen.to(torch.int32) + nmax)
+
+
+def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make_q3_quants(n, nmax, x, L, do_rmse=true)`` over sub-blocks x: (m, n).
+
+    Returns (scale (m,), L (n, m) int32 in 0..2*nmax-1; 0 for all-zero sub-blocks). A pass
+    that changes nothing would change nothing if repeated, so every sub-block simply gets
+    all five passes (C stops early; the result is the same)."""
+    _, zero, iscale = _first_guess(x, nmax)
+    xt = x.T
+    w = xt * xt
+    wx = w * xt
+    levels = nearest_int(iscale * xt).clamp_(-nmax, nmax - 1).to(torch.float32)  # (n, m)
+    sumlx = seq_sum(wx * levels)
+    suml2 = seq_sum(w * levels * levels)
+    for _ in range(5):
+        for i in range(x.shape[1]):
+            l_i = levels[i]
+            slx = sumlx - wx[i] * l_i
+            sl2 = suml2 - w[i] * l_i * l_i
+            positive = slx > 0
+            new_l = nearest_int(xt[i] * sl2 / torch.where(positive, slx, 1.0)).clamp_(-nmax, nmax - 1).to(torch.float32)
+            slx = slx + wx[i] * new_l
+            sl2 = sl2 + w[i] * new_l * new_l
+            accept = positive & (new_l != l_i) & (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2)
+            levels[i] = torch.where(accept, new_l, l_i)
+            sumlx = torch.where(accept, slx, sumlx)
+            suml2 = torch.where(accept, sl2, suml2)
+    scale = torch.where(suml2 > 0, sumlx / torch.where(suml2 > 0, suml2, 1.0), 0.0)
+    scale = torch.where(zero, 0.0, scale)
+    return scale, torch.where(zero, 0, levels.to(torch.int32) + nmax)
+
+
+def _requantize(x: torch.Tensor, d: torch.Tensor, levels: torch.Tensor, nmax: int) -> torch.Tensor:
+    """Values against the stored sub-block scales d (m,); where d is 0 the search's levels stay.
+    x: (m, 16) block-major; levels: (16, m) -> (m, 16)."""
+    safe = torch.where(d != 0, d, 1.0)[:, None]
+    fresh = nearest_int(x / safe).clamp_(-nmax, nmax - 1) + nmax
+    return torch.where((d != 0)[:, None], fresh, levels.T)
+
+
+def _crumbs(levels: torch.Tensor, bits: int) -> torch.Tensor:
+    """(nb, 256) small levels -> (nb, 256*bits/8): byte 32h + l holds L[128h + 32k + l] at bits k*bits
+    (the ``j += 128`` packing of Q2_K, Q3_K and Q6_K's high bits)."""
+    per_byte = 8 // bits
+    groups = levels.reshape(levels.shape[0], -1, per_byte, 32)
+    shifts = (bits * torch.arange(per_byte, device=levels.device, dtype=torch.int32))[None, None, :, None]
+    return (groups << shifts).sum(dim=2).reshape(levels.shape[0], -1).to(torch.uint8)
+
+
+def _uncrumbs(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    per_byte = 8 // bits
+    q = packed.to(torch.int32).reshape(packed.shape[0], -1, 1, 32)
+    shifts = (bits * torch.arange(per_byte, device=packed.device, dtype=torch.int32))[None, None, :, None]
+    return ((q >> shifts) & ((1 << bits) - 1)).reshape(packed.shape[0], -1)
+
+
+class Q6_K(Codec):
+    """16 sub-blocks of 16, int8 scales, 6-bit values (4 low bits + 2 high bits)."""
+
+    qtype = QType.Q6_K
+    chunk_elements = 1 << 18  # the search holds (16, sub-blocks, 19 candidates) floats
+
+    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        nb = x.shape[0]
+        sub = x.reshape(-1, 16)
+        scales, levels = make_qx_quants(sub, 32)
+        scales = scales.reshape(nb, 16)
+        max_scale = signed_absmax(scales)[:, 0]
+        empty = max_scale.abs() < GROUP_MAX_EPS
+        iscale = rdiv(-128.0, torch.where(empty, 1.0, max_scale))
+        d = fp16_round(rdiv(1.0, iscale))
+        sc = nearest_int(iscale[:, None] * scales).clamp_(max=127)
+        sub_d = (d[:, None] * sc.to(torch.float32)).reshape(-1)
+        levels = _requantize(sub, sub_d, levels, 32).reshape(nb, QK_K)
+        low = levels & 0xF
+        halves = low.reshape(nb, 2, 2, 64)  # ql[64h + l] = L[128h + l] | L[128h + 64 + l] << 4
+        ql = (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(nb, 128)
+        out = torch.cat([ql.to(torch.uint8), _crumbs(levels >> 4, 2), sc.to(torch.int8).view(torch.uint8),
+                         fp16_bytes(d)], dim=1)
+        return torch.where(empty[:, None], 0, out).to(torch.uint8)
+
+    def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
+        nb = blocks.shape[0]
+        ql = blocks[:, :128].to(torch.int32).reshape(nb, 2, 1, 64)
+        low = torch.cat([ql & 0xF, ql >> 4], dim=2).reshape(nb, QK_K)
+        q = (low | (_uncrumbs(blocks[:, 128:192], 2) << 4)) - 32
+        sc = blocks[:, 192:208].contiguous().view(torch.int8).to(torch.float32)
+        dl = (fp16_from_bytes(blocks[:, 208:210]) * sc)[..., None]
+        return (dl * q.reshape(nb, 16, 16).to(torch.float32)).reshape(nb, QK_K)
+
+
+class Q3_K(Codec):
+    """16 sub-blocks of 16, 6-bit scales, 3-bit values (2 low bits + a high-bit mask)."""
+
+    qtype = QType.Q3_K
+    chunk_elements = 1 << 20
+
+    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        nb = x.shape[0]
+        sub = x.reshape(-1, 16)
+        scales, levels = make_q3_quants(sub, 4)
+        scales = scales.reshape(nb, 16)
+        max_scale = signed_absmax(scales)[:, 0]
+        has = max_scale != 0
+        iscale = rdiv(-32.0, torch.where(has, max_scale, 1.0))
+        l6 = torch.where(has[:, None], nearest_int(iscale[:, None] * scales).clamp_(-32, 31) + 32, 0)
+        d = fp16_round(torch.where(has, rdiv(1.0, iscale), 0.0))
+        packed = torch.cat([(l6[:, :8] & 0xF) | ((l6[:, 8:] & 0xF) << 4),
+                            sum((l6[:, 4 * q:4 * q + 4] >> 4) << (2 * q) for q in range(4))], dim=1)
+        packed = torch.where(has[:, None], packed, 0)
+        sub_d = (d[:, None] * (l6 - 32).to(torch.float32)).reshape(-1)
+        levels = _requantize(sub, sub_d, levels, 4).reshape(nb, QK_K)
+        high = (levels > 3).to(torch.int32)
+        hmask = (high.reshape(nb, 8, 32) << torch.arange(8, device=x.device, dtype=torch.int32)[None, :, None]).sum(1)
+        return torch.cat([hmask.to(torch.uint8), _crumbs(levels & 3, 2), packed.to(torch.uint8), fp16_bytes(d)], dim=1)
+
+    def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
+        nb = blocks.shape[0]
+        hmask = blocks[:, :32].to(torch.int32)
+        low = _uncrumbs(blocks[:, 32:96], 2)
+        s = blocks[:, 96:108].to(torch.int32)
+        lo4 = torch.cat([s[:, :8] & 0xF, s[:, :8] >> 4], dim=1)
+        hi2 = (s[:, 8:12][:, None, :] >> (2 * torch.arange(4, device=blocks.device))[None, :, None]) & 3
+        sc = (lo4 | (hi2.reshape(nb, 16) << 4)) - 32
+        dl = (fp16_from_bytes(blocks[:, 108:110]) * sc.to(torch.float32))[..., None]
+        high = (hmask[:, None, :] >> torch.arange(8, device=blocks.device)[None, :, None]) & 1
+        q = low - ((high.reshape(nb, QK_K) ^ 1) << 2)
+        return (dl * q.reshape(nb, 16, 16).to(torch.float32)).reshape(nb, QK_K)
+
+
+CODECS = (Q6_K(), Q3_K())
