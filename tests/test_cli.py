@@ -1,0 +1,54 @@
+"""The command line as a user runs it: ``python -m quant ...`` from the pack's root."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "quant", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_convert_type_then_inspect(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "q.gguf"
+    r = run("convert", str(tiny_checkpoint), "--type", "Q4_K", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "bits/param" in r.stdout
+    r = run("inspect", str(out), "--json")
+    summary = json.loads(r.stdout)
+    assert summary["blocks"] == ["Q4_K"] * 6
+    assert run("inspect", str(out)).stdout.splitlines()[1] == "  blocks 0-5: Q4_K"
+
+
+def test_convert_recipe_default_name(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("depth: {double: 2, single: 4}\ndefault: Q5_K\nblocks: {'0-1': Q8_0}\n")
+    r = run("convert", str(tiny_checkpoint), "--recipe", str(recipe))
+    assert r.returncode == 0, r.stderr
+    made = [p.name for p in tmp_path.glob("*.gguf")]
+    assert len(made) == 1 and made[0].startswith("tiny-flux_mx") and made[0].endswith(".gguf")
+    again = run("convert", str(tiny_checkpoint), "--recipe", str(recipe))
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_user_errors_are_one_line(tmp_path: Path) -> None:
+    r = run("convert", str(tmp_path / "missing.safetensors"), "--type", "Q8_0")
+    assert r.returncode == 2 and r.stderr.startswith("error: checkpoint") and "Traceback" not in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("depth: {double: 2, single: 4}\nblocks: [Q8_0]\n")
+    (tmp_path / "x.safetensors").write_bytes(b"\x00")
+    r = run("convert", str(tmp_path / "x.safetensors"), "--recipe", str(bad))
+    assert r.returncode == 2 and "1 block types for 2 + 4" in r.stderr
+    r = run("convert", str(tmp_path / "x.safetensors"), "--type", "Q8_0")
+    assert r.returncode == 2 and "not a readable safetensors file" in r.stderr
+
+
+def test_demo(tmp_path: Path) -> None:
+    r = run("demo", "--dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "blocks 0-" in r.stdout or "block 0:" in r.stdout
+    assert len(list(tmp_path.glob("*.gguf"))) == 1
