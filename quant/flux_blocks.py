@@ -1,0 +1,203 @@
+"""FLUX's block stack in plain torch, for measuring costs without ComfyUI.
+
+The same computation as the BFL reference and ComfyUI's ``comfy.ldm.flux`` (modulation,
+fused qkv with RMSNorm on q and k, RoPE over (t, h, w) positions, joint attention over
+text + image tokens, tanh-GELU MLP), written from the architecture, in float32 by
+default. Inside ComfyUI the sweep runs on ComfyUI's own blocks; headless it runs on these.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .arch import FluxArch
+from .checkpoint import Source
+
+ROPE_THETA = 10000
+
+
+def rms_norm(x: Tensor, scale: Tensor, eps: float = 1e-6) -> Tensor:
+    return F.rms_norm(x, scale.shape, weight=scale.to(x.dtype), eps=eps)
+
+
+def layer_norm(x: Tensor) -> Tensor:
+    return F.layer_norm(x, x.shape[-1:], eps=1e-6)
+
+
+def rope(pos: Tensor, dim: int) -> Tensor:
+    """Rotation matrices (..., n, dim/2, 2, 2) for positions along one axis."""
+    scale = torch.linspace(0, (dim - 2) / dim, steps=dim // 2, dtype=torch.float64, device=pos.device)
+    omega = 1.0 / (ROPE_THETA ** scale)
+    angles = pos.to(torch.float32)[..., None] * omega
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    return torch.stack([cos, -sin, sin, cos], dim=-1).reshape(*angles.shape, 2, 2).to(torch.float32)
+
+
+def position_embedding(ids: Tensor, axes_dim: tuple[int, ...]) -> Tensor:
+    """(batch, tokens, 3) positions -> (batch, 1, tokens, head_dim/2, 2, 2)."""
+    return torch.cat([rope(ids[..., i], d) for i, d in enumerate(axes_dim)], dim=-3).unsqueeze(1)
+
+
+def apply_rope(x: Tensor, pe: Tensor) -> Tensor:
+    x_ = x.to(pe.dtype).reshape(*x.shape[:-1], -1, 1, 2)
+    out = pe[..., 0] * x_[..., 0] + pe[..., 1] * x_[..., 1]
+    return out.reshape(*x.shape).type_as(x)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, pe: Tensor) -> Tensor:
+    """(batch, heads, tokens, head_dim) each -> (batch, tokens, heads*head_dim)."""
+    q, k = apply_rope(q, pe), apply_rope(k, pe)
+    x = F.scaled_dot_product_attention(q, k, v)
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+
+
+class _Weights:
+    """A block's parameters by their checkpoint names (prefix-free, block-relative)."""
+
+    def __init__(self, tensors: Mapping[str, Tensor]):
+        self.t = dict(tensors)
+
+    def linear(self, name: str, x: Tensor) -> Tensor:
+        return F.linear(x, self.t[f"{name}.weight"].to(x.dtype), self.t[f"{name}.bias"].to(x.dtype))
+
+
+def _modulation(w: _Weights, name: str, vec: Tensor, n: int) -> list[Tensor]:
+    return w.linear(name, F.silu(vec)[:, None, :]).chunk(n, dim=-1)
+
+
+def _qkv(w: _Weights, prefix: str, x: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    qkv = w.linear(f"{prefix}qkv", x)
+    q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
+    return (rms_norm(q, w.t[f"{prefix}norm.query_norm.scale"]).to(v),
+            rms_norm(k, w.t[f"{prefix}norm.key_norm.scale"]).to(v), v)
+
+
+def double_block(w: _Weights, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+    img_mod = _modulation(w, "img_mod.lin", vec, 6)
+    txt_mod = _modulation(w, "txt_mod.lin", vec, 6)
+    img_q, img_k, img_v = _qkv(w, "img_attn.", layer_norm(img) * (1 + img_mod[1]) + img_mod[0], heads)
+    txt_q, txt_k, txt_v = _qkv(w, "txt_attn.", layer_norm(txt) * (1 + txt_mod[1]) + txt_mod[0], heads)
+    attn = attention(torch.cat((txt_q, img_q), 2), torch.cat((txt_k, img_k), 2), torch.cat((txt_v, img_v), 2), pe)
+    txt_attn, img_attn = attn[:, : txt.shape[1]], attn[:, txt.shape[1]:]
+    img = img + img_mod[2] * w.linear("img_attn.proj", img_attn)
+    img = img + img_mod[5] * _mlp(w, "img_mlp", layer_norm(img) * (1 + img_mod[4]) + img_mod[3])
+    txt = txt + txt_mod[2] * w.linear("txt_attn.proj", txt_attn)
+    txt = txt + txt_mod[5] * _mlp(w, "txt_mlp", layer_norm(txt) * (1 + txt_mod[4]) + txt_mod[3])
+    return img, txt
+
+
+def _mlp(w: _Weights, name: str, x: Tensor) -> Tensor:
+    return w.linear(f"{name}.2", F.gelu(w.linear(f"{name}.0", x), approximate="tanh"))
+
+
+def single_block(w: _Weights, x: Tensor, vec: Tensor, pe: Tensor, heads: int) -> Tensor:
+    shift, scale, gate = _modulation(w, "modulation.lin", vec, 3)
+    hidden = x.shape[-1]
+    qkv_mlp = w.linear("linear1", layer_norm(x) * (1 + scale) + shift)
+    qkv, mlp = torch.split(qkv_mlp, [3 * hidden, qkv_mlp.shape[-1] - 3 * hidden], dim=-1)
+    q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q = rms_norm(q, w.t["norm.query_norm.scale"]).to(v)
+    k = rms_norm(k, w.t["norm.key_norm.scale"]).to(v)
+    out = w.linear("linear2", torch.cat((attention(q, k, v, pe), F.gelu(mlp, approximate="tanh")), 2))
+    return x + gate * out
+
+
+@dataclass
+class StackInputs:
+    """What enters the block stack for one sample: the captured hidden states."""
+
+    img: Tensor  # (batch, img_tokens, hidden)
+    txt: Tensor  # (batch, txt_tokens, hidden)
+    vec: Tensor  # (batch, hidden): timestep + guidance + pooled text embedding
+    pe: Tensor  # rotary position embedding for txt + img tokens
+
+
+@dataclass
+class StackState:
+    """Hidden states between two blocks: two streams before the single blocks, one after."""
+
+    img: Tensor
+    txt: Tensor | None = None  # None once the streams are joined (txt tokens lead img)
+    txt_tokens: int = 0
+
+
+class ReferenceStack:
+    """FLUX's blocks over a checkpoint's weights: what ``quant.sweep`` runs headless.
+
+    ``weights(block)`` gives the block's tensors as a dict the sweep may swap entries of.
+    """
+
+    def __init__(self, arch: FluxArch, source: Source, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        # Weights stay in the checkpoint's dtype (one copy of the model, never a float32
+        # second one); each linear casts its weight to the compute dtype as it runs.
+        self.arch, self.device, self.dtype = arch, torch.device(device), dtype
+        self._read = lambda key: source.read(arch.prefix + key).to(device=self.device)
+        self.heads = arch.hidden_size // source.shapes[arch.prefix + "double_blocks.0.img_attn.norm.query_norm.scale"][0]
+        self._blocks = []
+        for b in range(arch.n_blocks):
+            name = arch.block_name(b) + "."
+            keys = [arch.strip_prefix(k) for k in source.shapes if arch.strip_prefix(k).startswith(name)]
+            self._blocks.append({k[len(name):]: self._read(k) for k in keys})
+
+    @property
+    def n_blocks(self) -> int:
+        return self.arch.n_blocks
+
+    def weights(self, block: int) -> dict[str, Tensor]:
+        return self._blocks[block]
+
+    def start(self, inputs: StackInputs) -> StackState:
+        return StackState(inputs.img, inputs.txt, inputs.txt.shape[1])
+
+    def forward(self, block: int, state: StackState, inputs: StackInputs) -> StackState:
+        w = _Weights(self._blocks[block])
+        if block < self.arch.depth_double:
+            img, txt = double_block(w, state.img, state.txt, inputs.vec, inputs.pe, self.heads)
+            return StackState(img, txt, state.txt_tokens)
+        x = state.img if state.txt is None else torch.cat((state.txt, state.img), 1)
+        return StackState(single_block(w, x, inputs.vec, inputs.pe, self.heads), None, state.txt_tokens)
+
+    def output(self, state: StackState) -> Tensor:
+        """The final hidden state of the image tokens (what the final layer reads)."""
+        return state.img if state.txt is not None else state.img[:, state.txt_tokens:]
+
+    def make_inputs(self, seed: int, width: int = 256, height: int = 256, sigma: float = 0.6,
+                    txt_tokens: int = 64, guidance: float = 3.5) -> StackInputs:
+        """Stack inputs for a synthetic sample: a noised random latent at ``sigma``, random
+        text states and pooled vector (no text encoder is needed), through the model's own
+        embedders."""
+        gen = torch.Generator().manual_seed(seed)
+        in_features = self._read("img_in.weight").shape[1]
+        h, w = height // 16, width // 16  # 8x VAE, 2x2 patches
+        clean = torch.randn(1, h * w, in_features, generator=gen) * 0.5
+        latent = ((1 - sigma) * clean + sigma * torch.randn(clean.shape, generator=gen)).to(self.device, self.dtype)
+        context = torch.randn(1, txt_tokens, self._read("txt_in.weight").shape[1], generator=gen).to(self.device, self.dtype)
+        pooled = torch.randn(1, self._read("vector_in.in_layer.weight").shape[1], generator=gen).to(self.device, self.dtype)
+        lin = lambda name, x: F.linear(x, self._read(f"{name}.weight").to(self.dtype),  # noqa: E731
+                                       self._read(f"{name}.bias").to(self.dtype))
+        mlp = lambda name, x: lin(f"{name}.out_layer", F.silu(lin(f"{name}.in_layer", x)))  # noqa: E731
+        t = torch.tensor([sigma], device=self.device)
+        vec = mlp("time_in", timestep_embedding(t).to(self.dtype))
+        if self.arch.has_guidance:
+            vec = vec + mlp("guidance_in", timestep_embedding(torch.tensor([guidance], device=self.device)).to(self.dtype))
+        vec = vec + mlp("vector_in", pooled)
+        ids = torch.zeros(1, txt_tokens + h * w, 3, device=self.device)
+        ids[0, txt_tokens:, 1] = torch.arange(h, device=self.device).repeat_interleave(w).float()
+        ids[0, txt_tokens:, 2] = torch.arange(w, device=self.device).repeat(h).float()
+        head_dim = self.arch.hidden_size // self.heads
+        axes = (head_dim - 2 * (head_dim * 7 // 16), head_dim * 7 // 16, head_dim * 7 // 16)
+        return StackInputs(lin("img_in", latent), lin("txt_in", context), vec, position_embedding(ids, axes))
+
+
+def timestep_embedding(t: Tensor, dim: int = 256, max_period: int = 10000, time_factor: float = 1000.0) -> Tensor:
+    t = time_factor * t
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)

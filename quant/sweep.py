@@ -1,0 +1,107 @@
+"""Measure costs: for each block and type, the final-state error with only that block quantized.
+
+The original approach re-runs the whole stack for every (block, type). Quantizing block
+``i`` changes nothing before it, so one clean pass keeps the input to every block and the
+clean final state; each (i, type) then runs only blocks ``i..N-1``. Over N blocks that is
+(N+1)/2N of the work, about half. Each block's weights are quantized and dequantized with
+our codecs, swapped in for the runs of that block and restored (the same tensor objects)
+before the next: at most one quantized copy of one block exists at a time.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from . import codecs
+from .recipe import tensor_type
+
+if TYPE_CHECKING:
+    from .costs import CostTable
+
+
+class BlockStack(Protocol):
+    """What the sweep needs of a model: its blocks, run one at a time."""
+
+    @property
+    def n_blocks(self) -> int: ...
+
+    def weights(self, block: int) -> MutableMapping[str, torch.Tensor]: ...
+
+    def start(self, inputs: Any) -> Any: ...
+
+    def forward(self, block: int, state: Any, inputs: Any) -> Any: ...
+
+    def output(self, state: Any) -> torch.Tensor: ...
+
+
+@dataclass
+class SweepResult:
+    """Sum of squared final-state errors and values counted, per (block, type)."""
+
+    sse: dict[tuple[int, str], float]
+    count: dict[tuple[int, str], int]
+    block_forwards: int
+
+
+# Called after each (block, type); may raise to cancel (everything is restored first).
+SweepProgress = Callable[[int, int], None]
+
+
+def quantized_weights(weights: MutableMapping[str, torch.Tensor], qtype: str) -> dict[str, torch.Tensor]:
+    """The block's 2-D weights after a round trip through ``qtype``, as float32 on their device.
+
+    float32, not the weight's dtype: a bf16 copy would round the dequantized values again
+    and measure a type that does not exist. The block casts them as it casts any weight."""
+    out = {}
+    for name, w in weights.items():
+        if w.dim() != 2:
+            continue
+        qtype_here = tensor_type(qtype, w.shape)
+        raw = codecs.quantize(w.detach().to(torch.float32), qtype_here)
+        out[name] = codecs.dequantize(raw, qtype_here, w.shape)
+    return out
+
+
+@torch.no_grad()
+def sweep(stack: BlockStack, inputs: Any, types: Sequence[str], blocks: Iterable[int] | None = None,
+          progress: SweepProgress | None = None) -> SweepResult:
+    """Costs of ``types`` at ``blocks`` (default all) for one captured sample."""
+    blocks = list(range(stack.n_blocks) if blocks is None else blocks)
+    states = [stack.start(inputs)]
+    for b in range(stack.n_blocks):
+        states.append(stack.forward(b, states[-1], inputs))
+    clean = stack.output(states[-1]).to(torch.float32)
+    forwards = stack.n_blocks
+    result = SweepResult({}, {}, 0)
+    total, done = len(blocks) * len(types), 0
+    for b in blocks:
+        weights = stack.weights(b)
+        for qtype in types:
+            originals = {}
+            try:
+                for name, q in quantized_weights(weights, qtype).items():
+                    originals[name] = weights[name]
+                    weights[name] = q
+                state = states[b]
+                for later in range(b, stack.n_blocks):
+                    state = stack.forward(later, state, inputs)
+                forwards += stack.n_blocks - b
+                err = stack.output(state).to(torch.float32) - clean
+                result.sse[(b, qtype)] = float(torch.sum(err * err, dtype=torch.float64))
+                result.count[(b, qtype)] = err.numel()
+            finally:
+                weights.update(originals)
+            done += 1
+            if progress:
+                progress(done, total)
+    result.block_forwards = forwards
+    return result
+
+
+def add_to_table(table: CostTable, result: SweepResult) -> None:
+    """Add one sample's sweep to a cost table."""
+    for (block, qtype), sse in result.sse.items():
+        table.add(block, qtype, sse, result.count[(block, qtype)])
