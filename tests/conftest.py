@@ -14,3 +14,17 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "tiny-flux.safetensors"
     save_file(random_state_dict(TINY), str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory: pytest.TempPathFactory):
+    """A real ComfyUI server with ComfyUI-GGUF and this pack; skipped, saying why, where none is installed."""
+    from comfyui_rig import ComfyServer, find_comfyui
+
+    found = find_comfyui()
+    if isinstance(found, str):
+        pytest.skip(f"real-ComfyUI integration test skipped: {found}")
+    server = ComfyServer(*found, tmp_path_factory.mktemp("comfyui"))
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,217 @@
+"""A real ComfyUI server for the integration tests: find it, start it privately, run workflows.
+
+ComfyUI is found via ``COMFYUI_PATH``, an enclosing ``custom_nodes/`` folder this pack sits
+in, or ``~/comfy/ComfyUI``; its Python via ``COMFYUI_PYTHON`` or ``<ComfyUI>/.venv``. The
+server runs on a free loopback port with a private base directory (models, output,
+custom_nodes), so the tests never touch the user's folders. Its custom nodes are
+ComfyUI-GGUF (from the install), this pack and the test-only fixture node.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+PACK_ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_NODE = Path(__file__).resolve().parent / "comfyui_fixture_node"
+PACK_NAME = "comfyui-mxgguf"
+SETUP_HINT = ("install ComfyUI with ComfyUI-GGUF (see README: 'In ComfyUI') and set COMFYUI_PATH, "
+              "or place this pack in ComfyUI/custom_nodes/")
+
+
+def find_comfyui() -> tuple[Path, Path] | str:
+    """(ComfyUI folder, its python), or the reason none was found."""
+    looked = []
+    if os.environ.get("COMFYUI_PATH"):  # an explicit choice: no falling back elsewhere
+        candidates = [Path(os.environ["COMFYUI_PATH"])]
+    else:
+        candidates = [PACK_ROOT.parent.parent] if PACK_ROOT.parent.name == "custom_nodes" else []
+        candidates.append(Path.home() / "comfy" / "ComfyUI")
+    for root in candidates:
+        looked.append(str(root))
+        if not (root / "main.py").is_file():
+            continue
+        python = Path(os.environ.get("COMFYUI_PYTHON") or root / ".venv" / "bin" / "python")
+        if not python.exists():
+            return f"ComfyUI at {root} has no python at {python} (set COMFYUI_PYTHON)"
+        if not (root / "custom_nodes" / "ComfyUI-GGUF" / "nodes.py").is_file():
+            return f"ComfyUI at {root} has no custom_nodes/ComfyUI-GGUF"
+        return root, python
+    return f"no ComfyUI found (looked in {', '.join(looked)}); {SETUP_HINT}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    """One headless ComfyUI process with a private base directory."""
+
+    def __init__(self, comfy_root: Path, python: Path, base: Path):
+        self.root, self.python, self.base = comfy_root, python, base
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = base / "comfyui.log"
+        nodes = base / "custom_nodes"
+        for sub in ("models/diffusion_models", "models/unet", "output", "input", "custom_nodes"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        for name, target in (("ComfyUI-GGUF", comfy_root / "custom_nodes" / "ComfyUI-GGUF"),
+                             (PACK_NAME, PACK_ROOT), ("mxgguf_test_nodes", FIXTURE_NODE)):
+            if not (nodes / name).exists():
+                (nodes / name).symlink_to(target, target_is_directory=True)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def models(self) -> Path:
+        return self.base / "models" / "diffusion_models"
+
+    @property
+    def unet(self) -> Path:
+        return self.base / "models" / "unet"
+
+    @property
+    def output(self) -> Path:
+        return self.base / "output"
+
+    def start(self, timeout: float = 120) -> None:
+        log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [str(self.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+             "--base-directory", str(self.base), "--disable-auto-launch"],
+            cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited at start-up:\n{self.log_tail()}")
+            try:
+                self.get("/system_stats")
+                return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        raise RuntimeError(f"ComfyUI did not answer in {timeout}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: dict | None = None) -> Any:
+        req = urllib.request.Request(self.url + path, data=json.dumps(body or {}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            data = r.read()
+        return json.loads(data) if data else None
+
+    def object_info(self, node: str | None = None) -> dict:
+        return self.get("/object_info" + (f"/{node}" if node else ""))
+
+    def queue(self, workflow: dict) -> str:
+        """Queue a prompt; raise with ComfyUI's validation message if it is refused."""
+        try:
+            return self.post("/prompt", {"prompt": workflow, "client_id": uuid.uuid4().hex})["prompt_id"]
+        except urllib.error.HTTPError as e:
+            raise WorkflowError(f"prompt refused: {e.read().decode(errors='replace')}") from None
+
+    def wait(self, prompt_id: str, timeout: float = 600) -> dict:
+        """The finished prompt's history entry; WorkflowError with the node's exception if it failed."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history:
+                entry = history[prompt_id]
+                status = entry.get("status", {})
+                if status.get("status_str") == "error":
+                    raise WorkflowError(_error_text(status), status)
+                if status.get("completed"):
+                    return entry
+            time.sleep(0.2)
+        raise WorkflowError(f"prompt {prompt_id} did not finish in {timeout}s:\n{self.log_tail()}")
+
+    def run(self, workflow: dict, timeout: float = 600) -> dict:
+        return self.wait(self.queue(workflow), timeout)
+
+    def interrupt(self) -> None:
+        self.post("/interrupt")
+
+    def free(self) -> None:
+        """Unload models and drop the cache, so the next run loads files afresh."""
+        self.post("/free", {"unload_models": True, "free_memory": True})
+
+
+class WorkflowError(RuntimeError):
+    def __init__(self, message: str, status: dict | None = None):
+        super().__init__(message)
+        self.status = status or {}
+
+
+def _error_text(status: dict) -> str:
+    for kind, data in status.get("messages", []):
+        if kind == "execution_error":
+            return f"{data.get('node_type')}: {data.get('exception_type')}: {data.get('exception_message')}"
+        if kind == "execution_interrupted":
+            return "interrupted"
+    return f"failed: {status}"
+
+
+# ---------------------------------------------------------------- workflows
+
+def loader(unet_name: str, kind: str = "safetensors") -> dict:
+    """``safetensors`` (UNETLoader), ``gguf`` (UnetLoaderGGUF) or ``gguf-f32`` (advanced, dequant float32)."""
+    if kind == "safetensors":
+        return {"class_type": "UNETLoader", "inputs": {"unet_name": unet_name, "weight_dtype": "default"}}
+    if kind == "gguf":
+        return {"class_type": "UnetLoaderGGUF", "inputs": {"unet_name": unet_name}}
+    return {"class_type": "UnetLoaderGGUFAdvanced",
+            "inputs": {"unet_name": unet_name, "dequant_dtype": "float32", "patch_dtype": "default",
+                       "patch_on_device": False}}
+
+
+def sampling(model: list, seed: int, prefix: str, steps: int = 4, size: int = 64) -> dict:
+    """Nodes that sample a FLUX MODEL output and save the latent: conditioning from the fixture node."""
+    return {
+        "cond": {"class_type": "MxTestFluxConditioning", "inputs": {"model": model, "seed": seed, "tokens": 8}},
+        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "sample": {"class_type": "KSampler", "inputs": {
+            "model": model, "seed": seed, "steps": steps, "cfg": 1.0, "sampler_name": "euler",
+            "scheduler": "simple", "positive": ["cond", 0], "negative": ["cond", 1],
+            "latent_image": ["latent", 0], "denoise": 1.0}},
+        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0], "filename_prefix": prefix}},
+    }
+
+
+def sample_workflow(unet_name: str, kind: str, seed: int, prefix: str, **kw: Any) -> dict:
+    return {"load": loader(unet_name, kind), **sampling(["load", 0], seed, prefix, **kw)}
+
+
+def saved_latent(server: ComfyServer, entry: dict, node: str = "save") -> torch.Tensor:
+    """The latent a SaveLatent node wrote in this prompt."""
+    files = entry["outputs"][node]["latents"]
+    f = files[0]
+    return load_file(str(server.output / f["subfolder"] / f["filename"]))["latent_tensor"]
