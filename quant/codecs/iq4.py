@@ -18,12 +18,18 @@ NTRY = 7
 GROUP_MAX_EPS = 1e-15
 
 
+MIDPOINTS = tuple((a + b) / 2 for a, b in zip(KVALUES, KVALUES[1:]))
+
+
 def best_index(x: torch.Tensor) -> torch.Tensor:
-    """ggml's ``best_index_int8``: the nearest table level (ties to the upper one)."""
-    values = torch.tensor(KVALUES, dtype=torch.float32, device=x.device)
-    upper = torch.searchsorted(values, x.contiguous(), right=True).clamp_(1, len(KVALUES) - 1)
-    below, above = values[upper - 1], values[upper]
-    return torch.where(x - below < above - x, upper - 1, upper)
+    """ggml's ``best_index_int8``: the nearest table level, ties to the upper one.
+
+    C compares ``x - lo < hi - x``; that is ``x < (lo + hi)/2`` wherever it can be close:
+    near a midpoint |x| >= 4, so both differences of x and the integer levels are exact,
+    and where |x| < 4 the two sides differ by more than any rounding. One search over the
+    midpoints does it."""
+    mids = torch.tensor(MIDPOINTS, dtype=torch.float32, device=x.device)
+    return torch.searchsorted(mids, x.contiguous(), right=True)
 
 
 def block_scales(x: torch.Tensor) -> torch.Tensor:
