@@ -61,29 +61,38 @@ def make_qx_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tens
 def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``make_q3_quants(n, nmax, x, L, do_rmse=true)`` over sub-blocks x: (m, n).
 
-    Returns (scale (m,), L (n, m) int32 in 0..2*nmax-1; 0 for all-zero sub-blocks). A pass
-    that changes nothing would change nothing if repeated, so every sub-block simply gets
-    all five passes (C stops early; the result is the same)."""
+    Returns (scale (m,), L (n, m) int32 in 0..2*nmax-1; 0 for all-zero sub-blocks). Up to
+    five in-order passes move single values to a better level; a sub-block leaves once a
+    pass changes nothing in it, as in C (most settle after one or two passes)."""
     _, zero, iscale = _first_guess(x, nmax)
-    xt = x.T
+    xt = x.T.contiguous()
     w = xt * xt
     wx = w * xt
-    levels = nearest_int(iscale * xt).clamp_(-nmax, nmax - 1).to(torch.float32)  # (n, m)
+    levels = torch.round(iscale * xt).clamp_(-nmax, nmax - 1)  # (n, m)
     sumlx = seq_sum(wx * levels)
     suml2 = seq_sum(w * levels * levels)
+    active = torch.arange(x.shape[0], device=x.device)
     for _ in range(5):
+        if active.numel() == 0:
+            break
+        xa, wa, wxa, la = xt[:, active], w[:, active], wx[:, active], levels[:, active]
+        lx, l2 = sumlx[active], suml2[active]
+        changed = torch.zeros_like(lx, dtype=torch.bool)
         for i in range(x.shape[1]):
-            l_i = levels[i]
-            slx = sumlx - wx[i] * l_i
-            sl2 = suml2 - w[i] * l_i * l_i
-            positive = slx > 0
-            new_l = nearest_int(xt[i] * sl2 / torch.where(positive, slx, 1.0)).clamp_(-nmax, nmax - 1).to(torch.float32)
-            slx = slx + wx[i] * new_l
-            sl2 = sl2 + w[i] * new_l * new_l
-            accept = positive & (new_l != l_i) & (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2)
-            levels[i] = torch.where(accept, new_l, l_i)
-            sumlx = torch.where(accept, slx, sumlx)
-            suml2 = torch.where(accept, sl2, suml2)
+            l_i = la[i]
+            slx = lx - wxa[i] * l_i
+            sl2 = l2 - wa[i] * l_i * l_i
+            new_l = torch.round(xa[i] * sl2 / slx).clamp_(-nmax, nmax - 1)  # slx <= 0: masked below
+            accept = (slx > 0) & (new_l != l_i)
+            slx += wxa[i] * new_l
+            sl2 += wa[i] * new_l * new_l
+            accept &= (sl2 > 0) & (slx * slx * l2 > lx * lx * sl2)
+            la[i] = torch.where(accept, new_l, l_i)
+            lx = torch.where(accept, slx, lx)
+            l2 = torch.where(accept, sl2, l2)
+            changed |= accept
+        levels[:, active], sumlx[active], suml2[active] = la, lx, l2
+        active = active[changed]
     scale = torch.where(suml2 > 0, sumlx / torch.where(suml2 > 0, suml2, 1.0), 0.0)
     scale = torch.where(zero, 0.0, scale)
     return scale, torch.where(zero, 0, levels.to(torch.int32) + nmax)
