@@ -38,7 +38,7 @@ def block_scales(x: torch.Tensor) -> torch.Tensor:
     zero = x.abs().amax(dim=1) < GROUP_MAX_EPS
     peak = torch.where(zero, 1.0, peak)
     values = torch.tensor(KVALUES, dtype=torch.float32, device=x.device)
-    xt = x.T  # position-first: in-order sums over contiguous slices
+    xt = x.T.contiguous()  # position-first: in-order sums over contiguous slices
     w = xt * xt
     # the first guess -max/values[0], then id = (itry + values[0]) / max for itry = -NTRY..NTRY
     first = rdiv(1.0, -peak / KVALUES[0])

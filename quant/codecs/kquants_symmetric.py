@@ -28,34 +28,46 @@ def _first_guess(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor
     return peak, zero, rdiv(-float(nmax), torch.where(zero, 1.0, peak))
 
 
+# make_qx_quants' candidate scales: -(nmax + 0.1*is)/max for is = -9..9 except 0, in float32
+_QX_STEPS = [s for s in range(-9, 10) if s != 0]
+
+
+def _qx_numerators(nmax: int, device: torch.device) -> torch.Tensor:
+    return torch.stack([-(_f32(nmax) + _f32(0.1) * _f32(s)) for s in _QX_STEPS]).to(device)
+
+
 def make_qx_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``make_qx_quants(n, nmax, x, L, rmse_type=1, NULL)`` over sub-blocks x: (m, n).
 
-    Returns (scale (m,), L (n, m) int32 in 0..2*nmax-1; 0 for all-zero sub-blocks)."""
+    Returns (scale (m,), L (n, m) int32 in 0..2*nmax-1; 0 for all-zero sub-blocks). The
+    candidates do not depend on each other, only their acceptance does (each must beat the
+    best so far), so all are evaluated at once and accepted in order."""
     peak, zero, iscale0 = _first_guess(x, nmax)
-    xt = x.T  # position-first: the sums run over contiguous slices
+    xt = x.T.contiguous()  # position-first: the sums run over contiguous slices
     w = xt * xt
     wx = w * xt
-    # candidate 0 is the first guess; then is = -9..9 without 0: iscale = -(nmax + 0.1*is)/max
-    steps = [s for s in range(-9, 10) if s != 0]
-    numerators = torch.stack([-(_f32(nmax) + _f32(0.1) * _f32(s)) for s in steps]).to(x.device)
-    iscale = torch.cat([iscale0[:, None], numerators / torch.where(zero, 1.0, peak)[:, None]], dim=1)  # (m, S)
-    levels = nearest_int(iscale * xt[..., None]).clamp_(-nmax, nmax - 1).to(torch.float32)  # (n, m, S)
-    sumlx = seq_sum(wx[..., None] * levels)
-    suml2 = seq_sum(w[..., None] * levels * levels)
+    iscale = torch.cat([iscale0[:, None], _qx_numerators(nmax, x.device) / torch.where(zero, 1.0, peak)[:, None]], 1)
+    # in-order sums over the positions, one (m, S) slice at a time (cache-sized)
+    sumlx = torch.zeros_like(iscale)
+    suml2 = torch.zeros_like(iscale)
+    for j in range(xt.shape[0]):
+        level = torch.round(iscale * xt[j, :, None]).clamp_(-nmax, nmax - 1)
+        sumlx += wx[j, :, None] * level
+        level *= w[j, :, None] * level
+        suml2 += level
     scale = torch.where(suml2[:, 0] != 0, sumlx[:, 0] / torch.where(suml2[:, 0] != 0, suml2[:, 0], 1.0), 0.0)
     best = scale * sumlx[:, 0]
-    choice = torch.zeros_like(scale, dtype=torch.long)
-    for s in range(1, len(steps) + 1):
+    chosen = iscale[:, 0]
+    for s in range(1, iscale.shape[1]):
         lx, l2 = sumlx[:, s], suml2[:, s]
         better = (l2 > 0) & (lx * lx > best * l2)
         new_scale = lx / torch.where(better, l2, 1.0)
         scale = torch.where(better, new_scale, scale)
         best = torch.where(better, new_scale * lx, best)
-        choice = torch.where(better, s, choice)
-    chosen = levels.gather(2, choice[None, :, None].expand(x.shape[1], -1, 1))[..., 0]
+        chosen = torch.where(better, iscale[:, s], chosen)
+    levels = torch.round(chosen * xt).clamp_(-nmax, nmax - 1)  # the accepted candidate's levels
     scale = torch.where(zero, 0.0, scale)
-    return scale, torch.where(zero, 0, chosen.to(torch.int32) + nmax)
+    return scale, torch.where(zero, 0, levels.to(torch.int32) + nmax)
 
 
 def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
