@@ -49,11 +49,12 @@ def make_qkx2_quants(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, r
     iscale = rdiv(nmax, span)
     scale = rdiv(1.0, iscale)
     offset = lo
-    levels = nearest_int(iscale * (x - lo)).clamp_(0, nmax).to(x.dtype)
+    levels = torch.round(iscale * (x - lo)).clamp_(0, nmax)
     best_error = error(scale, offset, levels)
-    for step in range(nstep + 1):
-        iscale = rdiv(_f32_numerator(rmin, rdelta, step, nmax), hi - offset)
-        cand = nearest_int(iscale * (x - offset)).clamp_(0, nmax).to(x.dtype)
+    numerators = [_f32_numerator(rmin, rdelta, step, nmax) for step in range(nstep + 1)]
+    for numerator in numerators:
+        iscale = rdiv(numerator, hi - offset)
+        cand = torch.round(iscale * (x - offset)).clamp_(0, nmax)
         torch.mul(w, cand, out=buf[:, 0])
         torch.mul(buf[:, 0], cand, out=buf[:, 1])
         torch.mul(buf[:, 0], x, out=buf[:, 2])
