@@ -24,22 +24,23 @@ sys.path.insert(0, str(ROOT))
 
 # Runs in the child: baseline after imports, then the CLI's convert, then peak RSS.
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch, gguf, safetensors, numpy  # the imports a conversion needs, before the baseline
 from quant.__main__ import convert
 from quant.recipe import load_recipe
 from pathlib import Path
 
-def rss_kb():
+def status_kb(field):
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
 
-base = rss_kb()
+base = status_kb("VmRSS")
 t = time.perf_counter()
 r = convert(Path(sys.argv[2]), Path(sys.argv[3]), load_recipe(sys.argv[4]), quiet=True)
-print(json.dumps({"baseline_kb": base, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+# VmHWM, not ru_maxrss: ru_maxrss carries over the parent's high-water mark through exec
+print(json.dumps({"baseline_kb": base, "peak_kb": status_kb("VmHWM"),
                   "seconds": time.perf_counter() - t, "bytes": r.size_bytes, "bpw": r.bpw}))
 """
 

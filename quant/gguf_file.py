@@ -7,6 +7,8 @@ read back and checked, and only then renamed into place.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -87,6 +89,7 @@ def write_gguf(source: Source, arch: FluxArch, recipe: Recipe, plan: Sequence[Te
             writer.write_ti_data_to_file()
             for t in plan:
                 writer.write_tensor_data(_encode(source, t, device))
+                release_freed_memory()
                 done += t.numel
                 if progress:
                     progress(done, total, t.key)
@@ -97,6 +100,20 @@ def write_gguf(source: Source, arch: FluxArch, recipe: Recipe, plan: Sequence[Te
             writer.close()
         verify_gguf(tmp, plan)
     return WriteResult(out_path, out_path.stat().st_size, bpw, len(plan))
+
+
+def _glibc_trim() -> Callable[[], None]:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return lambda: None
+    return lambda: trim(0)
+
+
+# Each tensor leaves freed blocks of its own sizes in glibc's heap, which it keeps; without
+# handing them back, resident memory creeps up with the number of tensors converted.
+release_freed_memory = _glibc_trim()
 
 
 def _encode(source: Source, t: TensorPlan, device: torch.device | str | None) -> np.ndarray:

@@ -14,15 +14,16 @@ from .base import Codec, QType, fp16_bytes, fp16_from_bytes, inverse_or_zero, pa
 HALF = 16  # elements j and j + 16 share a byte
 
 
-def round_away(x: torch.Tensor) -> torch.Tensor:
-    """C's roundf (halves away from zero) as int32, for |x| < 2^22.
+_JUST_BELOW_HALF = 0.49999997  # 0.5 - 2^-25: the one float32 that "+ 0.5" rounds up to 1
 
-    ``trunc(|x| + 0.5)`` is exact for |x| >= 0.5 (the sum keeps x's ulp below the next
-    integer); below 0.5 it can round up (0.49999997 + 0.5 -> 1.0), so those are 0."""
-    a = x.abs()
-    q = (a + 0.5).to(torch.int32)
-    q.masked_fill_(a < 0.5, 0)
-    return torch.where(x < 0, -q, q)
+
+def round_away_int8(x: torch.Tensor) -> torch.Tensor:
+    """C's ``roundf`` (halves away from zero) to int8, for |x| <= 127.
+
+    ``trunc(x + copysign(0.5, x))`` is exact for |x| >= 0.5: below the next integer the sum
+    keeps x's ulp. Below 0.5 only 0.5 - 2^-25 rounds up (to 1), so it is put back to 0."""
+    q = torch.copysign(torch.tensor(0.5, device=x.device), x).add_(x).to(torch.int8)
+    return q.masked_fill_(x.abs() == _JUST_BELOW_HALF, 0)
 
 
 def _symmetric(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +86,7 @@ class Q8_0(Codec):
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         d = x.abs().amax(dim=1, keepdim=True) / 127
-        q = round_away(x * inverse_or_zero(d)).to(torch.int8)
+        q = round_away_int8(x * inverse_or_zero(d))
         return torch.cat([fp16_bytes(d), q.view(torch.uint8)], dim=1)
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
