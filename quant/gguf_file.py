@@ -120,7 +120,11 @@ def _encode(source: Source, t: TensorPlan, device: torch.device | str | None) ->
     x = source.read(t.source_key)
     if tuple(x.shape) != t.shape:
         raise CheckpointError(f"{t.source_key} has shape {tuple(x.shape)}, the header says {t.shape}")
-    x = x.to(device=device or "cpu", dtype=torch.float32)
+    x = x.to(device=device or "cpu")
+    if not x.is_floating_point():
+        raise CheckpointError(f"{t.source_key} holds {x.dtype} values, not floating-point weights")
+    if x.dtype.itemsize == 1:  # fp8: isfinite is not implemented for it
+        x = x.to(torch.bfloat16)
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).sum())
         raise CheckpointError(f"{t.source_key} holds {bad} NaN/Inf values; refusing to quantize a broken weight")

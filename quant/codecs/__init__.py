@@ -72,12 +72,18 @@ def quantize(x: torch.Tensor, qtype: str | QType, imatrix: torch.Tensor | None =
             raise ValueError(f"imatrix must have shape ({n},), got {tuple(imatrix.shape)}")
         weights = imatrix.to(device=x.device, dtype=torch.float32).reshape(blocks_per_row, codec.block_size)
     step = max(1, (codec.chunk_elements or CHUNK_ELEMENTS) // n)
-    parts = []
+    out = None
     for r in range(0, rows.shape[0], step):
+        # float32 one chunk at a time: a bf16 weight is never held twice over
         chunk = rows[r : r + step].to(torch.float32).reshape(-1, codec.block_size)
         w = None if weights is None else weights.repeat(chunk.shape[0] // blocks_per_row, 1)
-        parts.append(codec.quantize_blocks(chunk, w).reshape(-1, nbytes))
-    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        part = codec.quantize_blocks(chunk, w).reshape(-1, nbytes)
+        if step >= rows.shape[0]:
+            out = part
+        else:
+            if out is None:
+                out = torch.empty(rows.shape[0], nbytes, dtype=torch.uint8, device=x.device)
+            out[r : r + step] = part
     return out.reshape(*x.shape[:-1], nbytes)
 
 
