@@ -1,8 +1,7 @@
 """mx GGUF: mixed-quantization GGUF for FLUX, as ComfyUI nodes.
 
-ComfyUI imports this folder as a package and calls ``comfy_entrypoint``. The method itself
-is in ``quant/`` (no ComfyUI imports); ``nodes/`` adapts it to ComfyUI and is imported only
-here, lazily, so the package imports cleanly outside ComfyUI (tests, CLI).
+ComfyUI imports this folder as a package. The method is in ``quant/`` (no ComfyUI
+imports), usable headless as ``python -m quant``; the nodes that adapt it to ComfyUI
+graphs are not in this release yet, so the pack registers none.
 """
-WEB_DIRECTORY = "./web"
 NODE_CLASS_MAPPINGS: dict = {}
