@@ -15,10 +15,13 @@ from .arch import ArchitectureError, detect
 from .atomic import check_target
 from .checkpoint import CheckpointError, open_safetensors
 from .gguf_file import GGUFWriteError, WriteResult, read_summary, write_gguf
-from .recipe import Recipe, RecipeError, average_bpw, load_recipe, output_name, plan_tensors
+from .costs import CostError, CostTable, accumulate, check_model, default_costs, model_fingerprint, resolve_costs
+from .optimize import CARD_HEADROOM_GIB, Allocation, Target, TargetError, optimize
+from .recipe import Recipe, RecipeError, average_bpw, load_recipe, output_name, plan_tensors, save_recipe
 
-USER_ERRORS = (ArchitectureError, RecipeError, CheckpointError, GGUFWriteError,
+USER_ERRORS = (ArchitectureError, RecipeError, CheckpointError, GGUFWriteError, CostError, TargetError,
                FileExistsError, FileNotFoundError, ValueError)
+GB = 1e9  # sizes on the command line are in decimal GB, as drives and cards are sold
 
 
 def convert(src: Path, out: Path | None, recipe: Recipe | None = None, qtype: str | None = None,
@@ -34,6 +37,29 @@ def convert(src: Path, out: Path | None, recipe: Recipe | None = None, qtype: st
         with tqdm(total=total, unit="param", unit_scale=True, desc=out.name, disable=quiet) as bar:
             return write_gguf(source, arch, recipe, plan, out, overwrite=overwrite, device=device,
                               progress=lambda done, _total, _key: bar.update(done - bar.n))
+
+
+def target_from(a: argparse.Namespace) -> Target | None:
+    if a.bpw is None and a.size_gb is None and a.card_gb is None:
+        return None
+    return Target(bpw=a.bpw, size_bytes=None if a.size_gb is None else int(a.size_gb * GB),
+                  card_gib=a.card_gb)  # a "12 GB" card has 12 GiB
+
+
+def costs_for(arch, source, spec: str | None) -> CostTable:
+    """The costs to optimize with: the file given, else the built-in table of this model's shape."""
+    fingerprint = model_fingerprint(arch, lambda k: source.read(arch.prefix + k))
+    table = resolve_costs(spec) if spec else default_costs(fingerprint)
+    if table is None:
+        raise CostError(f"no built-in cost table fits {arch.describe()}; measure one with "
+                        f"'python -m quant costs' and pass it with --costs")
+    check_model(table, fingerprint)
+    return table
+
+
+def allocate(arch, shapes, table: CostTable, target: Target, types: Sequence[str] | None,
+             name: str) -> Allocation:
+    return optimize(arch, shapes, table.costs(), target, allowed=types, name=name)
 
 
 def format_summary(s: dict) -> str:
@@ -52,8 +78,80 @@ def format_summary(s: dict) -> str:
 
 def cmd_convert(a: argparse.Namespace) -> int:
     recipe = load_recipe(a.recipe) if a.recipe else None
+    target = target_from(a)
+    if target is not None:
+        with open_safetensors(a.src, hash_file=False) as source:
+            arch = detect(source.shapes)
+            alloc = allocate(arch, source.shapes, costs_for(arch, source, a.costs), target, a.types,
+                             Path(a.src).stem)
+        recipe = alloc.recipe
+        print(f"recipe for {target.describe()}: {alloc.bpw:.3f} bits/param, predicted cost {alloc.predicted_cost:.4g}")
+    elif a.type is None and recipe is None:
+        raise ValueError("give --type, --recipe, or a target (--bpw, --size-gb, --card-gb)")
     r = convert(Path(a.src), Path(a.output) if a.output else None, recipe, a.type, a.overwrite, a.device)
     print(f"wrote {r.path} ({r.size_bytes / 2**20:.1f} MiB, {r.bpw:.3f} bits/param, {r.n_tensors} tensors)")
+    return 0
+
+
+def cmd_optimize(a: argparse.Namespace) -> int:
+    target = target_from(a)
+    if target is None:
+        raise ValueError("give a target: --bpw, --size-gb or --card-gb")
+    table = resolve_costs(a.costs)
+    if a.model:
+        with open_safetensors(a.model, hash_file=False) as source:
+            arch, shapes = detect(source.shapes), dict(source.shapes)
+            check_model(table, model_fingerprint(arch, lambda k: source.read(arch.prefix + k)))
+    else:
+        arch, shapes = flux1_shapes(table.model)
+    alloc = allocate(arch, shapes, table, target, a.types, a.name or "")
+    if a.output:
+        save_recipe(alloc.recipe, a.output)
+    if a.json:
+        print(json.dumps({"bpw": alloc.bpw, "size_bytes": alloc.data_bytes, "predicted_cost": alloc.predicted_cost,
+                          "blocks": list(alloc.types)}))
+    else:
+        print(f"{target.describe()}: {alloc.bpw:.3f} bits/param, {alloc.data_bytes / 2**30:.2f} GiB of tensor data, "
+              f"predicted cost {alloc.predicted_cost:.4g}" + (f"; recipe written to {a.output}" if a.output else ""))
+    return 0
+
+
+def flux1_shapes(model: dict) -> tuple:
+    """A cost table's model, at FLUX.1's widths (for tables measured without a checkpoint at hand)."""
+    from .synthetic import FluxConfig, flux_shapes
+
+    hidden = int(model["hidden_size"])
+    cfg = FluxConfig(hidden=hidden, heads=hidden // 128, context_in_dim=4096,
+                     depth_double=int(model["depth_double"]), depth_single=int(model["depth_single"]),
+                     guidance=bool(model.get("guidance", True)))
+    shapes = flux_shapes(cfg)
+    return detect(shapes), shapes
+
+
+def cmd_costs(a: argparse.Namespace) -> int:
+    """Measure costs on synthetic samples with the reference FLUX blocks, adding to a costs file."""
+    from .flux_blocks import ReferenceStack
+    from .sweep import add_to_table, sweep
+
+    types = a.types or list(codecs.QUANTIZED_TYPE_NAMES)
+    with open_safetensors(a.src, hash_file=False) as source:
+        arch = detect(source.shapes)
+        fingerprint = model_fingerprint(arch, lambda k: source.read(arch.prefix + k))
+        stack = ReferenceStack(arch, source, device=a.device or "cpu")
+        total = a.samples * arch.n_blocks * len(types)
+        with tqdm(total=total, unit="cost", desc="costs") as bar:
+            for i in range(a.samples):
+                seed = a.seed + i
+                sigma = 0.1 + 0.8 * ((seed * 0.618034) % 1.0)  # spread over the schedule
+                inputs = stack.make_inputs(seed, a.resolution, a.resolution, sigma)
+                result = sweep(stack, inputs, types, progress=lambda done, _t: bar.update(1))
+                table = CostTable.empty(fingerprint, arch.n_blocks, types)
+                add_to_table(table, result)
+                table.samples = [{"source": "synthetic", "seed": seed, "sigma": round(sigma, 4),
+                                  "resolution": [a.resolution, a.resolution]}]
+                table.provenance = {"measured_with": "quant.flux_blocks (headless)", "checkpoint": Path(a.src).name}
+                accumulate(a.output, table)  # after every sample: an interrupt keeps what was measured
+    print(f"costs of {len(types)} types x {arch.n_blocks} blocks over {a.samples} sample(s) added to {a.output}")
     return 0
 
 
@@ -83,14 +181,24 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def add_target_arguments(p: argparse.ArgumentParser, group) -> None:
+    group.add_argument("--bpw", type=float, help="target average bits per parameter (whole file)")
+    group.add_argument("--size-gb", type=float, help="target file size in GB")
+    group.add_argument("--card-gb", type=float,
+                       help=f"fit a card of this many GB, leaving {CARD_HEADROOM_GIB:g} GiB for activations and the VAE")
+    p.add_argument("--types", nargs="+", choices=codecs.QUANTIZED_TYPE_NAMES, help="allowed types (default: all with costs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m quant", description="Mixed-quantization GGUF for FLUX.")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("convert", help="safetensors -> GGUF (one type, or a recipe)")
     c.add_argument("src", help="FLUX checkpoint (.safetensors, BFL/ComfyUI layout)")
-    how = c.add_mutually_exclusive_group(required=True)
+    how = c.add_mutually_exclusive_group()
     how.add_argument("--type", choices=codecs.TYPE_NAMES, help="every block this type")
     how.add_argument("--recipe", help="recipe YAML (see recipes/README.md)")
+    add_target_arguments(c, how)
+    c.add_argument("--costs", help="costs file or builtin:NAME (default: the built-in table of the model's shape)")
     c.add_argument("-o", "--output", help="output .gguf (default: <model>_mxN_N.gguf beside the source)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     c.add_argument("--device", help="torch device for the codecs, e.g. cuda (default cpu)")
@@ -99,6 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("file")
     i.add_argument("--json", action="store_true")
     i.set_defaults(run=cmd_inspect)
+    o = sub.add_parser("optimize", help="the least-cost recipe for a size target")
+    o.add_argument("--costs", required=True, help="costs file or builtin:flux1-dev")
+    add_target_arguments(o, o.add_mutually_exclusive_group(required=True))
+    o.add_argument("--model", help="checkpoint to take shapes from (default: FLUX.1 widths)")
+    o.add_argument("--name", help="recipe name")
+    o.add_argument("-o", "--output", help="write the recipe YAML here")
+    o.add_argument("--json", action="store_true", help="print bpw, size_bytes, predicted_cost, blocks as JSON")
+    o.set_defaults(run=cmd_optimize)
+    m = sub.add_parser("costs", help="measure per-block costs headless and add them to a costs file")
+    m.add_argument("src", help="FLUX checkpoint (.safetensors)")
+    m.add_argument("-o", "--output", required=True, help="costs JSON (created, or added to)")
+    m.add_argument("--samples", type=int, default=1, help="synthetic samples to measure on")
+    m.add_argument("--types", nargs="+", choices=codecs.QUANTIZED_TYPE_NAMES, help="default: every quantized type")
+    m.add_argument("--resolution", type=int, default=256, help="sample width and height in pixels")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--device", help="torch device, e.g. cuda")
+    m.set_defaults(run=cmd_costs)
     d = sub.add_parser("demo", help="convert a small random FLUX-layout model end to end")
     d.add_argument("--dir", help="folder for the demo files (default: a new temp folder)")
     d.set_defaults(run=cmd_demo)

@@ -52,3 +52,25 @@ def test_demo(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "blocks 0-" in r.stdout or "block 0:" in r.stdout
     assert len(list(tmp_path.glob("*.gguf"))) == 1
+
+
+def test_optimize_json_builtin() -> None:
+    r = run("optimize", "--costs", "builtin:flux1-dev", "--bpw", "6.9", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["blocks"]) == 57 and out["bpw"] <= 6.9 and out["predicted_cost"] > 0
+    r = run("optimize", "--costs", "builtin:flux1-dev", "--bpw", "1.5")
+    assert r.returncode == 2 and "out of reach" in r.stderr
+
+
+def test_costs_then_convert_at_target(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    costs = tmp_path / "costs.json"
+    r = run("costs", str(tiny_checkpoint), "-o", str(costs), "--types", "Q8_0", "Q4_K", "Q2_K",
+            "--resolution", "128")
+    assert r.returncode == 0, r.stderr
+    r = run("convert", str(tiny_checkpoint), "--bpw", "7.0", "--costs", str(costs), "-o", str(tmp_path / "o.gguf"))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(run("inspect", str(tmp_path / "o.gguf"), "--json").stdout)
+    assert summary["bpw"] <= 7.0 and set(summary["blocks"]) <= {"Q8_0", "Q4_K", "Q2_K"}
+    r = run("convert", str(tiny_checkpoint), "--bpw", "7.0", "-o", str(tmp_path / "p.gguf"))
+    assert r.returncode == 2 and "no built-in cost table fits" in r.stderr
