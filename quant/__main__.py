@@ -155,6 +155,24 @@ def cmd_costs(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipe(a: argparse.Namespace) -> int:
+    """Import the original converter's casts, or export a recipe for llama.cpp / stable-diffusion.cpp."""
+    import yaml
+
+    from .recipe_formats import from_casts, llama_cpp_tensor_types, pick_configuration, sd_cpp_tensor_type_rules
+
+    if a.action == "import":
+        with open(a.file, encoding="utf-8") as f:
+            name, config = pick_configuration(yaml.safe_load(f), a.name)
+        recipe = from_casts(config, a.depth_double, a.depth_single, a.default, name)
+        save_recipe(recipe, a.output)
+        print(f"recipe {name or '(unnamed)'} written to {a.output}")
+        return 0
+    recipe = load_recipe(a.file)
+    print("\n".join(llama_cpp_tensor_types(recipe)) if a.format == "llama.cpp" else sd_cpp_tensor_type_rules(recipe))
+    return 0
+
+
 def cmd_inspect(a: argparse.Namespace) -> int:
     s = read_summary(a.file)
     print(json.dumps(s, indent=1, default=str) if a.json else format_summary(s))
@@ -224,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--device", help="torch device, e.g. cuda")
     m.set_defaults(run=cmd_costs)
+    r = sub.add_parser("recipe", help="import the original converter's casts; export rules for llama.cpp / sd.cpp")
+    rsub = r.add_subparsers(dest="action", required=True)
+    ri = rsub.add_parser("import", help="configurations.yaml (casts: castto/layers) -> recipe YAML")
+    ri.add_argument("file")
+    ri.add_argument("-o", "--output", required=True)
+    ri.add_argument("--name", help="which configuration, when the file holds several")
+    ri.add_argument("--default", default="BF16", help="type of blocks no cast names (default BF16)")
+    ri.add_argument("--depth-double", type=int, default=19)
+    ri.add_argument("--depth-single", type=int, default=38)
+    re_ = rsub.add_parser("export", help="recipe YAML -> llama-quantize --tensor-type options or sd.cpp rules")
+    re_.add_argument("file")
+    re_.add_argument("--format", choices=["llama.cpp", "sd.cpp"], default="llama.cpp")
+    r.set_defaults(run=cmd_recipe)
     d = sub.add_parser("demo", help="convert a small random FLUX-layout model end to end")
     d.add_argument("--dir", help="folder for the demo files (default: a new temp folder)")
     d.set_defaults(run=cmd_demo)
