@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quant.arch import detect
+from quant.checkpoint import state_dict_source
+from quant.flux_blocks import ReferenceStack
+from quant.sweep import sweep
+from quant.synthetic import TINY, random_state_dict
+
+
+@pytest.fixture(scope="module")
+def stack() -> ReferenceStack:
+    sd = random_state_dict(TINY, seed=3)
+    return ReferenceStack(detect({k: tuple(v.shape) for k, v in sd.items()}), state_dict_source(sd, "tiny"))
+
+
+def whole_stack_mse(stack: ReferenceStack, inputs, block: int, qtype: str) -> float:
+    """The original approach: quantize one block, run the whole stack, compare."""
+    from quant.sweep import quantized_weights
+
+    def run() -> torch.Tensor:
+        state = stack.start(inputs)
+        for b in range(stack.n_blocks):
+            state = stack.forward(b, state, inputs)
+        return stack.output(state)
+
+    clean = run()
+    weights = stack.weights(block)
+    originals = dict(weights)
+    weights.update(quantized_weights(weights, qtype))
+    try:
+        return float(((run() - clean) ** 2).mean())
+    finally:
+        weights.update(originals)
+
+
+def test_sweep_equals_whole_stack_reruns_and_restores_weights(stack: ReferenceStack) -> None:
+    inputs = stack.make_inputs(seed=1, width=128, height=128)
+    before = {b: {k: v.clone() for k, v in stack.weights(b).items()} for b in range(stack.n_blocks)}
+    ids = {b: {k: id(v) for k, v in stack.weights(b).items()} for b in range(stack.n_blocks)}
+    result = sweep(stack, inputs, ["Q8_0", "Q4_K", "Q2_K"])
+    for b in range(stack.n_blocks):
+        assert {k: id(v) for k, v in stack.weights(b).items()} == ids[b]  # the same tensors back
+        for k, v in stack.weights(b).items():
+            assert torch.equal(v, before[b][k])
+    for (block, qtype), sse in result.sse.items():
+        mse = sse / result.count[(block, qtype)]
+        assert mse == pytest.approx(whole_stack_mse(stack, inputs, block, qtype), rel=1e-4)
+    n, types = stack.n_blocks, 3
+    assert result.block_forwards == n + types * n * (n + 1) // 2
+    costs = {q: [result.sse[(b, q)] for b in range(n)] for q in ("Q8_0", "Q4_K", "Q2_K")}
+    assert all(c8 < c4 < c2 for c8, c4, c2 in zip(costs["Q8_0"], costs["Q4_K"], costs["Q2_K"]))
+
+
+def test_cancel_restores_weights(stack: ReferenceStack) -> None:
+    inputs = stack.make_inputs(seed=2, width=64, height=64)
+    before = {k: v.clone() for k, v in stack.weights(2).items()}
+
+    def cancel(done: int, total: int) -> None:
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(stack, inputs, ["Q4_K", "Q3_K"], progress=cancel)
+    assert all(torch.equal(v, before[k]) for k, v in stack.weights(2).items())
