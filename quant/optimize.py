@@ -143,8 +143,8 @@ def solve(options: Sequence[Sequence[tuple[str, int, float]]], budget: int) -> t
                 continue
             cand = best[: cap + 1 - k] + cost
             better = cand < new[k:]
-            new[k:][better] = cand[better]
-            pick[k:][better] = i
+            np.copyto(new[k:], cand, where=better)
+            np.copyto(pick[k:], i, where=better)
         best = new
         choices.append(pick)
     if not math.isfinite(best[cap]):
