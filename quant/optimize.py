@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import reduce
 
 import numpy as np
 
 from .arch import FluxArch
-from .recipe import Recipe, TensorPlan, plan_tensors
+from .recipe import Recipe, plan_tensors, tensor_type
 
 GiB = 2**30
 # Bytes a GGUF spends outside tensor data (header, names, metadata, alignment); a size
@@ -99,26 +99,22 @@ def build_problem(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Se
         if unknown := [t for t in allowed if t not in types]:
             raise TargetError(f"no costs for allowed type(s) {unknown}; the costs have {types}")
         types = [t for t in types if t in allowed]
-    # bytes of every block under every type, from the same plan the writer uses
-    block_bytes: dict[str, list[int]] = {}
-    fixed = 0
-    plans: dict[str, list[TensorPlan]] = {}
-    for t in types:
-        plans[t] = plan_tensors(arch, shapes, Recipe.uniform(arch, t))
-        per_block = [0] * arch.n_blocks
-        for p in plans[t]:
-            if p.block is not None and arch.is_quantizable(p.key, p.shape):
-                per_block[p.block] += p.nbytes
-        block_bytes[t] = per_block
-    any_plan = next(iter(plans.values()), None) or plan_tensors(arch, shapes, Recipe.uniform(arch, "F32"))
-    fixed = sum(p.nbytes for p in any_plan if not (p.block is not None and arch.is_quantizable(p.key, p.shape)))
+    # bytes of every block under every type, by the same rules the writer's plan follows
+    plan = plan_tensors(arch, shapes, Recipe.uniform(arch, "F32"))
+    decided = [p.block is not None and arch.is_quantizable(p.key, p.shape) for p in plan]
+    fixed = sum(p.nbytes for p, d in zip(plan, decided) if not d)
+    block_bytes = {t: [0] * arch.n_blocks for t in types}
+    for p, d in zip(plan, decided):
+        if d:
+            for t in types:
+                block_bytes[t][p.block] += replace(p, qtype=tensor_type(t, p.shape)).nbytes
     options = []
     for b in range(arch.n_blocks):
         opts = [(t, block_bytes[t][b], costs[b][t]) for t in types if t in costs[b]]
         if not opts:
             raise TargetError(f"block {b} ({arch.block_name(b)}) has no cost for any allowed type")
         options.append(opts)
-    return Problem(options, fixed, sum(p.numel for p in any_plan))
+    return Problem(options, fixed, sum(p.numel for p in plan))
 
 
 def solve(options: Sequence[Sequence[tuple[str, int, float]]], budget: int) -> tuple[list[int], float] | None:
