@@ -37,9 +37,12 @@ def atomic_output(path: str | os.PathLike[str], overwrite: bool = False) -> Iter
         else:  # link fails if the target appeared meanwhile: never clobbers
             try:
                 os.link(tmp, path)
+                tmp.unlink()
             except FileExistsError:
                 raise FileExistsError(f"{path} appeared while writing; not overwriting it") from None
-            tmp.unlink()
+            except OSError:  # no hard links on this filesystem (FAT, some network shares)
+                check_target(path)
+                os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

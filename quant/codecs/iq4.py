@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Codec, QType, fp16_bytes, fp16_from_bytes, fp16_round, inverse_or_zero, nearest_int, \
+from .base import Codec, QType, fp16_bytes, fp16_from_bytes, inverse_or_zero, nearest_int, \
     rdiv, seq_sum, signed_absmax
 
 KVALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
