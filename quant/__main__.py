@@ -173,6 +173,18 @@ def cmd_recipe(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(a: argparse.Namespace) -> int:
+    """Sum cost files measured on several runs or machines (same model only)."""
+    from .costs import load_costs, save_costs
+
+    total = load_costs(a.files[0])
+    for path in a.files[1:]:
+        total = total.merged(load_costs(path))
+    save_costs(total, a.output)
+    print(f"{len(a.files)} cost files, {len(total.samples)} samples, merged into {a.output}")
+    return 0
+
+
 def cmd_inspect(a: argparse.Namespace) -> int:
     s = read_summary(a.file)
     print(json.dumps(s, indent=1, default=str) if a.json else format_summary(s))
@@ -242,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--device", help="torch device, e.g. cuda")
     m.set_defaults(run=cmd_costs)
+    g = sub.add_parser("merge", help="sum cost files from several runs or machines (same model)")
+    g.add_argument("files", nargs="+", help="costs JSON files")
+    g.add_argument("-o", "--output", required=True)
+    g.set_defaults(run=cmd_merge)
     r = sub.add_parser("recipe", help="import the original converter's casts; export rules for llama.cpp / sd.cpp")
     rsub = r.add_subparsers(dest="action", required=True)
     ri = rsub.add_parser("import", help="configurations.yaml (casts: castto/layers) -> recipe YAML")

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -74,3 +76,18 @@ def test_costs_then_convert_at_target(tiny_checkpoint: Path, tmp_path: Path) -> 
     assert summary["bpw"] <= 7.0 and set(summary["blocks"]) <= {"Q8_0", "Q4_K", "Q2_K"}
     r = run("convert", str(tiny_checkpoint), "--bpw", "7.0", "-o", str(tmp_path / "p.gguf"))
     assert r.returncode == 2 and "no built-in cost table fits" in r.stderr
+
+
+def test_merge_costs(tmp_path: Path) -> None:
+    from test_costs import table
+
+    from quant.costs import load_costs, save_costs
+
+    save_costs(table(value=1.0), tmp_path / "a.json")
+    save_costs(table(value=2.0), tmp_path / "b.json")
+    save_costs(table(seed=5), tmp_path / "other.json")
+    r = run("merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "-o", str(tmp_path / "m.json"))
+    assert r.returncode == 0, r.stderr
+    assert load_costs(tmp_path / "m.json").mean(0, "Q8_0") == pytest.approx(3 / 20)
+    r = run("merge", str(tmp_path / "a.json"), str(tmp_path / "other.json"), "-o", str(tmp_path / "x.json"))
+    assert r.returncode == 2 and "different models" in r.stderr and not (tmp_path / "x.json").exists()
