@@ -63,21 +63,31 @@ def write_gguf(source: Source, arch: FluxArch, recipe: Recipe, plan: Sequence[Te
     ``progress`` is called after each tensor and may raise to cancel; an exception at any
     point leaves no file behind. ``device`` runs the codecs there (default: CPU).
     """
+    return write_tensors(source.name, recipe, plan, lambda t: encode_tensor(source, t, device).numpy(), out_path,
+                         source_sha256=source.sha256, overwrite=overwrite, progress=progress,
+                         extra_metadata=extra_metadata)
+
+
+def write_tensors(source_name: str, recipe: Recipe, plan: Sequence[TensorPlan],
+                  encode: Callable[[TensorPlan], np.ndarray], out_path: str | os.PathLike[str], *,
+                  source_sha256: str | None = None, overwrite: bool = False, progress: ProgressFn | None = None,
+                  extra_metadata: Mapping[str, str] | None = None) -> WriteResult:
+    """Write ``plan``'s tensors, each as the bytes ``encode(tensor)`` gives, atomically; read back."""
     out_path = Path(out_path)
     bpw = average_bpw(plan)
     total = sum(t.numel for t in plan)
     done = 0
     with atomic_output(out_path, overwrite) as tmp:
         writer = gguf.GGUFWriter(tmp, GGUF_ARCH)
-        writer.add_name(Path(source.name).stem)
+        writer.add_name(Path(source_name).stem)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.add_file_type(_file_type(plan))
         writer.add_string(f"{PACK_KEY}.version", PACK_VERSION)
         writer.add_string(f"{PACK_KEY}.recipe", _recipe_text(recipe))
         writer.add_float32(f"{PACK_KEY}.bpw", bpw)
-        writer.add_string(f"{PACK_KEY}.source.name", source.name)
-        if source.sha256:
-            writer.add_string(f"{PACK_KEY}.source.sha256", source.sha256)
+        writer.add_string(f"{PACK_KEY}.source.name", source_name)
+        if source_sha256:
+            writer.add_string(f"{PACK_KEY}.source.sha256", source_sha256)
         for k, v in (extra_metadata or {}).items():
             writer.add_string(f"{PACK_KEY}.{k}", v)
         for t in plan:
@@ -88,7 +98,7 @@ def write_gguf(source: Source, arch: FluxArch, recipe: Recipe, plan: Sequence[Te
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             for t in plan:
-                writer.write_tensor_data(_encode(source, t, device))
+                writer.write_tensor_data(encode(t))
                 release_freed_memory()
                 done += t.numel
                 if progress:
@@ -116,7 +126,8 @@ def _glibc_trim() -> Callable[[], None]:
 release_freed_memory = _glibc_trim()
 
 
-def _encode(source: Source, t: TensorPlan, device: torch.device | str | None) -> np.ndarray:
+def encode_tensor(source: Source, t: TensorPlan, device: torch.device | str | None = None) -> torch.Tensor:
+    """One planned tensor of ``source`` as the flat uint8 bytes the GGUF holds (on the CPU)."""
     x = source.read(t.source_key)
     if tuple(x.shape) != t.shape:
         raise CheckpointError(f"{t.source_key} has shape {tuple(x.shape)}, the header says {t.shape}")
@@ -129,7 +140,7 @@ def _encode(source: Source, t: TensorPlan, device: torch.device | str | None) ->
         bad = int((~torch.isfinite(x)).sum())
         raise CheckpointError(f"{t.source_key} holds {bad} NaN/Inf values; refusing to quantize a broken weight")
     row = x.reshape(-1, t.shape[-1]) if x.dim() else x.reshape(1, 1)
-    return codecs.quantize(row, t.qtype).cpu().numpy().reshape(-1)
+    return codecs.quantize(row, t.qtype).cpu().reshape(-1)
 
 
 def _recipe_text(recipe: Recipe) -> str:

@@ -1,0 +1,73 @@
+"""A mixed model in memory as the bytes its GGUF will hold.
+
+Quantizing is the slow part, so it happens once: the result can then be sampled
+(each weight dequantized when a layer runs, as ComfyUI-GGUF does with a loaded file) and
+saved (the bytes streamed to disk) without quantizing again. It takes as much memory as
+the file it becomes, and no more: one tensor is quantized at a time.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from . import codecs
+from .arch import FluxArch
+from .checkpoint import Source
+from .gguf_file import WriteResult, encode_tensor, write_tensors
+from .recipe import Recipe, TensorPlan, average_bpw, plan_tensors
+
+# Called after each tensor with (parameters done, parameters in all); may raise to cancel.
+QuantizeProgress = Callable[[int, int], None]
+
+
+@dataclass
+class MixedModel:
+    """A recipe applied to a model: the plan of every tensor and its encoded bytes (CPU)."""
+
+    source_name: str
+    arch: FluxArch
+    recipe: Recipe
+    plan: list[TensorPlan]
+    encoded: dict[str, torch.Tensor]  # GGUF tensor name -> flat uint8
+    predicted_cost: float | None = None
+
+    @property
+    def bpw(self) -> float:
+        return average_bpw(self.plan)
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(t.nbytes for t in self.plan)
+
+    @cached_property
+    def tensors(self) -> dict[str, TensorPlan]:
+        return {t.key: t for t in self.plan}
+
+    def dequantized(self, key: str, device: torch.device | str | None = None) -> torch.Tensor:
+        """The float32 values the GGUF's loader will see for tensor ``key``."""
+        t = self.tensors[key]
+        return codecs.dequantize(self.encoded[key].to(device or "cpu"), t.qtype, t.shape)
+
+    def save(self, out_path: str | os.PathLike[str], *, overwrite: bool = False,
+             progress: Callable[[int, int, str], None] | None = None) -> WriteResult:
+        """Write the GGUF (atomic, read back), from the bytes already made."""
+        return write_tensors(self.source_name, self.recipe, self.plan, lambda t: self.encoded[t.key].numpy(),
+                             out_path, overwrite=overwrite, progress=progress)
+
+
+def quantize_model(source: Source, arch: FluxArch, recipe: Recipe, *, device: torch.device | str | None = None,
+                   progress: QuantizeProgress | None = None, predicted_cost: float | None = None) -> MixedModel:
+    """Quantize every tensor of ``source`` as ``recipe`` says, one at a time."""
+    plan = plan_tensors(arch, source.shapes, recipe)
+    total, done = sum(t.numel for t in plan), 0
+    encoded = {}
+    for t in plan:
+        encoded[t.key] = encode_tensor(source, t, device)
+        done += t.numel
+        if progress:
+            progress(done, total)
+    return MixedModel(source.name, arch, recipe, plan, encoded, predicted_cost)
