@@ -8,6 +8,36 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+class UnsafeNameError(ValueError):
+    """A file name that could leave its folder, hide, or mean another file."""
+
+
+def checked_name(name: str) -> str:
+    """A user-chosen file name, returned unchanged, or refused: a name, never a path.
+
+    No separators, no ``..``, no absolute or drive paths, no hidden or control
+    characters; nothing is quietly rewritten, so the file is where the user expects it.
+    """
+    why = None
+    if not name or not name.strip():
+        why = "it is empty"
+    elif name != name.strip():
+        why = "it starts or ends with blanks"
+    elif "/" in name or "\\" in name or ":" in name:
+        why = "it contains a path separator (a name is wanted, not a path)"
+    elif ".." in name:
+        why = "it contains '..'"
+    elif name.startswith(("~", ".")):
+        why = "it starts with '.' or '~'"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        why = "it contains control characters"
+    elif len(name.encode()) > 200:
+        why = "it is longer than 200 bytes"
+    if why:
+        raise UnsafeNameError(f"file name {name!r} refused: {why}")
+    return name
+
+
 def check_target(path: Path, overwrite: bool = False) -> None:
     """Refuse a target whose folder is missing, or that exists (unless ``overwrite``)."""
     if not path.parent.is_dir():

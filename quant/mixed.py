@@ -52,10 +52,11 @@ class MixedModel:
         t = self.tensors[key]
         return codecs.dequantize(self.encoded[key].to(device or "cpu"), t.qtype, t.shape)
 
-    def save(self, out_path: str | os.PathLike[str], *, overwrite: bool = False,
+    def save(self, out_path: str | os.PathLike[str], *, name: str | None = None, overwrite: bool = False,
              progress: Callable[[int, int, str], None] | None = None) -> WriteResult:
-        """Write the GGUF (atomic, read back), from the bytes already made."""
-        return write_tensors(self.source_name, self.recipe, self.plan, lambda t: self.encoded[t.key].numpy(),
+        """Write the GGUF (atomic, read back), from the bytes already made; ``name`` is the
+        model name it records (default: the source's)."""
+        return write_tensors(name or self.source_name, self.recipe, self.plan, lambda t: self.encoded[t.key].numpy(),
                              out_path, overwrite=overwrite, progress=progress)
 
 

@@ -8,6 +8,7 @@ ComfyUI-GGUF (from the install), this pack and the test-only fixture node.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -132,10 +133,10 @@ class ComfyServer:
     def object_info(self, node: str | None = None) -> dict:
         return self.get("/object_info" + (f"/{node}" if node else ""))
 
-    def queue(self, workflow: dict) -> str:
+    def queue(self, workflow: dict, client_id: str | None = None) -> str:
         """Queue a prompt; raise with ComfyUI's validation message if it is refused."""
         try:
-            return self.post("/prompt", {"prompt": workflow, "client_id": uuid.uuid4().hex})["prompt_id"]
+            return self.post("/prompt", {"prompt": workflow, "client_id": client_id or uuid.uuid4().hex})["prompt_id"]
         except urllib.error.HTTPError as e:
             raise WorkflowError(f"prompt refused: {e.read().decode(errors='replace')}") from None
 
@@ -163,6 +164,46 @@ class ComfyServer:
     def free(self) -> None:
         """Unload models and drop the cache, so the next run loads files afresh."""
         self.post("/free", {"unload_models": True, "free_memory": True})
+
+
+class Messages:
+    """ComfyUI's websocket messages to one client (progress, executing...), read with the stdlib."""
+
+    def __init__(self, server: ComfyServer):
+        self.client_id = uuid.uuid4().hex
+        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET /ws?clientId={self.client_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                           f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(1)
+        if b" 101 " not in head.split(b"\r\n")[0]:
+            raise RuntimeError(f"websocket refused: {head[:200]!r}")
+
+    def _read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("websocket closed")
+            data += chunk
+        return data
+
+    def next(self) -> dict | None:
+        """The next JSON message (None for binary ones, e.g. previews)."""
+        b0, b1 = self._read(2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(self._read(2), "big")
+        elif n == 127:
+            n = int.from_bytes(self._read(8), "big")
+        payload = self._read(n)  # server frames are unmasked
+        return json.loads(payload) if b0 & 0x0F == 1 else None
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class WorkflowError(RuntimeError):

@@ -1,0 +1,221 @@
+"""Capture Layer Costs: measure per-block costs on the hidden states of a real sampling run.
+
+The node returns a clone of the MODEL with two additions, so the sampled image is
+bit-identical to the same graph without it:
+- a ``dit`` replace patch on the first double block that copies the stack's inputs at
+  the chosen step(s) and then runs the block unchanged;
+- a sampler wrapper that, once sampling has finished (the model still loaded), runs
+  ``quant.sweep`` on ComfyUI's own blocks for each captured input and adds the costs to
+  the named file, one sample at a time.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, MutableMapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from comfy_api.latest import io
+
+import comfy.patcher_extension
+
+from ..quant import codecs
+from ..quant.costs import CostTable, accumulate
+from ..quant.flux_blocks import StackState
+from ..quant.sweep import add_to_table, sweep
+from .common import CATEGORY, costs_path, diffusion_model, fingerprint, model_source, progress_bar, refuse_quantized
+
+DEFAULT_TYPES = ", ".join(codecs.QUANTIZED_TYPE_NAMES)
+WRAPPER_KEY = "mxgguf_capture"
+
+
+@dataclass
+class Captured:
+    """The block stack's inputs at one step, as ComfyUI's Flux passed them to block 0."""
+
+    img: torch.Tensor
+    txt: torch.Tensor
+    vec: torch.Tensor
+    pe: torch.Tensor
+    attn_mask: torch.Tensor | None
+    transformer_options: dict
+    step: int
+    sigma: float
+
+
+class BlockWeights(MutableMapping):
+    """A ComfyUI block's 2-D weights by name; setting one swaps the module's parameter.
+
+    The sweep restores the original Parameter objects themselves. A swapped-in value takes
+    the parameter's dtype and device, as ComfyUI-GGUF casts dequantized weights to the
+    compute dtype."""
+
+    def __init__(self, block: torch.nn.Module):
+        self._slots = {name: (block.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2])
+                       for name, p in block.named_parameters() if p.dim() == 2}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        module, leaf = self._slots[name]
+        return module._parameters[leaf]
+
+    def __setitem__(self, name: str, value: torch.Tensor) -> None:
+        module, leaf = self._slots[name]
+        if not isinstance(value, torch.nn.Parameter):
+            current = module._parameters[leaf]
+            value = value.to(device=current.device, dtype=current.dtype)
+        module._parameters[leaf] = value  # bypasses nn.Module's Parameter-only check on purpose
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("a block's weights cannot be removed")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._slots)
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+
+class ComfyFluxStack:
+    """ComfyUI's own Flux blocks as the sweep's ``BlockStack``, run as Flux's forward runs them.
+
+    ComfyUI's blocks add into their inputs in place, so each block gets copies: the sweep
+    keeps every block's clean input."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.blocks = list(model.double_blocks) + list(model.single_blocks)
+        self.depth_double = len(model.double_blocks)
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    def weights(self, block: int) -> BlockWeights:
+        return BlockWeights(self.blocks[block])
+
+    def start(self, c: Captured) -> StackState:
+        return StackState(c.img, c.txt, c.txt.shape[1])
+
+    def forward(self, block: int, state: StackState, c: Captured) -> StackState:
+        kw = {"vec": c.vec, "pe": c.pe, "attn_mask": c.attn_mask, "transformer_options": c.transformer_options}
+        if block < self.depth_double:
+            img, txt = self.blocks[block](img=state.img.clone(), txt=state.txt.clone(), **kw)
+            return StackState(img, txt, state.txt_tokens)
+        if state.txt is None:
+            x = state.img.clone()
+        else:  # entering the single blocks, as Flux.forward_orig does
+            img = state.img
+            if img.dtype == torch.float16:
+                img = torch.nan_to_num(img, nan=0.0, posinf=65504, neginf=-65504)
+            x = torch.cat((state.txt, img), 1)
+        return StackState(self.blocks[block](x, **kw), None, state.txt_tokens)
+
+    def output(self, state: StackState) -> torch.Tensor:
+        return state.img if state.txt is not None else state.img[:, state.txt_tokens:]
+
+
+class CaptureSession:
+    """Per sampling run: which steps to capture, what was captured, and the sweep after."""
+
+    def __init__(self, model, costs_file: str, types: Sequence[str], step: int, per_run: int, model_fp: dict):
+        self.model, self.costs_file, self.types = model, costs_file, list(types)
+        self.step, self.per_run, self.model_fp = step, per_run, model_fp
+        self.wanted: set[int] = set()
+        self.captured: list[Captured] = []
+
+    def choose_steps(self, n_steps: int, seed: int) -> set[int]:
+        if self.step >= 0:
+            if self.step >= n_steps:
+                raise ValueError(f"Capture Layer Costs: step {self.step} does not exist in a {n_steps}-step run "
+                                 f"(steps are 0..{n_steps - 1}; -1 picks one at random)")
+            return {self.step}
+        return set(random.Random(seed).sample(range(n_steps), min(self.per_run, n_steps)))
+
+    def block_patch(self, args: dict, extra: dict) -> dict:
+        """``dit`` replace patch of double block 0: copy the inputs at a wanted step, run the block."""
+        opts = args["transformer_options"]
+        if self.wanted and "sample_sigmas" in opts and "sigmas" in opts:
+            sigma = float(opts["sigmas"].reshape(-1)[0])
+            schedule = opts["sample_sigmas"][:-1].float().cpu()
+            step = int(torch.argmin((schedule - sigma).abs()))
+            if step in self.wanted and step not in {c.step for c in self.captured}:
+                self.captured.append(Captured(args["img"].clone(), args["txt"].clone(), args["vec"], args["pe"],
+                                              args.get("attn_mask"), opts, step, sigma))
+        return extra["original_block"](args)
+
+    def sampler_wrapper(self, executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
+        """Around one sampling run: choose steps, sample, then measure what was captured."""
+        n_steps = len(sigmas) - 1
+        seed = int(extra_args.get("seed", 0))
+        self.wanted, self.captured = self.choose_steps(n_steps, seed), []
+        try:
+            out = executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
+            for c in self.captured:
+                self.measure(c, n_steps, seed, tuple(noise.shape[-2:]))
+        finally:
+            self.wanted, self.captured = set(), []
+        return out
+
+    def measure(self, c: Captured, n_steps: int, seed: int, latent_hw: tuple[int, int]) -> None:
+        stack = ComfyFluxStack(diffusion_model(self.model))
+        total = stack.n_blocks * len(self.types)
+        result = sweep(stack, c, self.types, progress=progress_bar(total))
+        table = CostTable.empty(self.model_fp, stack.n_blocks, self.types)
+        add_to_table(table, result)
+        table.samples = [{"source": "comfyui", "seed": seed, "steps": n_steps, "step": c.step,
+                          "sigma": round(c.sigma, 6), "resolution": [8 * latent_hw[1], 8 * latent_hw[0]],
+                          "batch": int(c.img.shape[0]), "dtype": str(c.img.dtype).removeprefix("torch.")}]
+        table.provenance = {"measured_with": "Capture Layer Costs (ComfyUI's Flux blocks)"}
+        accumulate(self.costs_file, table)  # atomic: a Cancel before this leaves the file as it was
+
+
+def parse_types(text: str) -> list[str]:
+    types = [t.strip().upper() for t in text.replace(";", ",").split(",") if t.strip()]
+    if unknown := [t for t in types if t not in codecs.TYPE_NAMES]:
+        raise ValueError(f"unknown type(s) {unknown}; known: {', '.join(codecs.TYPE_NAMES)}")
+    if not types:
+        raise ValueError("no types given")
+    return list(dict.fromkeys(types))
+
+
+class CaptureLayerCosts(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MxCaptureLayerCosts",
+            display_name="Capture Layer Costs",
+            category=CATEGORY,
+            description="Place on the MODEL line before the sampler. At a chosen step it records what enters "
+                        "FLUX's blocks; after sampling it measures, for each block and type, the error of the "
+                        "final hidden state with only that block quantized, and adds it to a costs file. "
+                        "The image is unchanged.",
+            inputs=[
+                io.Model.Input("model", tooltip="A full-precision FLUX model (not GGUF or fp8)."),
+                io.String.Input("costs_file", default="flux1-dev-measured",
+                                tooltip="Name of the costs file in models/mxgguf_costs (.json is added). Each "
+                                        "queued run adds its samples to it; a name, not a path."),
+                io.Int.Input("step", default=-1, min=-1, max=10000,
+                             tooltip="Sampling step whose inputs are measured (0 = first). -1 picks step(s) at "
+                                     "random each run, from the sampler's seed."),
+                io.Int.Input("samples_per_run", default=1, min=1, max=64,
+                             tooltip="With step -1: how many different steps of each run to measure."),
+                io.String.Input("types", default=DEFAULT_TYPES,
+                                tooltip="GGUF types to measure, comma-separated. Each adds one pass over the "
+                                        "blocks after the first."),
+            ],
+            outputs=[io.Model.Output(tooltip="The same model; sampling it also measures costs.")],
+        )
+
+    @classmethod
+    def execute(cls, model, costs_file: str, step: int, samples_per_run: int, types: str) -> io.NodeOutput:
+        refuse_quantized(model, "costs must be measured on full-precision weights")
+        path = costs_path(costs_file)
+        source, arch = model_source(model)
+        out = model.clone()
+        session = CaptureSession(out, str(path), parse_types(types), step, samples_per_run, fingerprint(source, arch))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out.set_model_patch_replace(session.block_patch, "dit", "double_block", 0)
+        out.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
+                                 session.sampler_wrapper)
+        text = f"costs of {', '.join(session.types)} go to {path}"
+        return io.NodeOutput(out, ui={"text": [text]})
+

@@ -1,0 +1,59 @@
+"""The Quantize node's chart: per block, a bar as tall as its type's bits, coloured by type,
+and a dot for its cost on a log scale. Drawn with Pillow (which ComfyUI ships)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from ..quant import codecs
+
+# One colour per type, from many bits (cool) to few (warm).
+_PALETTE = ["#3b4cc0", "#4f69d9", "#6788ee", "#84a7fc", "#a3c2fe", "#c0d4f5", "#dddcdc", "#f2cbb7",
+            "#f7ac8e", "#ee8468", "#d65244", "#b40426", "#7a0016", "#444444", "#888888"]
+_W_BAR, _H_PLOT, _TOP, _LEFT, _BOTTOM = 10, 220, 40, 48, 70
+
+
+def _colours(types: Sequence[str]) -> dict[str, str]:
+    order = sorted(set(types), key=lambda t: -codecs.bits_per_weight(t))
+    return {t: _PALETTE[i % len(_PALETTE)] for i, t in enumerate(order)}
+
+
+def block_chart(types: Sequence[str], costs: Sequence[float | None], depth_double: int, title: str) -> torch.Tensor:
+    """An IMAGE (1, H, W, 3) float tensor in [0, 1]."""
+    n = len(types)
+    width = max(640, _LEFT + n * _W_BAR + 20)
+    height = _TOP + _H_PLOT + _BOTTOM
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((8, 8), title, fill="black")
+    max_bits = max(codecs.bits_per_weight(t) for t in types)
+    colours = _colours(types)
+    base = _TOP + _H_PLOT
+    known = [c for c in costs if c is not None and c > 0]
+    lo, hi = (math.log10(min(known)), math.log10(max(known))) if known else (0.0, 1.0)
+    span = max(hi - lo, 1e-9)
+    for b, (t, cost) in enumerate(zip(types, costs)):
+        x = _LEFT + b * _W_BAR
+        top = base - int(_H_PLOT * codecs.bits_per_weight(t) / max_bits)
+        draw.rectangle([x, top, x + _W_BAR - 2, base], fill=colours[t])
+        if cost is not None and cost > 0:
+            y = base - int(_H_PLOT * (math.log10(cost) - lo) / span)
+            draw.ellipse([x + 2, y - 2, x + 6, y + 2], fill="black")
+    if 0 < depth_double < n:  # where the single blocks start
+        x = _LEFT + depth_double * _W_BAR - 1
+        draw.line([x, _TOP, x, base], fill="#999999")
+    draw.text((4, _TOP), f"{max_bits:.1f}b", fill="black")
+    draw.text((4, base - 10), "0", fill="black")
+    draw.text((_LEFT, base + 4), "blocks: double | single;  bars: bits per weight;  dots: cost (log)", fill="black")
+    x = _LEFT
+    for t, c in colours.items():
+        draw.rectangle([x, base + 24, x + 10, base + 34], fill=c)
+        draw.text((x + 14, base + 24), t, fill="black")
+        x += 70
+        if x > width - 70:
+            break
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]

@@ -1,0 +1,77 @@
+"""What the three nodes share: the costs folder, the model's weights as a source, progress."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+
+from ..quant.arch import FluxArch, detect
+from ..quant.atomic import checked_name
+from ..quant.checkpoint import Source, state_dict_source
+from ..quant.costs import BUILTIN, model_fingerprint
+
+CATEGORY = "mxgguf"
+COSTS_FOLDER = "mxgguf_costs"  # models/mxgguf_costs/*.json
+BUILTIN_CHOICES = [f"builtin:{name}" for name in BUILTIN]
+
+
+def register_costs_folder() -> None:
+    if COSTS_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[COSTS_FOLDER] = (
+            [os.path.join(folder_paths.models_dir, COSTS_FOLDER)], {".json"})
+
+
+def costs_path(name: str) -> Path:
+    """Where the costs file called ``name`` lives (the first costs folder; ``.json`` added)."""
+    name = checked_name(name)
+    if not name.endswith(".json"):
+        name += ".json"
+    found = folder_paths.get_full_path(COSTS_FOLDER, name)
+    return Path(found) if found else Path(folder_paths.get_folder_paths(COSTS_FOLDER)[0]) / name
+
+
+def costs_choices() -> list[str]:
+    return BUILTIN_CHOICES + folder_paths.get_filename_list(COSTS_FOLDER)
+
+
+def diffusion_model(model) -> torch.nn.Module:
+    return model.model.diffusion_model
+
+
+def refuse_quantized(model, why: str) -> None:
+    """Costs and quantization start from full-precision weights: refuse GGUF and fp8 models."""
+    for name, p in diffusion_model(model).named_parameters():
+        if getattr(p, "tensor_type", None) is not None or getattr(p.data, "tensor_type", None) is not None:
+            raise ValueError(f"this MODEL is already GGUF-quantized ({name} is {p.tensor_type.name}); {why}. "
+                             f"Load the full-precision checkpoint with 'Load Diffusion Model' instead")
+        if p.is_floating_point() and p.dtype.itemsize == 1:
+            raise ValueError(f"this MODEL holds {p.dtype} weights ({name}); {why}. Load the checkpoint with "
+                             f"weight_dtype 'default' (bf16/fp16/fp32)")
+
+
+def model_source(model, name: str = "ComfyUI MODEL") -> tuple[Source, FluxArch]:
+    """The MODEL's diffusion weights as a checkpoint read tensor by tensor (no copies)."""
+    state = diffusion_model(model).state_dict()
+    source = state_dict_source(state, name)
+    return source, detect(source.shapes)
+
+
+def fingerprint(source: Source, arch: FluxArch) -> dict:
+    return model_fingerprint(arch, lambda key: source.read(key).detach().cpu())
+
+
+def progress_bar(total: int) -> Callable[[int, int], None]:
+    """A (done, total) callback that drives ComfyUI's progress bar and raises on Cancel."""
+    bar = comfy.utils.ProgressBar(total)
+
+    def update(done: int, total: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(done, total)
+
+    return update

@@ -1,0 +1,130 @@
+"""Mixed GGUF Quantize: pick a type per block for a size target at least total cost, quantize.
+
+Outputs the quantized model (its GGUF bytes, for Save mx GGUF), a MODEL that samples it
+(each weight dequantized when its layer runs, as ComfyUI-GGUF does with the saved file,
+so the latents match that file's), a summary and a chart.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from comfy_api.latest import io
+
+from ..quant.atomic import checked_name
+from ..quant.costs import CostError, check_model, resolve_costs
+from ..quant.mixed import MixedModel, quantize_model
+from ..quant.optimize import GiB, Allocation, Target, optimize
+from .capture import parse_types
+from .chart import block_chart
+from .common import (BUILTIN_CHOICES, CATEGORY, costs_choices, costs_path, fingerprint, model_source,
+                     progress_bar, refuse_quantized)
+
+MixedGGUF = io.Custom("MX_GGUF")
+TARGETS = ["bits per parameter", "file size (GB)", "card size (GB)"]
+GB = 1e9  # file sizes in decimal GB, as drives are sold; a "12 GB" card has 12 GiB
+
+
+def target_from(kind: str, value: float) -> Target:
+    if kind == "bits per parameter":
+        return Target(bpw=value)
+    if kind == "file size (GB)":
+        return Target(size_bytes=int(value * GB))
+    if kind == "card size (GB)":
+        return Target(card_gib=value)
+    raise ValueError(f"unknown target {kind!r}; one of {TARGETS}")
+
+
+class DequantizedWeight:
+    """ModelPatcher weight wrapper: the layer's weight as the mixed model's dequantized values."""
+
+    def __init__(self, mixed: MixedModel, key: str):
+        self.mixed, self.key = mixed, key
+
+    def __call__(self, weight):
+        return self.mixed.dequantized(self.key, weight.device).to(weight.dtype)
+
+
+def summary(alloc: Allocation, mixed: MixedModel, costs_name: str, target: Target) -> str:
+    counts = Counter(alloc.types)
+    lines = [f"{mixed.bpw:.3f} bits per parameter, {mixed.data_bytes / GiB:.2f} GiB of tensor data",
+             f"target: {target.describe()}",
+             f"predicted cost {alloc.predicted_cost:.4g} (sum of per-block final-state MSE, {costs_name})",
+             "types: " + ", ".join(f"{t} x{n}" for t, n in counts.most_common()),
+             "blocks: " + " ".join(alloc.types)]
+    return "\n".join(lines)
+
+
+class MixedGGUFQuantize(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MxMixedGGUFQuantize",
+            display_name="Mixed GGUF Quantize",
+            category=CATEGORY,
+            description="Chooses a GGUF type per FLUX block that meets the target at the least total cost "
+                        "(exact), and quantizes. Sample the MODEL output to see the mixed model before saving.",
+            inputs=[
+                io.Model.Input("model", tooltip="The full-precision FLUX model to quantize (not GGUF or fp8)."),
+                io.Combo.Input("costs", options=costs_choices(), default=BUILTIN_CHOICES[0],
+                               tooltip="Per-block costs: the built-in FLUX.1-dev table (also right for its "
+                                       "finetunes) or a file made by Capture Layer Costs. A file that Capture "
+                                       "in the same graph is about to create may be typed in."),
+                io.Combo.Input("target", options=TARGETS, default=TARGETS[0],
+                               tooltip="What the value means: average bits per parameter over the whole file, "
+                                       "the file's size, or the memory of the card it must fit (2 GiB are kept "
+                                       "for activations and the VAE)."),
+                io.Float.Input("value", default=6.9, min=0.5, max=1000.0, step=0.1,
+                               tooltip="The target: e.g. 6.9 bits per parameter, a 9.5 GB file, a 12 GB card."),
+                io.String.Input("types", default="all",
+                                tooltip="Types the optimizer may choose, comma-separated, or 'all' (every type "
+                                        "the costs have)."),
+                io.AnyType.Input("after", optional=True,
+                                 tooltip="Optional: anything this node must wait for. With Capture Layer Costs "
+                                         "in the same graph, wire the sampler's LATENT here so the costs of this "
+                                         "run are written before they are read."),
+            ],
+            outputs=[
+                MixedGGUF.Output("mx_gguf", tooltip="The quantized model, for Save mx GGUF."),
+                io.Model.Output("mixed_model", tooltip="The mixed model, to sample before saving."),
+                io.String.Output("summary", tooltip="Size, bits per parameter, predicted cost, types."),
+                io.Image.Output("chart", tooltip="Type (bar height: bits) and cost (dot) per block."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, costs: str) -> bool | str:
+        if costs.startswith("builtin:"):
+            return True if costs in BUILTIN_CHOICES else f"no built-in cost table {costs!r}"
+        try:
+            checked_name(costs)
+        except ValueError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, model, costs: str, target: str, value: float, types: str, after=None) -> io.NodeOutput:
+        refuse_quantized(model, "quantize the full-precision model")
+        goal = target_from(target, value)
+        source, arch = model_source(model)
+        spec = costs if costs.startswith("builtin:") else costs_path(costs)
+        if not costs.startswith("builtin:") and not spec.exists():
+            raise CostError(f"costs file {costs!r} does not exist yet in models/mxgguf_costs; run Capture Layer "
+                            f"Costs first (and wire the sampler's LATENT into 'after' when both are in one graph)")
+        table = resolve_costs(spec)
+        check_model(table, fingerprint(source, arch))
+        allowed = None if types.strip().lower() == "all" else parse_types(types)
+        alloc = optimize(arch, source.shapes, table.costs(), goal, allowed)
+        mixed = quantize_model(source, arch, alloc.recipe, device=model.load_device,
+                               progress=progress_bar(sum(math.prod(s) for s in source.shapes.values())),
+                               predicted_cost=alloc.predicted_cost)
+        out = model.clone()
+        for t in mixed.plan:
+            if t.qtype != "F32":
+                out.add_weight_wrapper(f"diffusion_model.{t.key}", DequantizedWeight(mixed, t.key))
+        text = summary(alloc, mixed, costs, goal)
+        per_block = table.costs()
+        chart = block_chart(alloc.types, [per_block[b].get(t) for b, t in enumerate(alloc.types)],
+                            arch.depth_double, text.splitlines()[0])
+        return io.NodeOutput(mixed, out, text, chart, ui={"text": [text]})
+
