@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from comfy_api.latest import io
@@ -21,7 +22,7 @@ import comfy.patcher_extension
 
 from ..quant import codecs
 from ..quant.costs import CostTable, accumulate
-from ..quant.flux_blocks import StackState
+from ..quant.flux_blocks import StackInputs, StackState, save_capture
 from ..quant.sweep import add_to_table, sweep
 from .common import CATEGORY, costs_path, diffusion_model, fingerprint, model_source, progress_bar, refuse_quantized
 
@@ -46,9 +47,10 @@ class Captured:
 class BlockWeights(MutableMapping):
     """A ComfyUI block's 2-D weights by name; setting one swaps the module's parameter.
 
-    The sweep restores the original Parameter objects themselves. A swapped-in value takes
-    the parameter's dtype and device, as ComfyUI-GGUF casts dequantized weights to the
-    compute dtype."""
+    The sweep restores the original Parameter objects themselves. A swapped-in value goes to
+    the parameter's device; it stays float32 where the layer casts weights to the compute
+    dtype as it runs, else takes the parameter's dtype (then the compute dtype): either way
+    the layer computes with what ComfyUI-GGUF's dequantization would give it."""
 
     def __init__(self, block: torch.nn.Module):
         self._slots = {name: (block.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2])
@@ -62,7 +64,8 @@ class BlockWeights(MutableMapping):
         module, leaf = self._slots[name]
         if not isinstance(value, torch.nn.Parameter):
             current = module._parameters[leaf]
-            value = value.to(device=current.device, dtype=current.dtype)
+            dtype = None if getattr(module, "comfy_cast_weights", False) else current.dtype
+            value = value.to(device=current.device, dtype=dtype)
         module._parameters[leaf] = value  # bypasses nn.Module's Parameter-only check on purpose
 
     def __delitem__(self, name: str) -> None:
@@ -116,8 +119,9 @@ class ComfyFluxStack:
 class CaptureSession:
     """Per sampling run: which steps to capture, what was captured, and the sweep after."""
 
-    def __init__(self, model, costs_file: str, types: Sequence[str], step: int, per_run: int, model_fp: dict):
-        self.model, self.costs_file, self.types = model, costs_file, list(types)
+    def __init__(self, model, costs_file: Path, types: Sequence[str], step: int, per_run: int, model_fp: dict,
+                 save_inputs: bool = False):
+        self.model, self.costs_file, self.types, self.save_inputs = model, costs_file, list(types), save_inputs
         self.step, self.per_run, self.model_fp = step, per_run, model_fp
         self.wanted: set[int] = set()
         self.captured: list[Captured] = []
@@ -156,16 +160,32 @@ class CaptureSession:
         return out
 
     def measure(self, c: Captured, n_steps: int, seed: int, latent_hw: tuple[int, int]) -> None:
+        sample = {"source": "comfyui", "seed": seed, "steps": n_steps, "step": c.step,
+                  "sigma": round(c.sigma, 6), "resolution": [8 * latent_hw[1], 8 * latent_hw[0]],
+                  "batch": int(c.img.shape[0]), "dtype": str(c.img.dtype).removeprefix("torch.")}
+        if self.save_inputs:
+            self.keep_inputs(c, sample, f"seed{seed}_step{c.step}")
         stack = ComfyFluxStack(diffusion_model(self.model))
         total = stack.n_blocks * len(self.types)
         result = sweep(stack, c, self.types, progress=progress_bar(total))
         table = CostTable.empty(self.model_fp, stack.n_blocks, self.types)
         add_to_table(table, result)
-        table.samples = [{"source": "comfyui", "seed": seed, "steps": n_steps, "step": c.step,
-                          "sigma": round(c.sigma, 6), "resolution": [8 * latent_hw[1], 8 * latent_hw[0]],
-                          "batch": int(c.img.shape[0]), "dtype": str(c.img.dtype).removeprefix("torch.")}]
+        table.samples = [sample]
         table.provenance = {"measured_with": "Capture Layer Costs (ComfyUI's Flux blocks)"}
         accumulate(self.costs_file, table)  # atomic: a Cancel before this leaves the file as it was
+
+
+    def keep_inputs(self, c: Captured, sample: dict, stem: str) -> None:
+        """Save what entered the blocks beside the costs file, for ``python -m quant costs --inputs``."""
+        folder = self.costs_file.with_suffix(".inputs")
+        folder.mkdir(exist_ok=True)
+        inputs = StackInputs(c.img, c.txt, c.vec, c.pe)
+        for n in range(1, 1000):
+            try:
+                return save_capture(folder / (f"{stem}.safetensors" if n == 1 else f"{stem}_{n}.safetensors"),
+                                    inputs, sample)
+            except FileExistsError:
+                continue
 
 
 def parse_types(text: str) -> list[str]:
@@ -201,17 +221,23 @@ class CaptureLayerCosts(io.ComfyNode):
                 io.String.Input("types", default=DEFAULT_TYPES,
                                 tooltip="GGUF types to measure, comma-separated. Each adds one pass over the "
                                         "blocks after the first."),
+                io.Boolean.Input("save_inputs", default=False, optional=True,
+                                 tooltip="Also save what entered the blocks (<costs_file>.inputs/*.safetensors), "
+                                         "so 'python -m quant costs --inputs' can measure more types later "
+                                         "without ComfyUI."),
             ],
             outputs=[io.Model.Output(tooltip="The same model; sampling it also measures costs.")],
         )
 
     @classmethod
-    def execute(cls, model, costs_file: str, step: int, samples_per_run: int, types: str) -> io.NodeOutput:
+    def execute(cls, model, costs_file: str, step: int, samples_per_run: int, types: str,
+                save_inputs: bool = False) -> io.NodeOutput:
         refuse_quantized(model, "costs must be measured on full-precision weights")
         path = costs_path(costs_file)
         source, arch = model_source(model)
         out = model.clone()
-        session = CaptureSession(out, str(path), parse_types(types), step, samples_per_run, fingerprint(source, arch))
+        session = CaptureSession(out, path, parse_types(types), step, samples_per_run, fingerprint(source, arch),
+                                 save_inputs)
         path.parent.mkdir(parents=True, exist_ok=True)
         out.set_model_patch_replace(session.block_patch, "dit", "double_block", 0)
         out.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,

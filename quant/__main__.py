@@ -130,7 +130,7 @@ def flux1_shapes(model: dict) -> tuple:
 
 def cmd_costs(a: argparse.Namespace) -> int:
     """Measure costs on synthetic samples with the reference FLUX blocks, adding to a costs file."""
-    from .flux_blocks import ReferenceStack
+    from .flux_blocks import ReferenceStack, load_capture
     from .sweep import add_to_table, sweep
 
     types = a.types or list(codecs.QUANTIZED_TYPE_NAMES)
@@ -138,20 +138,28 @@ def cmd_costs(a: argparse.Namespace) -> int:
         arch = detect(source.shapes)
         fingerprint = model_fingerprint(arch, lambda k: source.read(arch.prefix + k))
         stack = ReferenceStack(arch, source, device=a.device or "cpu")
-        total = a.samples * arch.n_blocks * len(types)
-        with tqdm(total=total, unit="cost", desc="costs") as bar:
-            for i in range(a.samples):
+
+        def samples():  # (inputs, description): saved captures, else synthetic ones
+            for path in a.inputs or []:
+                inputs, sample = load_capture(path, arch.hidden_size)
+                yield stack.prepare(inputs), {**sample, "capture": Path(path).name}
+            for i in range(0 if a.inputs else a.samples):
                 seed = a.seed + i
                 sigma = 0.1 + 0.8 * ((seed * 0.618034) % 1.0)  # spread over the schedule
-                inputs = stack.make_inputs(seed, a.resolution, a.resolution, sigma)
+                yield (stack.make_inputs(seed, a.resolution, a.resolution, sigma),
+                       {"source": "synthetic", "seed": seed, "sigma": round(sigma, 4),
+                        "resolution": [a.resolution, a.resolution]})
+
+        n_samples = len(a.inputs) if a.inputs else a.samples
+        with tqdm(total=n_samples * arch.n_blocks * len(types), unit="cost", desc="costs") as bar:
+            for inputs, sample in samples():
                 result = sweep(stack, inputs, types, progress=lambda done, _t: bar.update(1))
                 table = CostTable.empty(fingerprint, arch.n_blocks, types)
                 add_to_table(table, result)
-                table.samples = [{"source": "synthetic", "seed": seed, "sigma": round(sigma, 4),
-                                  "resolution": [a.resolution, a.resolution]}]
+                table.samples = [sample]
                 table.provenance = {"measured_with": "quant.flux_blocks (headless)", "checkpoint": Path(a.src).name}
                 accumulate(a.output, table)  # after every sample: an interrupt keeps what was measured
-    print(f"costs of {len(types)} types x {arch.n_blocks} blocks over {a.samples} sample(s) added to {a.output}")
+    print(f"costs of {len(types)} types x {arch.n_blocks} blocks over {n_samples} sample(s) added to {a.output}")
     return 0
 
 
@@ -249,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("src", help="FLUX checkpoint (.safetensors)")
     m.add_argument("-o", "--output", required=True, help="costs JSON (created, or added to)")
     m.add_argument("--samples", type=int, default=1, help="synthetic samples to measure on")
+    m.add_argument("--inputs", nargs="+", metavar="CAPTURE",
+                   help="measure on these saved captures (Capture Layer Costs with save_inputs) instead")
     m.add_argument("--types", nargs="+", choices=codecs.QUANTIZED_TYPE_NAMES, help="default: every quantized type")
     m.add_argument("--resolution", type=int, default=256, help="sample width and height in pixels")
     m.add_argument("--seed", type=int, default=0)

@@ -7,15 +7,21 @@ default. Inside ComfyUI the sweep runs on ComfyUI's own blocks; headless it runs
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from .arch import FluxArch
+from .atomic import atomic_output
 from .checkpoint import Source
 
 ROPE_THETA = 10000
@@ -117,6 +123,37 @@ class StackInputs:
     pe: Tensor  # rotary position embedding for txt + img tokens
 
 
+CAPTURE_FORMAT = "mxgguf-capture/1"
+
+
+class CaptureError(ValueError):
+    """A saved capture that cannot be used with this model."""
+
+
+def save_capture(path: str | os.PathLike[str], inputs: StackInputs, sample: Mapping[str, object]) -> None:
+    """Write one sample's stack inputs (and what it was: step, sigma, seed...) as safetensors, atomically."""
+    tensors = {"img": inputs.img, "txt": inputs.txt, "vec": inputs.vec, "pe": inputs.pe}
+    meta = {"format": CAPTURE_FORMAT, "sample": json.dumps(dict(sample))}
+    with atomic_output(Path(path), overwrite=False) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+
+
+def load_capture(path: str | os.PathLike[str], hidden_size: int) -> tuple[StackInputs, dict]:
+    """A saved capture's inputs and its sample description; refuses files for another width."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != CAPTURE_FORMAT:
+                raise CaptureError(f"{Path(path).name} is not a saved capture (format {meta.get('format')!r})")
+            t = {k: f.get_tensor(k) for k in ("img", "txt", "vec", "pe")}
+    except (OSError, SafetensorError) as e:
+        raise CaptureError(f"{Path(path).name}: not a readable capture ({e})") from None
+    if t["img"].shape[-1] != hidden_size:
+        raise CaptureError(f"{Path(path).name} was captured on a model of hidden size {t['img'].shape[-1]}, "
+                           f"this one has {hidden_size}")
+    return StackInputs(t["img"], t["txt"], t["vec"], t["pe"]), json.loads(meta.get("sample", "{}"))
+
+
 @dataclass
 class StackState:
     """Hidden states between two blocks: two streams before the single blocks, one after."""
@@ -154,6 +191,11 @@ class ReferenceStack:
 
     def start(self, inputs: StackInputs) -> StackState:
         return StackState(inputs.img, inputs.txt, inputs.txt.shape[1])
+
+    def prepare(self, inputs: StackInputs) -> StackInputs:
+        """Saved inputs on this stack's device, in its dtype (rotary tables stay float32)."""
+        cast = lambda x: x.to(self.device, self.dtype)  # noqa: E731
+        return StackInputs(cast(inputs.img), cast(inputs.txt), cast(inputs.vec), inputs.pe.to(self.device, torch.float32))
 
     def forward(self, block: int, state: StackState, inputs: StackInputs) -> StackState:
         w = _Weights(self._blocks[block])

@@ -171,7 +171,7 @@ class Messages:
 
     def __init__(self, server: ComfyServer):
         self.client_id = uuid.uuid4().hex
-        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=600)
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall((f"GET /ws?clientId={self.client_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"

@@ -91,3 +91,32 @@ def test_merge_costs(tmp_path: Path) -> None:
     assert load_costs(tmp_path / "m.json").mean(0, "Q8_0") == pytest.approx(3 / 20)
     r = run("merge", str(tmp_path / "a.json"), str(tmp_path / "other.json"), "-o", str(tmp_path / "x.json"))
     assert r.returncode == 2 and "different models" in r.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_costs_from_saved_captures(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Saved stack inputs (as Capture Layer Costs writes them) measure the same costs headless
+    as sweeping those inputs directly; a capture from another width is refused."""
+    from quant.arch import detect
+    from quant.checkpoint import open_safetensors
+    from quant.costs import load_costs
+    from quant.flux_blocks import ReferenceStack, save_capture
+    from quant.sweep import sweep
+
+    with open_safetensors(tiny_checkpoint) as source:
+        stack = ReferenceStack(detect(source.shapes), source)
+        inputs = stack.make_inputs(seed=3, width=128, height=128, sigma=0.4)
+        direct = sweep(stack, inputs, ["Q8_0", "Q3_K"])
+    save_capture(tmp_path / "c.safetensors", inputs, {"source": "comfyui", "step": 2, "sigma": 0.4})
+    costs = tmp_path / "costs.json"
+    r = run("costs", str(tiny_checkpoint), "-o", str(costs), "--types", "Q8_0", "Q3_K",
+            "--inputs", str(tmp_path / "c.safetensors"))
+    assert r.returncode == 0, r.stderr
+    table = load_costs(costs)
+    assert table.samples == [{"source": "comfyui", "step": 2, "sigma": 0.4, "capture": "c.safetensors"}]
+    for (block, qtype), sse in direct.sse.items():
+        assert table.mean(block, qtype) == sse / direct.count[(block, qtype)]
+
+    narrow = type(inputs)(inputs.img[..., :128], inputs.txt[..., :128], inputs.vec[..., :128], inputs.pe)
+    save_capture(tmp_path / "narrow.safetensors", narrow, {})
+    r = run("costs", str(tiny_checkpoint), "-o", str(costs), "--inputs", str(tmp_path / "narrow.safetensors"))
+    assert r.returncode != 0 and "hidden size 128" in r.stderr

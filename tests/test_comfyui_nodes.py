@@ -2,15 +2,15 @@
 capture during sampling, quantize + save at a target, load the file with ComfyUI-GGUF."""
 from __future__ import annotations
 
-import json
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfyui_rig import ComfyServer, Messages, WorkflowError, loader, sample_workflow, sampling, saved_latent
+from comfyui_rig import PACK_ROOT, ComfyServer, Messages, WorkflowError, loader, sample_workflow, sampling, saved_latent
 from quant.arch import detect
 from quant.costs import load_costs
 from quant.recipe import Recipe, average_bpw, plan_tensors
@@ -126,3 +126,86 @@ def test_hostile_names_are_refused(comfy: ComfyServer, tiny: str, tiny_costs: st
                    "savegguf": save(["quant", 0], name)})
     after = sorted(p.relative_to(comfy.base) for p in comfy.base.rglob("*") if p.is_file())
     assert [p for p in after if p not in before and p.parts[0] != "output"] == []
+
+
+@pytest.fixture(scope="module")
+def stock(comfy: ComfyServer) -> str:
+    """FLUX.1's real widths (hidden 3072), 1 double + 1 single block: ComfyUI's own detection builds it."""
+    save_file(random_state_dict(STOCK_SHALLOW, seed=12), str(comfy.models / "nodes-stock.safetensors"))
+    return "nodes-stock.safetensors"
+
+
+def test_interrupt_during_capture_leaves_costs_valid(comfy: ComfyServer, stock: str) -> None:
+    path = costs_file(comfy, "stock-costs.json")
+    log_start = len(comfy.log_path.read_text())
+    measure = {"load": loader(stock), "capture": capture(["load", 0], "stock-costs", "Q8_0, Q5_0", step=0)}
+    comfy.run({**measure, **sampling(["capture", 0], 1, "nodes/stock1", steps=2)})
+    before = path.read_bytes()
+    plain = saved_latent(comfy, comfy.run(sample_workflow(stock, "safetensors", seed=5, prefix="nodes/sp", steps=2)))
+
+    more_types = "Q5_1, Q4_1, Q4_0, IQ4_NL"  # each (block, type) takes seconds at this width
+    messages = Messages(comfy)
+    try:
+        wf = {"load": loader(stock), "capture": capture(["load", 0], "stock-costs", more_types, step=1),
+              **sampling(["capture", 0], 6, "nodes/stock-int", steps=2)}
+        prompt = comfy.queue(wf, messages.client_id)
+        sweep_total = 2 * 4
+        while True:  # the sweep reports on the sampler's node with its own total
+            m = messages.next()
+            if m and m["type"] == "progress" and m["data"]["max"] == sweep_total and m["data"]["value"] >= 1:
+                comfy.interrupt()
+                break
+    finally:
+        messages.close()
+    with pytest.raises(WorkflowError, match="interrupted"):
+        comfy.wait(prompt)
+    assert path.read_bytes() == before  # still the complete table of before, untouched
+    assert len(load_costs(path).samples) == 1
+    # the weights the sweep swapped were all put back: capture now samples what the plain model did
+    again = comfy.run({**measure, **sampling(["capture", 0], 5, "nodes/stock2", steps=2)})
+    assert torch.equal(saved_latent(comfy, again), plain)
+    assert len(load_costs(path).samples) == 2
+    assert "widths from tensors" not in comfy.log_path.read_text()[log_start:]  # detection unpatched
+
+
+def test_stock_width_quantize_save_and_load(comfy: ComfyServer, stock: str) -> None:
+    costs = "stock-costs.json"
+    if not costs_file(comfy, costs).exists():
+        comfy.run({"load": loader(stock), "capture": capture(["load", 0], "stock-costs", "Q8_0, Q5_0", step=0),
+                   **sampling(["capture", 0], 1, "nodes/stock1", steps=2)})
+    log_start = len(comfy.log_path.read_text())
+    bpw = midway_bpw(STOCK_SHALLOW, "Q5_0", "Q8_0")
+    entry = comfy.run({"load": loader(stock), "quant": quantize(["load", 0], costs, bpw, "Q8_0, Q5_0"),
+                       "savegguf": save(["quant", 0], "nodes-stock")})
+    written = Path(entry["outputs"]["savegguf"]["text"][0].splitlines()[0])
+    wf = sample_workflow(written.name, "gguf", seed=7, prefix="nodes/stock-gguf", steps=2)
+    wf["report"] = {"class_type": "MxTestModelReport", "inputs": {"model": ["load", 0]}}
+    out = comfy.run(wf)
+    report = out["outputs"]["report"]["report"][0]
+    assert report["model_class"] == "Flux" and report["config"]["hidden_size"] == 3072
+    assert "widths from tensors" not in comfy.log_path.read_text()[log_start:]
+    latent = saved_latent(comfy, out)
+    assert torch.isfinite(latent).all() and latent.std() > 0.1
+    comfy.free()
+
+
+def test_same_costs_in_and_out_of_comfyui(comfy: ComfyServer, tiny: str, tmp_path: Path) -> None:
+    """The inputs Capture saved, measured headless on the same checkpoint with the pack's
+    reference blocks, give the costs Capture measured on ComfyUI's blocks."""
+    wf = {"load": loader(tiny), "capture": capture(["load", 0], "tiny-same", "Q8_0, Q4_K, Q2_K", step=2),
+          **sampling(["capture", 0], 41, "nodes/same")}
+    wf["capture"]["inputs"]["save_inputs"] = True
+    comfy.run(wf)
+    saved = sorted((comfy.base / "models" / "mxgguf_costs" / "tiny-same.inputs").glob("*.safetensors"))
+    assert [p.name for p in saved] == ["seed41_step2.safetensors"]
+    headless = tmp_path / "headless.json"
+    r = subprocess.run([sys.executable, "-m", "quant", "costs", str(comfy.models / tiny), "-o", str(headless),
+                        "--types", "Q8_0", "Q4_K", "Q2_K", "--inputs", str(saved[0])],
+                       cwd=PACK_ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    node, cli = load_costs(costs_file(comfy, "tiny-same.json")), load_costs(headless)
+    assert cli.samples[0]["step"] == 2 and cli.samples[0]["seed"] == 41
+    for b in range(node.n_blocks):
+        for t in node.types:
+            a, h = node.mean(b, t), cli.mean(b, t)
+            assert abs(a - h) <= 1e-3 * a, f"block {b} {t}: ComfyUI {a} vs headless {h}"
