@@ -95,8 +95,10 @@ def test_capture_keeps_latents_identical_and_costs_grow(comfy: ComfyServer, tiny
 def test_quantize_output_equals_saved_file_and_file_samples(comfy: ComfyServer, tiny: str, tiny_costs: str) -> None:
     bpw = midway_bpw(TINY, "Q4_K", "Q8_0")
     wf = {"load": loader(tiny), "quant": quantize(["load", 0], tiny_costs, bpw),
-          "savegguf": save(["quant", 0], "nodes-tiny"), **sampling(["quant", 1], 31, "nodes/inline")}
+          "savegguf": save(["quant", 0], "nodes-tiny"), **sampling(["quant", 1], 31, "nodes/inline"),
+          "chart": {"class_type": "PreviewImage", "inputs": {"images": ["quant", 3]}}}
     entry = comfy.run(wf)
+    assert len(entry["outputs"]["chart"]["images"]) == 1
     text = entry["outputs"]["savegguf"]["text"][0]
     written = Path(text.splitlines()[0])
     assert written.parent == comfy.unet and written.name.startswith("nodes-tiny_mx")
