@@ -10,9 +10,10 @@ checkpoints made on the fly: ``tiny`` (hidden 256, 2+4 blocks) and ``stock`` (hi
 Capture: the same workflow with and without Capture Layer Costs (different seeds, so
 nothing is cached, after a warm-up run), one step captured; the difference is the cost
 of capturing one step, printed beside one plain model step (the anchor).
-Quantize + save: a fresh server loads the model (its peak then is the baseline), then
-Mixed GGUF Quantize + Save mx GGUF run; prints time, the server's peak RSS above the
-baseline, the file's size.
+Quantize + save: a fresh server loads the model (its resident memory then is the
+baseline), then Mixed GGUF Quantize + Save mx GGUF run; prints time, the server's peak
+RSS above the baseline (expected: about the file's size, the quantized bytes it holds), the
+file's size.
 """
 from __future__ import annotations
 
@@ -36,11 +37,12 @@ MODELS = {"tiny": TINY, "stock": STOCK.__class__(**{**STOCK.__dict__, "depth_dou
 GiB = 2**30
 
 
-def peak_kb(pid: int) -> int:
+def status_kb(pid: int, field: str = "VmHWM") -> int:
+    """Peak (VmHWM) or current (VmRSS) resident memory of a process."""
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise RuntimeError("no VmHWM")
+    raise RuntimeError(f"no {field}")
 
 
 def timed(server: ComfyServer, workflow: dict) -> float:
@@ -98,19 +100,22 @@ def bench_quantize(comfy: tuple[Path, Path], depth: str, types: list[str]) -> No
         try:
             server.run({"load": loader(unet), "report": {"class_type": "MxTestModelReport",
                                                          "inputs": {"model": ["load", 0]}}})
-            base_kb = peak_kb(server.proc.pid)
+            base_kb, loaded_kb = status_kb(server.proc.pid), status_kb(server.proc.pid, "VmRSS")
+            Path(f"/proc/{server.proc.pid}/clear_refs").write_text("5")  # restart the peak from here
             t = timed(server, {"load": loader(unet), "quant": {"class_type": "MxMixedGGUFQuantize", "inputs": {
                 "model": ["load", 0], "costs": "bench.json", "target": "bits per parameter",
                 "value": round((lo + hi) / 2, 2), "types": "all"}},
                 "save": {"class_type": "MxSaveMxGGUF", "inputs": {"mx_gguf": ["quant", 0],
                                                                    "model_name": "bench", "folder": "unet"}}})
-            peak = peak_kb(server.proc.pid)
+            peak = status_kb(server.proc.pid)
             out = next(server.unet.glob("bench_mx*.gguf"))
+            size, out_name = out.stat().st_size, out.name
         finally:
             server.stop()
-    print(f"quantize+save stock {depth} ({', '.join(types)}): {t:.1f}s, server peak {peak / 2**20:.2f} GiB, "
-          f"{(peak - base_kb) / 2**20:.2f} GiB above the model-loaded peak {base_kb / 2**20:.2f} GiB; "
-          f"file {out.stat().st_size / GiB:.2f} GiB")
+    print(f"quantize+save stock {depth} ({', '.join(types)}): {t:.1f}s; server RSS with the model loaded "
+          f"{loaded_kb / 2**20:.2f} GiB (loading peaked at {base_kb / 2**20:.2f}), peak through quantize+save "
+          f"{peak / 2**20:.2f} GiB = {(peak - loaded_kb) / 2**20:.2f} GiB above the loaded model; "
+          f"{out_name} {size / GiB:.2f} GiB")
 
 
 def main() -> None:
