@@ -211,3 +211,36 @@ def test_same_costs_in_and_out_of_comfyui(comfy: ComfyServer, tiny: str, tmp_pat
         for t in node.types:
             a, h = node.mean(b, t), cli.mean(b, t)
             assert abs(a - h) <= 1e-3 * a, f"block {b} {t}: ComfyUI {a} vs headless {h}"
+
+
+def test_capture_and_quantize_in_one_graph(comfy: ComfyServer, tiny: str) -> None:
+    """Quantize waits for the sampler through 'after', so it reads the costs this run wrote,
+    from a file that did not exist when the prompt was queued."""
+    assert not costs_file(comfy, "tiny-graph.json").exists()
+    wf = {"load": loader(tiny), "capture": capture(["load", 0], "tiny-graph", TINY_TYPES),
+          **sampling(["capture", 0], 51, "nodes/graph"),
+          "quant": quantize(["load", 0], "tiny-graph.json", midway_bpw(TINY, "Q4_K", "Q8_0")),
+          "savegguf": save(["quant", 0], "nodes-graph")}
+    wf["quant"]["inputs"]["after"] = ["sample", 0]
+    entry = comfy.run(wf)
+    assert len(load_costs(costs_file(comfy, "tiny-graph.json")).samples) == 1
+    assert Path(entry["outputs"]["savegguf"]["text"][0].splitlines()[0]).name.startswith("nodes-graph_mx")
+
+
+@pytest.mark.parametrize("how", ["gguf", "fp8"])
+def test_quantized_models_are_refused(comfy: ComfyServer, tiny: str, tiny_costs: str, how: str) -> None:
+    if how == "gguf":
+        entry = comfy.run({"load": loader(tiny), "quant": quantize(["load", 0], tiny_costs, 11.0, "Q8_0"),
+                           "savegguf": save(["quant", 0], "nodes-refuse")})
+        load = loader(Path(entry["outputs"]["savegguf"]["text"][0].splitlines()[0]).name, "gguf")
+        expected = "already GGUF-quantized"
+    else:
+        load = {"class_type": "UNETLoader", "inputs": {"unet_name": tiny, "weight_dtype": "fp8_e4m3fn"}}
+        expected = "float8_e4m3fn"
+    with pytest.raises(WorkflowError, match=expected):
+        comfy.run({"load": load, "capture": capture(["load", 0], "refused", "Q8_0"),
+                   **sampling(["capture", 0], 3, "nodes/refused")})
+    with pytest.raises(WorkflowError, match=expected):
+        comfy.run({"load": load, "quant": quantize(["load", 0], tiny_costs, 11.0, "Q8_0"),
+                   "savegguf": save(["quant", 0], "nodes-refused")})
+    assert not costs_file(comfy, "refused.json").exists()

@@ -40,7 +40,7 @@ def test_dequantized_equals_gguf_py(model, tmp_path: Path) -> None:
     mixed = quantize_model(source, arch, recipe)
     mixed.save(tmp_path / "m.gguf")
     for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors:
-        expected = np.asarray(gguf.quants.dequantize(np.asarray(t.data), t.tensor_type), dtype=np.float32)
+        expected = np.array(gguf.quants.dequantize(np.asarray(t.data), t.tensor_type), dtype=np.float32)
         got = mixed.dequantized(t.name)
         assert got.dtype == torch.float32
         assert torch.equal(got.reshape(-1), torch.from_numpy(expected.reshape(-1))), t.name
