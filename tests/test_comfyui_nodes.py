@@ -93,6 +93,8 @@ def test_capture_keeps_latents_identical_and_costs_grow(comfy: ComfyServer, tiny
 
 
 def test_quantize_output_equals_saved_file_and_file_samples(comfy: ComfyServer, tiny: str, tiny_costs: str) -> None:
+    options = comfy.object_info(QUANTIZE)[QUANTIZE]["input"]["required"]["costs"][1]["options"]
+    assert tiny_costs in options  # the dropdown lists files measured since the server started
     bpw = midway_bpw(TINY, "Q4_K", "Q8_0")
     wf = {"load": loader(tiny), "quant": quantize(["load", 0], tiny_costs, bpw),
           "savegguf": save(["quant", 0], "nodes-tiny"), **sampling(["quant", 1], 31, "nodes/inline"),
