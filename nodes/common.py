@@ -55,6 +55,15 @@ def refuse_quantized(model, why: str) -> None:
                              f"weight_dtype 'default' (bf16/fp16/fp32)")
 
 
+def refuse_patched(model) -> None:
+    """Weight patches (LoRA and the like) are applied by ComfyUI only while the model is loaded,
+    so the weights read here may or may not carry them: refuse rather than guess."""
+    if model.patches:
+        raise ValueError(f"this MODEL carries weight patches on {len(model.patches)} tensors (a LoRA?); "
+                         f"quantizing them in is not supported: quantize the model without them, or save "
+                         f"the merged model (ModelSave) and load that")
+
+
 def model_source(model, name: str = "ComfyUI MODEL") -> tuple[Source, FluxArch]:
     """The MODEL's diffusion weights as a checkpoint read tensor by tensor (no copies)."""
     state = diffusion_model(model).state_dict()

@@ -18,7 +18,7 @@ from ..quant.optimize import GiB, Allocation, Target, optimize
 from .capture import parse_types
 from .chart import block_chart
 from .common import (BUILTIN_CHOICES, CATEGORY, costs_choices, costs_path, fingerprint, model_source,
-                     progress_bar, refuse_quantized)
+                     progress_bar, refuse_patched, refuse_quantized)
 
 MixedGGUF = io.Custom("MX_GGUF")
 TARGETS = ["bits per parameter", "file size (GB)", "card size (GB)"]
@@ -105,6 +105,7 @@ class MixedGGUFQuantize(io.ComfyNode):
     @classmethod
     def execute(cls, model, costs: str, target: str, value: float, types: str, after=None) -> io.NodeOutput:
         refuse_quantized(model, "quantize the full-precision model")
+        refuse_patched(model)
         goal = target_from(target, value)
         source, arch = model_source(model)
         spec = costs if costs.startswith("builtin:") else costs_path(costs)
