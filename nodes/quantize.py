@@ -21,18 +21,7 @@ from .common import (BUILTIN_CHOICES, CATEGORY, costs_choices, costs_path, finge
                      progress_bar, refuse_patched, refuse_quantized)
 
 MixedGGUF = io.Custom("MX_GGUF")
-TARGETS = ["bits per parameter", "file size (GB)", "card size (GB)"]
-GB = 1e9  # file sizes in decimal GB, as drives are sold; a "12 GB" card has 12 GiB
-
-
-def target_from(kind: str, value: float) -> Target:
-    if kind == "bits per parameter":
-        return Target(bpw=value)
-    if kind == "file size (GB)":
-        return Target(size_bytes=int(value * GB))
-    if kind == "card size (GB)":
-        return Target(card_gib=value)
-    raise ValueError(f"unknown target {kind!r}; one of {TARGETS}")
+TARGETS = {"bits per parameter": "bpw", "file size (GB)": "size_gb", "card size (GB)": "card_gb"}
 
 
 class DequantizedWeight:
@@ -70,7 +59,7 @@ class MixedGGUFQuantize(io.ComfyNode):
                                tooltip="Per-block costs: the built-in FLUX.1-dev table (also right for its "
                                        "finetunes) or a file made by Capture Layer Costs. A file that Capture "
                                        "in the same graph is about to create may be typed in."),
-                io.Combo.Input("target", options=TARGETS, default=TARGETS[0],
+                io.Combo.Input("target", options=list(TARGETS), default="bits per parameter",
                                tooltip="What the value means: average bits per parameter over the whole file, "
                                        "the file's size, or the memory of the card it must fit (2 GiB are kept "
                                        "for activations and the VAE)."),
@@ -106,7 +95,9 @@ class MixedGGUFQuantize(io.ComfyNode):
     def execute(cls, model, costs: str, target: str, value: float, types: str, after=None) -> io.NodeOutput:
         refuse_quantized(model, "quantize the full-precision model")
         refuse_patched(model)
-        goal = target_from(target, value)
+        if target not in TARGETS:
+            raise ValueError(f"unknown target {target!r}; one of {list(TARGETS)}")
+        goal = Target.of(**{TARGETS[target]: value})
         source, arch = model_source(model)
         spec = costs if costs.startswith("builtin:") else costs_path(costs)
         if not costs.startswith("builtin:") and not spec.exists():

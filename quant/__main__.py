@@ -21,7 +21,6 @@ from .recipe import Recipe, RecipeError, average_bpw, load_recipe, output_name, 
 
 USER_ERRORS = (ArchitectureError, RecipeError, CheckpointError, GGUFWriteError, CostError, TargetError,
                FileExistsError, FileNotFoundError, ValueError)
-GB = 1e9  # sizes on the command line are in decimal GB, as drives and cards are sold
 
 
 def convert(src: Path, out: Path | None, recipe: Recipe | None = None, qtype: str | None = None,
@@ -42,8 +41,7 @@ def convert(src: Path, out: Path | None, recipe: Recipe | None = None, qtype: st
 def target_from(a: argparse.Namespace) -> Target | None:
     if a.bpw is None and a.size_gb is None and a.card_gb is None:
         return None
-    return Target(bpw=a.bpw, size_bytes=None if a.size_gb is None else int(a.size_gb * GB),
-                  card_gib=a.card_gb)  # a "12 GB" card has 12 GiB
+    return Target.of(a.bpw, a.size_gb, a.card_gb)
 
 
 def costs_for(arch, source, spec: str | None) -> CostTable:

@@ -20,6 +20,7 @@ from .arch import FluxArch
 from .recipe import Recipe, plan_tensors, tensor_type
 
 GiB = 2**30
+GB = 10**9  # file sizes are given in decimal GB, as drives are sold; a "12 GB" card has 12 GiB
 # Bytes a GGUF spends outside tensor data (header, names, metadata, alignment); a size
 # target reserves this much so the file, not just its data, fits.
 HEADER_RESERVE = 2**20
@@ -46,6 +47,11 @@ class Target:
             raise TargetError("give exactly one target: bits per parameter, file size or card size")
         if not (math.isfinite(given[0]) and given[0] > 0):
             raise TargetError(f"target must be a positive number, got {given[0]!r}")
+
+    @classmethod
+    def of(cls, bpw: float | None = None, size_gb: float | None = None, card_gb: float | None = None) -> Target:
+        """A target as users give it: bits per parameter, a file size in GB, or a card's GB."""
+        return cls(bpw=bpw, size_bytes=None if size_gb is None else int(size_gb * GB), card_gib=card_gb)
 
     def data_budget(self, total_params: int) -> int:
         """Bytes available to tensor data."""

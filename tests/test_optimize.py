@@ -97,3 +97,9 @@ def test_shipped_recipes_are_the_optimizers(path) -> None:
     best = optimize(arch, FLUX1_DEV, resolve_costs("builtin:flux1-dev").costs(), Target(bpw=target))
     assert recipe.types == best.types
     assert average_bpw(plan_tensors(arch, FLUX1_DEV, recipe)) <= target
+
+
+def test_targets_as_users_give_them() -> None:
+    assert Target.of(size_gb=9.5) == Target(size_bytes=9_500_000_000)
+    assert Target.of(card_gb=12) == Target(card_gib=12)
+    assert Target.of(bpw=6.9) == Target(bpw=6.9)
