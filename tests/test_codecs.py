@@ -52,6 +52,16 @@ def test_cuda_bytes_equal_cpu(qtype: str) -> None:
         assert torch.equal(back, codecs.dequantize(cpu, qtype, x.shape)), f"{qtype} {name}"
 
 
+@CUDA
+@pytest.mark.parametrize("qtype", codecs.TYPE_NAMES)
+def test_cuda_chunks_give_the_same_bytes(qtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = torch.from_numpy(corpus_rows(512, seed=2)["gaussian"])
+    whole = codecs.quantize(rows, qtype)
+    monkeypatch.setattr(codecs, "CHUNK_ELEMENTS", 512 * 3)
+    monkeypatch.setattr(codecs, "GPU_CHUNK_FACTOR", 1)
+    assert torch.equal(codecs.quantize(rows.cuda(), qtype).cpu(), whole)
+
+
 def test_unknown_type_is_named() -> None:
     with pytest.raises(ValueError, match="unknown GGUF type 'Q7_K'"):
         codecs.get_codec("Q7_K")

@@ -26,6 +26,8 @@ QUANTIZED_TYPE_NAMES: tuple[str, ...] = tuple(
 # Blocks handled per step: large enough to amortise torch's per-op overhead, small enough
 # that a search over ~20 candidate scales stays at a few hundred MB.
 CHUNK_ELEMENTS = 1 << 20
+# On a GPU each chunk is this many times larger: a few hundred MB of working space at most.
+GPU_CHUNK_FACTOR = 16
 
 
 def get_codec(qtype: str | QType) -> Codec:
@@ -71,7 +73,10 @@ def quantize(x: torch.Tensor, qtype: str | QType, imatrix: torch.Tensor | None =
         if imatrix.shape != (n,):
             raise ValueError(f"imatrix must have shape ({n},), got {tuple(imatrix.shape)}")
         weights = imatrix.to(device=x.device, dtype=torch.float32).reshape(blocks_per_row, codec.block_size)
-    step = max(1, (codec.chunk_elements or CHUNK_ELEMENTS) // n)
+    limit = codec.chunk_elements or CHUNK_ELEMENTS
+    if x.is_cuda:  # chunks sized for a CPU's cache leave a GPU waiting on kernel launches
+        limit *= GPU_CHUNK_FACTOR
+    step = max(1, limit // n)
     out = None
     for r in range(0, rows.shape[0], step):
         # float32 one chunk at a time: a bf16 weight is never held twice over
