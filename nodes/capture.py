@@ -21,6 +21,7 @@ from comfy_api.latest import io
 import comfy.patcher_extension
 
 from ..quant import codecs
+from ..quant.atomic import write_new
 from ..quant.costs import CostTable, accumulate
 from ..quant.flux_blocks import StackInputs, StackState, save_capture
 from ..quant.sweep import add_to_table, sweep
@@ -113,7 +114,7 @@ class ComfyFluxStack:
         return StackState(self.blocks[block](x, **kw), None, state.txt_tokens)
 
     def output(self, state: StackState) -> torch.Tensor:
-        return state.img if state.txt is not None else state.img[:, state.txt_tokens:]
+        return state.image_tokens()
 
 
 class CaptureSession:
@@ -174,18 +175,12 @@ class CaptureSession:
         table.provenance = {"measured_with": "Capture Layer Costs (ComfyUI's Flux blocks)"}
         accumulate(self.costs_file, table)  # atomic: a Cancel before this leaves the file as it was
 
-
     def keep_inputs(self, c: Captured, sample: dict, stem: str) -> None:
         """Save what entered the blocks beside the costs file, for ``python -m quant costs --inputs``."""
         folder = self.costs_file.with_suffix(".inputs")
         folder.mkdir(exist_ok=True)
         inputs = StackInputs(c.img, c.txt, c.vec, c.pe)
-        for n in range(1, 1000):
-            try:
-                return save_capture(folder / (f"{stem}.safetensors" if n == 1 else f"{stem}_{n}.safetensors"),
-                                    inputs, sample)
-            except FileExistsError:
-                continue
+        write_new(folder / f"{stem}.safetensors", lambda path: save_capture(path, inputs, sample))
 
 
 def parse_types(text: str) -> list[str]:
@@ -244,4 +239,3 @@ class CaptureLayerCosts(io.ComfyNode):
                                  session.sampler_wrapper)
         text = f"costs of {', '.join(session.types)} go to {path}"
         return io.NodeOutput(out, ui={"text": [text]})
-

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 from comfy_api.latest import io
 
@@ -100,7 +101,7 @@ class MixedGGUFQuantize(io.ComfyNode):
         goal = Target.of(**{TARGETS[target]: value})
         source, arch = model_source(model)
         spec = costs if costs.startswith("builtin:") else costs_path(costs)
-        if not costs.startswith("builtin:") and not spec.exists():
+        if isinstance(spec, Path) and not spec.exists():
             raise CostError(f"costs file {costs!r} does not exist yet in models/mxgguf_costs; run Capture Layer "
                             f"Costs first (and wire the sampler's LATENT into 'after' when both are in one graph)")
         table = resolve_costs(spec)
@@ -119,4 +120,3 @@ class MixedGGUFQuantize(io.ComfyNode):
         chart = block_chart(alloc.types, [per_block[b].get(t) for b, t in enumerate(alloc.types)],
                             arch.depth_double, text.splitlines()[0])
         return io.NodeOutput(mixed, out, text, chart, ui={"text": [text]})
-

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 import folder_paths
 
-from ..quant.atomic import checked_name
+from ..quant.atomic import checked_name, write_new
 from ..quant.gguf_file import read_summary
 from ..quant.mixed import MixedModel
 from ..quant.optimize import GiB
@@ -26,18 +26,9 @@ def model_folder(name: str) -> Path:
 
 def save_unique(mixed: MixedModel, folder: Path, file_name: str, model_name: str) -> Path:
     """Save under ``file_name``, or ``<stem>_2.gguf``, ``_3``... : an existing file is never replaced."""
-    stem = file_name.removesuffix(".gguf")
     bar = progress_bar(sum(t.numel for t in mixed.plan))
-    for n in range(1, 1000):
-        path = folder / (file_name if n == 1 else f"{stem}_{n}.gguf")
-        if path.exists():
-            continue
-        try:
-            mixed.save(path, name=model_name, progress=lambda done, total, _key: bar(done, total))
-            return path
-        except FileExistsError:  # appeared while writing: take the next name
-            continue
-    raise FileExistsError(f"{folder} already holds {stem}.gguf and 998 numbered copies")
+    return write_new(folder / file_name, lambda path: mixed.save(
+        path, name=model_name, progress=lambda done, total, _key: bar(done, total)).path)
 
 
 class SaveMxGGUF(io.ComfyNode):

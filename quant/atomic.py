@@ -4,8 +4,11 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class UnsafeNameError(ValueError):
@@ -81,3 +84,16 @@ def atomic_output(path: str | os.PathLike[str], overwrite: bool = False) -> Iter
 def atomic_write_text(path: Path, text: str, overwrite: bool = True) -> None:
     with atomic_output(path, overwrite) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_new(path: Path, write: Callable[[Path], T], tries: int = 999) -> T:
+    """``write(path)``, or, where that file exists, ``write(<stem>_2<suffix>)``, ``_3``...
+
+    ``write`` must refuse an existing target with FileExistsError (as ``atomic_output``
+    does before any work), so a file is never replaced, even one that appears meanwhile."""
+    for n in range(1, tries + 1):
+        try:
+            return write(path if n == 1 else path.with_name(f"{path.stem}_{n}{path.suffix}"))
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent} already holds {path.name} and {tries - 1} numbered copies")

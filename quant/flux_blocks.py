@@ -162,6 +162,10 @@ class StackState:
     txt: Tensor | None = None  # None once the streams are joined (txt tokens lead img)
     txt_tokens: int = 0
 
+    def image_tokens(self) -> Tensor:
+        """The image tokens' hidden state (what the final layer reads)."""
+        return self.img if self.txt is not None else self.img[:, self.txt_tokens:]
+
 
 class ReferenceStack:
     """FLUX's blocks over a checkpoint's weights: what ``quant.sweep`` runs headless.
@@ -206,8 +210,7 @@ class ReferenceStack:
         return StackState(single_block(w, x, inputs.vec, inputs.pe, self.heads), None, state.txt_tokens)
 
     def output(self, state: StackState) -> Tensor:
-        """The final hidden state of the image tokens (what the final layer reads)."""
-        return state.img if state.txt is not None else state.img[:, state.txt_tokens:]
+        return state.image_tokens()
 
     def make_inputs(self, seed: int, width: int = 256, height: int = 256, sigma: float = 0.6,
                     txt_tokens: int = 64, guidance: float = 3.5) -> StackInputs:
