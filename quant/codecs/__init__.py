@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import floats, iq4, kquants_affine, kquants_symmetric, legacy
-from .base import Codec, QType
+from .base import Codec, QType, Workspace
 
 CODECS: dict[QType, Codec] = {
     c.qtype: c
@@ -55,16 +55,26 @@ def row_bytes(qtype: str | QType, row_length: int) -> int:
     return row_length // codec.block_size * codec.type_size
 
 
-def quantize(x: torch.Tensor, qtype: str | QType, imatrix: torch.Tensor | None = None) -> torch.Tensor:
+def quantize(x: torch.Tensor, qtype: str | QType, imatrix: torch.Tensor | None = None,
+             out: torch.Tensor | None = None) -> torch.Tensor:
     """Quantize float rows (last dim) to ggml blocks; returns uint8 ``(*x.shape[:-1], row_bytes)``.
 
     ``imatrix``: optional per-column importance (length ``x.shape[-1]``), as llama.cpp's
     imatrix gives; passed to the codecs that have an importance-weighted path.
+    ``out``: a contiguous uint8 tensor of that shape (on x's device) to write into; reusing
+    one spares the fresh pages a new result costs, which for the cheap types is most of the work.
     """
     codec = get_codec(qtype)
     n = x.shape[-1]
     nbytes = row_bytes(codec.qtype, n)
+    shape = (*x.shape[:-1], nbytes)
+    if out is None:
+        out = torch.empty(shape, dtype=torch.uint8, device=x.device)
+    elif out.shape != shape or out.dtype != torch.uint8 or out.device != x.device or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous uint8 tensor of shape {shape} on {x.device}, "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
     rows = x.reshape(-1, n)
+    out_rows = out.view(-1, nbytes)
     blocks_per_row = n // codec.block_size
     weights = None
     if imatrix is not None:
@@ -77,19 +87,13 @@ def quantize(x: torch.Tensor, qtype: str | QType, imatrix: torch.Tensor | None =
     if x.is_cuda:  # chunks sized for a CPU's cache leave a GPU waiting on kernel launches
         limit *= GPU_CHUNK_FACTOR
     step = max(1, limit // n)
-    out = None
+    work = Workspace()
     for r in range(0, rows.shape[0], step):
         # float32 one chunk at a time: a bf16 weight is never held twice over
         chunk = rows[r : r + step].to(torch.float32).reshape(-1, codec.block_size)
         w = None if weights is None else weights.repeat(chunk.shape[0] // blocks_per_row, 1)
-        part = codec.quantize_blocks(chunk, w).reshape(-1, nbytes)
-        if step >= rows.shape[0]:
-            out = part
-        else:
-            if out is None:
-                out = torch.empty(rows.shape[0], nbytes, dtype=torch.uint8, device=x.device)
-            out[r : r + step] = part
-    return out.reshape(*x.shape[:-1], nbytes)
+        codec.quantize_blocks_into(chunk, out_rows[r : r + step].view(-1, codec.type_size), w, work)
+    return out
 
 
 def dequantize(raw: torch.Tensor, qtype: str | QType, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:

@@ -14,6 +14,25 @@ import torch
 QType = gguf.GGMLQuantizationType
 
 
+class Workspace:
+    """Scratch tensors kept from one chunk to the next. A fresh multi-megabyte tensor costs
+    the kernel zeroing its pages, about as much as a pass of arithmetic over it."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype,
+             device: torch.device) -> torch.Tensor:
+        """An uninitialised tensor of ``shape``, the same memory each time ``name`` is asked for."""
+        numel = 1
+        for s in shape:
+            numel *= s
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            buf = self._buffers[name] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel].view(shape)
+
+
 class Codec:
     """One GGUF tensor type. Subclasses set ``qtype`` and implement the two block maps."""
 
@@ -41,6 +60,12 @@ class Codec:
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
+                             work: Workspace | None = None) -> None:
+        """``quantize_blocks`` written into ``out`` (uint8 ``(n, type_size)``, contiguous);
+        ``work`` lends scratch space across calls."""
+        out.copy_(self.quantize_blocks(x, weights))
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -116,8 +141,3 @@ def fp16_bytes(x: torch.Tensor) -> torch.Tensor:
 def fp16_from_bytes(b: torch.Tensor) -> torch.Tensor:
     """uint8 ``(n, 2k)`` -> float32 ``(n, k)``."""
     return b.contiguous().view(torch.float16).to(torch.float32)
-
-
-def pack_nibbles(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Two tensors of 4-bit values -> bytes ``lo | hi << 4``."""
-    return (lo.to(torch.uint8) | (hi.to(torch.uint8) << 4)).to(torch.uint8)

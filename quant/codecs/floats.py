@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import torch
 
-from .base import Codec, QType
+from .base import Codec, QType, Workspace
 
 
 class _FloatCodec(Codec):
     dtype: torch.dtype
-    chunk_elements = 1 << 40  # a cast needs no working space: one pass over the whole tensor
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         return x.to(self.dtype).contiguous().view(torch.uint8)
+
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
+                             work: Workspace | None = None) -> None:
+        out.view(self.dtype).copy_(x)  # cast straight into place: one pass
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         return blocks.contiguous().view(self.dtype).to(torch.float32)

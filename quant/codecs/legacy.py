@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Codec, QType, fp16_bytes, fp16_from_bytes, inverse_or_zero, pack_nibbles, signed_absmax
+from .base import Codec, QType, Workspace, fp16_from_bytes, inverse_or_zero, signed_absmax
 
 HALF = 16  # elements j and j + 16 share a byte
 
@@ -17,26 +17,41 @@ HALF = 16  # elements j and j + 16 share a byte
 _JUST_BELOW_HALF = 0.49999997  # 0.5 - 2^-25: the one float32 that "+ 0.5" rounds up to 1
 
 
-def round_away_int8(x: torch.Tensor) -> torch.Tensor:
-    """C's ``roundf`` (halves away from zero) to int8, for |x| <= 127.
+def put_round_away_int8(out: torch.Tensor, x: torch.Tensor, work: Workspace) -> None:
+    """C's ``roundf`` (halves away from zero) of x, |x| <= 127, into the int8 tensor ``out``.
 
     ``trunc(x + copysign(0.5, x))`` is exact for |x| >= 0.5: below the next integer the sum
     keeps x's ulp. Below 0.5 only 0.5 - 2^-25 rounds up (to 1), so it is put back to 0."""
-    q = torch.copysign(torch.tensor(0.5, device=x.device), x).add_(x).to(torch.int8)
-    return q.masked_fill_(x.abs() == _JUST_BELOW_HALF, 0)
+    v = work.take("halves", x.shape, x.dtype, x.device)
+    torch.copysign(torch.tensor(0.5, device=x.device), x, out=v)
+    v += x
+    out.copy_(v)  # float->int conversion truncates
+    torch.abs(x, out=v)
+    out.masked_fill_(v == _JUST_BELOW_HALF, 0)
 
 
-def _symmetric(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _half_major(x: torch.Tensor, offset: torch.Tensor | None, scale: torch.Tensor, shift: float,
+                top: int, work: Workspace) -> torch.Tensor:
+    """C's ``MIN(top, (int)((x - offset)*scale + shift))`` per value, as uint8 laid out
+    ``(2, blocks, 16)``: each half of a block contiguous, so the nibble packing and the
+    bit folding below run over whole rows of bytes (torch leaves 16-byte rows unvectorised)."""
+    halves = x.view(-1, 2, HALF).transpose(0, 1)
+    v = work.take("values", halves.shape, torch.float32, x.device)
+    if offset is None:
+        torch.mul(halves, scale, out=v)
+    else:
+        torch.sub(halves, offset, out=v)
+        v *= scale
+    v += shift
+    q = work.take("levels", halves.shape, torch.uint8, x.device)
+    q.copy_(v)  # float->int conversion truncates, as C's cast
+    return q.clamp_(max=top)
+
+
+def _symmetric(x: torch.Tensor, bits: int, work: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
     """Q4_0/Q5_0: ``-2^(bits-1)`` steps of the signed value of largest magnitude."""
     d = signed_absmax(x) / -(1 << (bits - 1))
-    v = x * inverse_or_zero(d)
-    v += (1 << (bits - 1)) + 0.5
-    return d, _truncate_to_uint8(v, (1 << bits) - 1)
-
-
-def _truncate_to_uint8(v: torch.Tensor, top: int) -> torch.Tensor:
-    """C's ``MIN(top, (int)v)`` for v in [0, 2*top]: float->int conversion truncates."""
-    return v.to(torch.uint8).clamp_(max=top)
+    return d, _half_major(x, None, inverse_or_zero(d), (1 << (bits - 1)) + 0.5, (1 << bits) - 1, work)
 
 
 def _first_equal(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -50,27 +65,33 @@ def _first_equal(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return v
 
 
-def _affine(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _affine(x: torch.Tensor, bits: int, work: Workspace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Q4_1/Q5_1: min..max in 2^bits - 1 steps."""
     lo, hi = _first_equal(x, x.amin(dim=1, keepdim=True)), _first_equal(x, x.amax(dim=1, keepdim=True))
     d = (hi - lo) / ((1 << bits) - 1)
-    v = x - lo
-    v *= inverse_or_zero(d)
-    v += 0.5
-    return d, lo, _truncate_to_uint8(v, (1 << bits) - 1)
+    return d, lo, _half_major(x, lo, inverse_or_zero(d), 0.5, (1 << bits) - 1, work)
 
 
-_BIT = 1 << torch.arange(8, dtype=torch.int32)
+def _put_fifth_bits(out: torch.Tensor, q: torch.Tensor) -> None:
+    """Bit 4 of each of the 32 values as a little-endian uint32: value j -> bit j.
+
+    Eight 0/1 bytes in an int64 word fold into its low byte: shifting by 7, 14 and 28
+    brings byte k's bit to bit k (the words are non-negative, so the shifts bring in 0s)."""
+    word = (q >> 4).view(torch.int64)  # (2, blocks, 2): bytes 8w..8w+7 of each half
+    word |= word >> 7
+    word |= word >> 14
+    word |= word >> 28
+    out.unflatten(1, (2, 2)).copy_((word & 0xFF).permute(1, 0, 2))
 
 
-def _fifth_bits(q: torch.Tensor) -> torch.Tensor:
-    """Bit 4 of each of the 32 values as a little-endian uint32 (4 bytes): value j -> bit j."""
-    bits = ((q >> 4) & 1).to(torch.int32).reshape(-1, 4, 8)
-    return (bits * _BIT.to(q.device)).sum(dim=2).to(torch.uint8)
+def _put_nibbles(out: torch.Tensor, q: torch.Tensor) -> None:
+    """Byte j of ``out`` = value j | value j+16 << 4 (low four bits of each)."""
+    out.copy_((q[0] & 0xF) | (q[1] << 4))  # uint8: the fifth bit of q[1] falls off
 
 
-def _low_nibbles(q: torch.Tensor) -> torch.Tensor:
-    return pack_nibbles(q[:, :HALF] & 0xF, q[:, HALF:] & 0xF)
+def _put_fp16(out: torch.Tensor, v: torch.Tensor) -> None:
+    """A float32 column stored as fp16 into a 2-byte column of ``out``."""
+    out.view(torch.float16).copy_(v)
 
 
 def _unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
@@ -81,60 +102,89 @@ def _unpack_fifth_bits(qh: torch.Tensor) -> torch.Tensor:
     return ((qh[:, :, None].to(torch.int32) >> torch.arange(8, device=qh.device)) & 1).reshape(-1, 32)
 
 
-class Q8_0(Codec):
-    qtype = QType.Q8_0
+class _LegacyCodec(Codec):
+    """Writes straight into the output's columns: these types are a few passes over
+    memory, so the copies a ``torch.cat`` makes would be a large part of the work."""
+
+    chunk_elements = 1 << 22  # few passes per value: large chunks amortise torch's per-op cost
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        d = x.abs().amax(dim=1, keepdim=True) / 127
-        q = round_away_int8(x * inverse_or_zero(d))
-        return torch.cat([fp16_bytes(d), q.view(torch.uint8)], dim=1)
+        out = torch.empty(x.shape[0], self.type_size, dtype=torch.uint8, device=x.device)
+        self.quantize_blocks_into(x, out, weights, Workspace())
+        return out
+
+
+class Q8_0(_LegacyCodec):
+    qtype = QType.Q8_0
+
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
+                             work: Workspace | None = None) -> None:
+        work = work or Workspace()
+        # max |x| from two reductions (no |x| tensor); "+ 0" makes an all-zero block's -0 a +0
+        d = (torch.maximum(x.amax(dim=1, keepdim=True), -x.amin(dim=1, keepdim=True)) + 0.0) / 127
+        _put_fp16(out[:, :2], d)
+        v = work.take("values", x.shape, x.dtype, x.device)
+        torch.mul(x, inverse_or_zero(d), out=v)
+        put_round_away_int8(out[:, 2:].view(torch.int8), v, work)
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         return blocks[:, 2:].contiguous().view(torch.int8).to(torch.float32) * fp16_from_bytes(blocks[:, :2])
 
 
-class Q4_0(Codec):
+class Q4_0(_LegacyCodec):
     qtype = QType.Q4_0
 
-    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        d, q = _symmetric(x, 4)
-        return torch.cat([fp16_bytes(d), _low_nibbles(q)], dim=1)
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
+                             work: Workspace | None = None) -> None:
+        d, q = _symmetric(x, 4, work or Workspace())
+        _put_fp16(out[:, :2], d)
+        _put_nibbles(out[:, 2:], q)
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         q = _unpack_nibbles(blocks[:, 2:]).to(torch.float32) - 8
         return fp16_from_bytes(blocks[:, :2]) * q
 
 
-class Q5_0(Codec):
+class Q5_0(_LegacyCodec):
     qtype = QType.Q5_0
 
-    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        d, q = _symmetric(x, 5)
-        return torch.cat([fp16_bytes(d), _fifth_bits(q), _low_nibbles(q)], dim=1)
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
+                             work: Workspace | None = None) -> None:
+        d, q = _symmetric(x, 5, work or Workspace())
+        _put_fp16(out[:, :2], d)
+        _put_fifth_bits(out[:, 2:6], q)
+        _put_nibbles(out[:, 6:], q)
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         q = _unpack_nibbles(blocks[:, 6:]).to(torch.int32) | (_unpack_fifth_bits(blocks[:, 2:6]) << 4)
         return fp16_from_bytes(blocks[:, :2]) * (q - 16).to(torch.float32)
 
 
-class Q4_1(Codec):
+class Q4_1(_LegacyCodec):
     qtype = QType.Q4_1
 
-    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        d, lo, q = _affine(x, 4)
-        return torch.cat([fp16_bytes(d), fp16_bytes(lo), _low_nibbles(q)], dim=1)
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
+                             work: Workspace | None = None) -> None:
+        d, lo, q = _affine(x, 4, work or Workspace())
+        _put_fp16(out[:, :2], d)
+        _put_fp16(out[:, 2:4], lo)
+        _put_nibbles(out[:, 4:], q)
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         q = _unpack_nibbles(blocks[:, 4:]).to(torch.float32)
         return fp16_from_bytes(blocks[:, :2]) * q + fp16_from_bytes(blocks[:, 2:4])
 
 
-class Q5_1(Codec):
+class Q5_1(_LegacyCodec):
     qtype = QType.Q5_1
 
-    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        d, lo, q = _affine(x, 5)
-        return torch.cat([fp16_bytes(d), fp16_bytes(lo), _fifth_bits(q), _low_nibbles(q)], dim=1)
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
+                             work: Workspace | None = None) -> None:
+        d, lo, q = _affine(x, 5, work or Workspace())
+        _put_fp16(out[:, :2], d)
+        _put_fp16(out[:, 2:4], lo)
+        _put_fifth_bits(out[:, 4:8], q)
+        _put_nibbles(out[:, 8:], q)
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         q = _unpack_nibbles(blocks[:, 8:]).to(torch.int32) | (_unpack_fifth_bits(blocks[:, 4:8]) << 4)
