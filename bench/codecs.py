@@ -5,6 +5,8 @@
 Prints Mparams/s for our torch codecs (CPU with torch's default threads; CUDA too where
 available) and for ggml's ``ggml_quantize_chunk`` (ggml-python, one thread) on the same
 float32 matrix, the ratio, and whether the bytes match. Target: ratio >= 1.0 per type.
+"first s" is our first call, untimed in the rest: it includes compiling the K-quants'
+fused search steps (once per machine; torch caches the kernels on disk).
 Both sides write into an output buffer allocated once, as a converter reuses one: the
 timings are of quantizing, not of the kernel handing out fresh pages.
 """
@@ -65,15 +67,17 @@ def main() -> None:
     mp = x.size / 1e6
     print(f"{a.rows}x{a.cols} float32, torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", GPU {torch.cuda.get_device_name()}" if cuda else ", no GPU"))
-    print(f"{'type':7} {'ggml C Mp/s':>11} {'ours CPU Mp/s':>13} {'ratio':>6} {'bytes':>6}"
+    print(f"{'type':7} {'ggml C Mp/s':>11} {'ours CPU Mp/s':>13} {'ratio':>6} {'bytes':>6} {'first s':>7}"
           + (f" {'ours GPU Mp/s':>13} {'GPU ratio':>9}" if cuda else ""))
     for qtype in a.types:
         ref_fn = ggml_quantizer(x, qtype)
         ref_s = best_seconds(ref_fn, a.repeat)
+        first = time.perf_counter()
         ours = codecs.quantize(xt, qtype)
+        first = time.perf_counter() - first
         same = np.array_equal(ours.numpy().reshape(-1), ref_fn())
         our_s = best_seconds(lambda: codecs.quantize(xt, qtype, out=ours), a.repeat)
-        line = f"{qtype:7} {mp / ref_s:11.1f} {mp / our_s:13.1f} {ref_s / our_s:6.2f} {'same' if same else 'DIFF':>6}"
+        line = f"{qtype:7} {mp / ref_s:11.1f} {mp / our_s:13.1f} {ref_s / our_s:6.2f} {'same' if same else 'DIFF':>6} {first:7.1f}"
         if cuda:
             xg, out_g = xt.cuda(), ours.cuda()
             gpu_s = best_seconds(lambda: codecs.quantize(xg, qtype, out=out_g), a.repeat)

@@ -1,6 +1,8 @@
 """Every codec against ggml's C quantizers (bytes) and gguf-py's dequantizers (values)."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -32,12 +34,49 @@ def test_dequantize_equals_gguf_py(qtype: str) -> None:
         np.testing.assert_array_equal(ours, ref, err_msg=f"{qtype} {name}")
 
 
+def small_chunks(qtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codecs, "CHUNK_ELEMENTS", 512 * 3)
+    monkeypatch.setattr(codecs.get_codec(qtype), "chunk_elements", None)
+
+
 @pytest.mark.parametrize("qtype", codecs.TYPE_NAMES)
 def test_chunking_does_not_change_bytes(qtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = torch.from_numpy(corpus_rows(512, seed=2)["gaussian"])
     whole = codecs.quantize(rows, qtype)
-    monkeypatch.setattr(codecs, "CHUNK_ELEMENTS", 512 * 3)
+    small_chunks(qtype, monkeypatch)
     assert torch.equal(codecs.quantize(rows, qtype), whole)
+
+
+SEARCH_TYPES = ("Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K")
+
+
+@pytest.mark.parametrize("qtype", SEARCH_TYPES)
+def test_plain_steps_equal_ggml(qtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The searches' steps run compiled on a CPU with a C++ compiler; without one (or on a
+    GPU) they run op by op. Both must give ggml's bytes."""
+    monkeypatch.setenv("MXGGUF_COMPILE", "0")
+    for n in (256, 3072):
+        for name, rows in corpus_rows(n, seed=4).items():
+            ours = codecs.quantize(torch.from_numpy(rows), qtype).numpy()
+            assert np.array_equal(ours, ggml_quantize(rows, qtype)), f"{qtype} n={n} {name}"
+
+
+@pytest.mark.skipif(not shutil.which("g++"), reason="no C++ compiler: the searches run op by op")
+def test_searches_compile_here(caplog: pytest.LogCaptureFixture) -> None:
+    rows = torch.from_numpy(corpus_rows(512, seed=5)["gaussian"])
+    for qtype in SEARCH_TYPES:
+        codecs.quantize(rows, qtype)
+    assert "torch.compile is unavailable" not in caplog.text
+
+
+def test_quantize_into_a_given_buffer() -> None:
+    rows = torch.from_numpy(corpus_rows(512, seed=6)["gaussian"])
+    for qtype in ("Q8_0", "Q4_K", "BF16"):
+        out = torch.full((rows.shape[0], codecs.row_bytes(qtype, 512)), 7, dtype=torch.uint8)
+        assert codecs.quantize(rows, qtype, out=out) is out
+        assert torch.equal(out, codecs.quantize(rows, qtype))
+    with pytest.raises(ValueError, match="out must be a contiguous uint8 tensor of shape"):
+        codecs.quantize(rows, "Q8_0", out=torch.empty(rows.shape[0], 10, dtype=torch.uint8))
 
 
 @CUDA
@@ -57,7 +96,7 @@ def test_cuda_bytes_equal_cpu(qtype: str) -> None:
 def test_cuda_chunks_give_the_same_bytes(qtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = torch.from_numpy(corpus_rows(512, seed=2)["gaussian"])
     whole = codecs.quantize(rows, qtype)
-    monkeypatch.setattr(codecs, "CHUNK_ELEMENTS", 512 * 3)
+    small_chunks(qtype, monkeypatch)
     monkeypatch.setattr(codecs, "GPU_CHUNK_FACTOR", 1)
     assert torch.equal(codecs.quantize(rows.cuda(), qtype).cpu(), whole)
 

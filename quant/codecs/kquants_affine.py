@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .base import Codec, QType, fp16_bytes, fp16_from_bytes, fp16_round, inverse_or_zero, nearest_int, rdiv, seq_sum, sqrt_f32
+from .fused import cpu_fused
 
 QK_K = 256
 
@@ -25,6 +26,40 @@ def _f32_numerator(rmin: float, rdelta: float, step: int, nmax: int) -> float:
     return float(f(rmin) + f(rdelta) * f(step) + f(nmax))
 
 
+@cpu_fused
+def _qkx2_step(x: torch.Tensor, w: torch.Tensor, hi: torch.Tensor, sum_w: torch.Tensor, sum_x: torch.Tensor,
+               numerator: torch.Tensor, nmax: int, use_mad: bool, scale: torch.Tensor, offset: torch.Tensor,
+               best_error: torch.Tensor, best_iscale: torch.Tensor, best_offset: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One candidate of ``make_qkx2_quants``: levels for ``numerator / (max - min)``, their
+    weighted least-squares (scale, min), kept where the weighted error is strictly lower.
+    The state is (scale, offset, best_error) and the (iscale, offset) that made the kept
+    levels, so the levels themselves are rebuilt once at the end rather than carried."""
+    iscale = numerator / (hi - offset)
+    cand = torch.round(iscale * (x - offset)).clamp_(0, nmax)
+    wl = w * cand
+    sum_l, sum_l2, sum_xl = seq_sum(wl), seq_sum(wl * cand), seq_sum(wl * x)
+    det = sum_w * sum_l2 - sum_l * sum_l
+    ok = det > 0
+    safe_det = torch.where(ok, det, 1.0)
+    this_scale = (sum_w * sum_xl - sum_x * sum_l) / safe_det
+    this_min = (sum_l2 * sum_x - sum_l * sum_xl) / safe_det
+    clip = this_min > 0
+    this_scale = torch.where(clip, sum_xl / torch.where(clip, sum_l2, 1.0), this_scale)
+    this_min = torch.where(clip, 0.0, this_min)
+    cand_error = _weighted_error(x, w, this_scale, this_min, cand, use_mad)
+    better = ok & (cand_error < best_error)
+    return (torch.where(better, this_scale, scale), torch.where(better, this_min, offset),
+            torch.where(better, cand_error, best_error), torch.where(better, iscale, best_iscale),
+            torch.where(better, offset, best_offset))
+
+
+def _weighted_error(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
+                    levels: torch.Tensor, use_mad: bool) -> torch.Tensor:
+    diff = scale * levels + offset - x
+    return seq_sum(w * (diff.abs() if use_mad else diff * diff))
+
+
 def make_qkx2_quants(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta: float,
                      nstep: int, use_mad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Vectorised ``make_qkx2_quants`` over sub-blocks given position-first, ``x, w: (n, m)``.
@@ -33,46 +68,22 @@ def make_qkx2_quants(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, r
     The candidates run in order, as in C: an accepted candidate moves the offset that the
     next ones start from.
     """
-    n, m = x.shape
     hi = x.amax(dim=0)
     lo = torch.clamp(x.amin(dim=0), max=0.0)  # the scan's min, then "if (min > 0) min = 0"
     flat = hi == lo
-    span = torch.where(flat, 1.0, hi - lo)
+    hi = torch.where(flat, lo + 1.0, hi)  # a flat sub-block keeps nothing; only avoid 0/0
     sum_w = seq_sum(w, from_zero=False)
     sum_x = seq_sum(w * x, from_zero=False)
-    buf = torch.empty(n, 3, m, dtype=x.dtype, device=x.device)
-
-    def error(scale: torch.Tensor, offset: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-        diff = scale * levels + offset - x
-        return seq_sum(w * (diff.abs() if use_mad else diff * diff))
-
-    iscale = rdiv(nmax, span)
+    iscale = rdiv(nmax, hi - lo)
     scale = rdiv(1.0, iscale)
-    offset = lo
-    levels = torch.round(iscale * (x - lo)).clamp_(0, nmax)
-    best_error = error(scale, offset, levels)
-    numerators = [_f32_numerator(rmin, rdelta, step, nmax) for step in range(nstep + 1)]
-    for numerator in numerators:
-        iscale = rdiv(numerator, hi - offset)
-        cand = torch.round(iscale * (x - offset)).clamp_(0, nmax)
-        torch.mul(w, cand, out=buf[:, 0])
-        torch.mul(buf[:, 0], cand, out=buf[:, 1])
-        torch.mul(buf[:, 0], x, out=buf[:, 2])
-        sum_l, sum_l2, sum_xl = seq_sum(buf)
-        det = sum_w * sum_l2 - sum_l * sum_l
-        ok = det > 0
-        safe_det = torch.where(ok, det, 1.0)
-        this_scale = (sum_w * sum_xl - sum_x * sum_l) / safe_det
-        this_min = (sum_l2 * sum_x - sum_l * sum_xl) / safe_det
-        clip = this_min > 0
-        this_scale = torch.where(clip, sum_xl / torch.where(clip, sum_l2, 1.0), this_scale)
-        this_min = torch.where(clip, 0.0, this_min)
-        cand_error = error(this_scale, this_min, cand)
-        better = ok & (cand_error < best_error) & ~flat
-        best_error = torch.where(better, cand_error, best_error)
-        scale = torch.where(better, this_scale, scale)
-        offset = torch.where(better, this_min, offset)
-        levels = torch.where(better, cand, levels)
+    best_error = _weighted_error(x, w, scale, lo, torch.round(iscale * (x - lo)).clamp_(0, nmax), use_mad)
+    best_error = torch.where(flat, -torch.inf, best_error)  # nothing beats it: flat stays as is
+    state = (scale, lo, best_error, iscale, lo)
+    for step in range(nstep + 1):
+        numerator = torch.tensor(_f32_numerator(rmin, rdelta, step, nmax), dtype=torch.float32, device=x.device)
+        state = _qkx2_step(x, w, hi, sum_w, sum_x, numerator, nmax, use_mad, *state)
+    scale, offset, _, iscale, level_offset = state
+    levels = torch.round(iscale * (x - level_offset)).clamp_(0, nmax)
     # a flat sub-block: all levels 0, scale 0, min as found
     scale = torch.where(flat, 0.0, scale)
     levels = torch.where(flat, 0.0, levels)
@@ -109,7 +120,7 @@ class _Scale6Codec(Codec):
     nmax: int
     rmin: float
     nstep: int
-    chunk_elements = 1 << 18  # the search holds (32, blocks, candidates) floats
+    chunk_elements = 1 << 20
 
     def levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (d, dmin as fp16 bytes source, packed scales (nb, 12), levels (nb, 256))."""
@@ -198,7 +209,7 @@ class Q2_K(Codec):
     """16 sub-blocks of 16: 4-bit scale and min each, 2-bit values."""
 
     qtype = QType.Q2_K
-    chunk_elements = 1 << 18
+    chunk_elements = 1 << 20
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         nb = x.shape[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .base import Codec, QType, fp16_bytes, fp16_from_bytes, fp16_round, nearest_int, rdiv, seq_sum, signed_absmax
+from .fused import cpu_fused
 
 QK_K = 256
 GROUP_MAX_EPS = 1e-15  # below this a sub-block counts as all zero
@@ -24,7 +25,7 @@ def _f32(v: float) -> torch.Tensor:
 def _first_guess(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x: (m, 16) -> (signed max (m,), all-zero mask (m,), iscale = -nmax/max (m,))."""
     peak = signed_absmax(x)[:, 0]
-    zero = x.abs().amax(dim=1) < GROUP_MAX_EPS
+    zero = peak.abs() < GROUP_MAX_EPS
     return peak, zero, rdiv(-float(nmax), torch.where(zero, 1.0, peak))
 
 
@@ -39,14 +40,24 @@ def _qx_numerators(nmax: int, device: torch.device) -> torch.Tensor:
 def make_qx_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``make_qx_quants(n, nmax, x, L, rmse_type=1, NULL)`` over sub-blocks x: (m, n).
 
-    Returns (scale (m,), L (n, m) int32 in 0..2*nmax-1; 0 for all-zero sub-blocks). The
+    Returns (scale (m,), L (n, m) in 0..2*nmax-1 as floats; 0 for all-zero sub-blocks). The
     candidates do not depend on each other, only their acceptance does (each must beat the
     best so far), so all are evaluated at once and accepted in order."""
-    peak, zero, iscale0 = _first_guess(x, nmax)
     xt = x.T.contiguous()  # position-first: the sums run over contiguous slices
+    peak, zero, iscale0 = _first_guess(xt.T, nmax)  # reduced over xt's rows: contiguous, fast
+    iscale = torch.cat([iscale0[:, None], _qx_numerators(nmax, x.device) / torch.where(zero, 1.0, peak)[:, None]], 1)
+    scale, chosen = _qx_search(xt, iscale, nmax)
+    levels = torch.round(chosen * xt).clamp_(-nmax, nmax - 1)  # the accepted candidate's levels
+    scale = torch.where(zero, 0.0, scale)
+    return scale, torch.where(zero, 0.0, levels + nmax)
+
+
+@cpu_fused
+def _qx_search(xt: torch.Tensor, iscale: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fits of all candidate scales ``iscale`` (m, S) of sub-blocks ``xt`` (n, m), and
+    the in-order acceptance: -> (scale (m,), the accepted iscale (m,))."""
     w = xt * xt
     wx = w * xt
-    iscale = torch.cat([iscale0[:, None], _qx_numerators(nmax, x.device) / torch.where(zero, 1.0, peak)[:, None]], 1)
     # in-order sums over the positions, one (m, S) slice at a time (cache-sized)
     sumlx = torch.zeros_like(iscale)
     suml2 = torch.zeros_like(iscale)
@@ -65,66 +76,82 @@ def make_qx_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tens
         scale = torch.where(better, new_scale, scale)
         best = torch.where(better, new_scale * lx, best)
         chosen = torch.where(better, iscale[:, s], chosen)
-    levels = torch.round(chosen * xt).clamp_(-nmax, nmax - 1)  # the accepted candidate's levels
-    scale = torch.where(zero, 0.0, scale)
-    return scale, torch.where(zero, 0, levels.to(torch.int32) + nmax)
+    return scale, chosen
 
 
 def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``make_q3_quants(n, nmax, x, L, do_rmse=true)`` over sub-blocks x: (m, n).
 
-    Returns (scale (m,), L (n, m) int32 in 0..2*nmax-1; 0 for all-zero sub-blocks). Up to
+    Returns (scale (m,), L (n, m) in 0..2*nmax-1 as floats; 0 for all-zero sub-blocks). Up to
     five in-order passes move single values to a better level; a sub-block leaves once a
-    pass changes nothing in it, as in C (most settle after one or two passes)."""
-    _, zero, iscale = _first_guess(x, nmax)
-    xt = x.T.contiguous()
-    w = xt * xt
-    wx = w * xt
-    levels = torch.round(iscale * xt).clamp_(-nmax, nmax - 1)  # (n, m)
-    sumlx = seq_sum(wx * levels)
-    suml2 = seq_sum(w * levels * levels)
-    active = torch.arange(x.shape[0], device=x.device)
-    for _ in range(5):
+    pass changes nothing in it, as in C. After the first pass only the sub-blocks still
+    changing are gathered (about a fifth, then a twentieth...)."""
+    xt = x.T.contiguous()  # position-first: the in-order sums run over contiguous slices
+    _, zero, iscale = _first_guess(xt.T, nmax)  # reduced over xt's rows: contiguous, fast
+    levels, sumlx, suml2, changed = _q3_pass(xt, iscale, None, None, nmax)
+    active = changed.nonzero().reshape(-1)
+    for _ in range(4):
         if active.numel() == 0:
             break
-        xa, wa, wxa, la = xt[:, active], w[:, active], wx[:, active], levels[:, active]
-        lx, l2 = sumlx[active], suml2[active]
-        changed = torch.zeros_like(lx, dtype=torch.bool)
-        for i in range(x.shape[1]):
-            l_i = la[i]
-            slx = lx - wxa[i] * l_i
-            sl2 = l2 - wa[i] * l_i * l_i
-            new_l = torch.round(xa[i] * sl2 / slx).clamp_(-nmax, nmax - 1)  # slx <= 0: masked below
-            accept = (slx > 0) & (new_l != l_i)
-            slx += wxa[i] * new_l
-            sl2 += wa[i] * new_l * new_l
-            accept &= (sl2 > 0) & (slx * slx * l2 > lx * lx * sl2)
-            la[i] = torch.where(accept, new_l, l_i)
-            lx = torch.where(accept, slx, lx)
-            l2 = torch.where(accept, sl2, l2)
-            changed |= accept
+        la, lx, l2, changed = _q3_pass(x[active].T.contiguous(), levels[:, active], sumlx[active], suml2[active], nmax)
         levels[:, active], sumlx[active], suml2[active] = la, lx, l2
         active = active[changed]
     scale = torch.where(suml2 > 0, sumlx / torch.where(suml2 > 0, suml2, 1.0), 0.0)
     scale = torch.where(zero, 0.0, scale)
-    return scale, torch.where(zero, 0, levels.to(torch.int32) + nmax)
+    return scale, torch.where(zero, 0.0, levels + nmax)
+
+
+@cpu_fused
+def _q3_pass(xt: torch.Tensor, levels: torch.Tensor, lx: torch.Tensor | None, l2: torch.Tensor | None,
+             nmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass of ``make_q3_quants``' refinement over sub-blocks ``xt`` (n, m): position by
+    position, move a value to the level that best fits the rest of its sub-block, if that
+    raises the part explained. -> (levels, lx, l2, changed (m,)). The first pass is given
+    the first guess's iscale (m,) as ``levels`` and no sums: it makes both."""
+    w = xt * xt
+    wx = w * xt
+    if lx is None:
+        levels = torch.round(levels * xt).clamp_(-nmax, nmax - 1)
+        lx, l2 = seq_sum(wx * levels), seq_sum(w * levels * levels)
+    changed = torch.zeros_like(lx, dtype=torch.bool)
+    rows = []
+    for i in range(xt.shape[0]):
+        l_i = levels[i]
+        slx = lx - wx[i] * l_i
+        sl2 = l2 - w[i] * l_i * l_i
+        new_l = torch.round(xt[i] * sl2 / slx).clamp_(-nmax, nmax - 1)  # slx <= 0: masked below
+        accept = (slx > 0) & (new_l != l_i)
+        slx = slx + wx[i] * new_l
+        sl2 = sl2 + w[i] * new_l * new_l
+        accept &= (sl2 > 0) & (slx * slx * l2 > lx * lx * sl2)
+        rows.append(torch.where(accept, new_l, l_i))
+        lx = torch.where(accept, slx, lx)
+        l2 = torch.where(accept, sl2, l2)
+        changed |= accept
+    return torch.stack(rows), lx, l2, changed
 
 
 def _requantize(x: torch.Tensor, d: torch.Tensor, levels: torch.Tensor, nmax: int) -> torch.Tensor:
     """Values against the stored sub-block scales d (m,); where d is 0 the search's levels stay.
-    x: (m, 16) block-major; levels: (16, m) -> (m, 16)."""
-    safe = torch.where(d != 0, d, 1.0)[:, None]
-    fresh = nearest_int(x / safe).clamp_(-nmax, nmax - 1) + nmax
-    return torch.where((d != 0)[:, None], fresh, levels.T)
+    x: (m, 16) block-major; levels: (16, m) -> uint8 (m, 16) in 0..2*nmax-1."""
+    keep = d == 0
+    fresh = torch.round(x / torch.where(keep, 1.0, d)[:, None]).clamp_(-nmax, nmax - 1).add_(nmax).to(torch.uint8)
+    rows = keep.nonzero().reshape(-1)  # rare: read the transposed levels only there
+    if rows.numel():
+        fresh[rows] = levels[:, rows].T.to(torch.uint8)
+    return fresh
 
 
 def _crumbs(levels: torch.Tensor, bits: int) -> torch.Tensor:
-    """(nb, 256) small levels -> (nb, 256*bits/8): byte 32h + l holds L[128h + 32k + l] at bits k*bits
-    (the ``j += 128`` packing of Q2_K, Q3_K and Q6_K's high bits)."""
+    """(nb, 256) uint8 levels < 2^bits -> (nb, 256*bits/8): byte 32h + l holds L[128h + 32k + l]
+    at bits k*bits (the ``j += 128`` packing of Q3_K's and Q6_K's low/high bits; with
+    bits=1, Q3_K's high-bit mask)."""
     per_byte = 8 // bits
     groups = levels.reshape(levels.shape[0], -1, per_byte, 32)
-    shifts = (bits * torch.arange(per_byte, device=levels.device, dtype=torch.int32))[None, None, :, None]
-    return (groups << shifts).sum(dim=2).reshape(levels.shape[0], -1).to(torch.uint8)
+    packed = groups[:, :, 0].clone()
+    for k in range(1, per_byte):
+        packed |= groups[:, :, k] << (bits * k)
+    return packed.reshape(levels.shape[0], -1)
 
 
 def _uncrumbs(packed: torch.Tensor, bits: int) -> torch.Tensor:
@@ -190,9 +217,8 @@ class Q3_K(Codec):
         packed = torch.where(has[:, None], packed, 0)
         sub_d = (d[:, None] * (l6 - 32).to(torch.float32)).reshape(-1)
         levels = _requantize(sub, sub_d, levels, 4).reshape(nb, QK_K)
-        high = (levels > 3).to(torch.int32)
-        hmask = (high.reshape(nb, 8, 32) << torch.arange(8, device=x.device, dtype=torch.int32)[None, :, None]).sum(1)
-        return torch.cat([hmask.to(torch.uint8), _crumbs(levels & 3, 2), packed.to(torch.uint8), fp16_bytes(d)], dim=1)
+        hmask = _crumbs(levels >> 2, 1)  # bit k of byte j: L[32k + j] > 3
+        return torch.cat([hmask, _crumbs(levels & 3, 2), packed.to(torch.uint8), fp16_bytes(d)], dim=1)
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         nb = blocks.shape[0]
