@@ -1,6 +1,6 @@
 """Codec throughput against ggml's C quantizers, on one FLUX-sized weight, in one run.
 
-    python bench/codecs.py [TYPE ...] [--rows 3072 --cols 12288] [--repeat 3]
+    python bench/codecs.py [TYPE ...] [--rows 3072 --cols 12288] [--repeat 5]
 
 Prints Mparams/s for our torch codecs (CPU with torch's default threads; CUDA too where
 available) and for ggml's ``ggml_quantize_chunk`` (ggml-python, one thread) on the same
@@ -43,15 +43,18 @@ def ggml_quantizer(x: np.ndarray, qtype: str) -> Callable[[], np.ndarray]:
     return run
 
 
-def best_seconds(fn: Callable[[], object], repeat: int) -> float:
-    times = []
+def best_seconds(fns: list[Callable[[], object]], repeat: int) -> list[float]:
+    """Best time of each function; they take turns, so a slow spell of a shared machine
+    falls on all of them rather than on whichever ran then."""
+    best = [float("inf")] * len(fns)
     for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best
 
 
 def main() -> None:
@@ -59,7 +62,7 @@ def main() -> None:
     ap.add_argument("types", nargs="*", default=[t for t in codecs.QUANTIZED_TYPE_NAMES] + ["BF16", "F16"])
     ap.add_argument("--rows", type=int, default=3072)
     ap.add_argument("--cols", type=int, default=12288)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     a = ap.parse_args()
     x = (np.random.default_rng(0).standard_normal((a.rows, a.cols)) * 0.02).astype(np.float32)
     xt = torch.from_numpy(x)
@@ -71,16 +74,15 @@ def main() -> None:
           + (f" {'ours GPU Mp/s':>13} {'GPU ratio':>9}" if cuda else ""))
     for qtype in a.types:
         ref_fn = ggml_quantizer(x, qtype)
-        ref_s = best_seconds(ref_fn, a.repeat)
         first = time.perf_counter()
         ours = codecs.quantize(xt, qtype)
         first = time.perf_counter() - first
         same = np.array_equal(ours.numpy().reshape(-1), ref_fn())
-        our_s = best_seconds(lambda: codecs.quantize(xt, qtype, out=ours), a.repeat)
+        ref_s, our_s = best_seconds([ref_fn, lambda: codecs.quantize(xt, qtype, out=ours)], a.repeat)
         line = f"{qtype:7} {mp / ref_s:11.1f} {mp / our_s:13.1f} {ref_s / our_s:6.2f} {'same' if same else 'DIFF':>6} {first:7.1f}"
         if cuda:
             xg, out_g = xt.cuda(), ours.cuda()
-            gpu_s = best_seconds(lambda: codecs.quantize(xg, qtype, out=out_g), a.repeat)
+            (gpu_s,) = best_seconds([lambda: codecs.quantize(xg, qtype, out=out_g)], a.repeat)
             line += f" {mp / gpu_s:13.1f} {ref_s / gpu_s:9.1f}"
         print(line, flush=True)
 

@@ -8,10 +8,17 @@ import pytest
 import torch
 
 from quant import codecs
+from quant.codecs import fused
 from tests.corpus import ROW_LENGTHS, corpus_rows
 from tests.ggml_reference import ggml_quantize, gguf_dequantize
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+@pytest.fixture(autouse=True)
+def fuse_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The corpus is small: fuse its searches too, so the compiled kernels are what is checked."""
+    monkeypatch.setattr(fused, "MIN_ELEMENTS", 0)
 
 
 @pytest.mark.parametrize("n", ROW_LENGTHS)

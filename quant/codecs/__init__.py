@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import floats, iq4, kquants_affine, kquants_symmetric, legacy
+from . import floats, fused, iq4, kquants_affine, kquants_symmetric, legacy
 from .base import Codec, QType, Workspace
 
 CODECS: dict[QType, Codec] = {
@@ -88,11 +88,12 @@ def quantize(x: torch.Tensor, qtype: str | QType, imatrix: torch.Tensor | None =
         limit *= GPU_CHUNK_FACTOR
     step = max(1, limit // n)
     work = Workspace()
-    for r in range(0, rows.shape[0], step):
-        # float32 one chunk at a time: a bf16 weight is never held twice over
-        chunk = rows[r : r + step].to(torch.float32).reshape(-1, codec.block_size)
-        w = None if weights is None else weights.repeat(chunk.shape[0] // blocks_per_row, 1)
-        codec.quantize_blocks_into(chunk, out_rows[r : r + step].view(-1, codec.type_size), w, work)
+    with fused.quantizing(rows.numel()):
+        for r in range(0, rows.shape[0], step):
+            # float32 one chunk at a time: a bf16 weight is never held twice over
+            chunk = rows[r : r + step].to(torch.float32).reshape(-1, codec.block_size)
+            w = None if weights is None else weights.repeat(chunk.shape[0] // blocks_per_row, 1)
+            codec.quantize_blocks_into(chunk, out_rows[r : r + step].view(-1, codec.type_size), w, work)
     return out
 
 

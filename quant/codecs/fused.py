@@ -8,16 +8,19 @@ reductions for inductor to reorder), inductor keeps divisions on the CPU, and co
 with ``-ffp-contract=off`` (no fused multiply-adds).
 
 On a GPU the step runs as written (already fast there; Triton would fuse multiply-adds).
-Without a C++ compiler, or with ``MXGGUF_COMPILE=0``, too: the first failure is reported
-once and the plain step is used from then on. The first call of each step compiles it
-(tens of seconds; inductor caches the kernel on disk for later processes).
+So it does for tensors under ``MIN_ELEMENTS`` values, without a C++ compiler, or with
+``MXGGUF_COMPILE=0``: a failure to compile is reported once and the plain step is used
+from then on. The first call of each step compiles it (seconds to a minute; inductor
+caches the kernel on disk for later processes).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import torch
@@ -40,20 +43,39 @@ _OPTIONS = {
 }
 
 
-def cpu_fused(step: F) -> F:
-    """``step`` compiled for CPU tensors (its first argument decides), else ``step`` itself.
+# Smaller tensors are quantized with plain steps: in a fresh process, even fetching the
+# cached kernels costs seconds, more than the plain steps take on them.
+MIN_ELEMENTS = 1 << 22
+_tensor = threading.local()
 
-    A first argument whose last dimension is 0 or 1 runs plain too: torch.compile would
-    build a separate kernel for those sizes, not worth its compile time."""
-    compiled = torch.compile(step, dynamic=True, options=_OPTIONS)
+
+@contextlib.contextmanager
+def quantizing(numel: int) -> Iterator[None]:
+    """Steps run within may be fused: a tensor of ``numel`` values is being quantized."""
+    outer = getattr(_tensor, "large", False)
+    _tensor.large = numel >= MIN_ELEMENTS
+    try:
+        yield
+    finally:
+        _tensor.large = outer
+
+
+def cpu_fused(step: F) -> F:
+    """``step`` compiled for CPU tensors (its first argument decides) of a large tensor
+    being quantized, else ``step`` itself. A first argument whose last dimension is 0 or 1
+    runs plain too: torch.compile would build a separate kernel for those sizes."""
+    compiled: list[Callable[..., object]] = []  # made on first use: importing torch's compiler takes seconds
     broken: list[str] = []
 
     @functools.wraps(step)
     def run(*args, **kwargs):
-        if args[0].is_cuda or args[0].shape[-1] <= 1 or broken or not enabled():
+        x = args[0]
+        if not getattr(_tensor, "large", False) or x.is_cuda or x.shape[-1] <= 1 or broken or not enabled():
             return step(*args, **kwargs)
         try:
-            return compiled(*args, **kwargs)
+            if not compiled:
+                compiled.append(torch.compile(step, dynamic=True, options=_OPTIONS))
+            return compiled[0](*args, **kwargs)
         except Exception as e:  # no compiler, unsupported platform: the plain step is exact too
             broken.append(f"{type(e).__name__}: {e}")
             log.warning("mxgguf: torch.compile is unavailable for %s (%s); using the slower plain steps",

@@ -165,7 +165,7 @@ class Q6_K(Codec):
     """16 sub-blocks of 16, int8 scales, 6-bit values (4 low bits + 2 high bits)."""
 
     qtype = QType.Q6_K
-    chunk_elements = 1 << 18  # the search holds (16, sub-blocks, 19 candidates) floats
+    chunk_elements = 1 << 20  # the search holds (16, sub-blocks, 19 candidates) floats
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         nb = x.shape[0]

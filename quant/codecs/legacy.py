@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .base import Codec, QType, Workspace, fp16_from_bytes, inverse_or_zero, signed_absmax
+from .fused import cpu_fused
 
 HALF = 16  # elements j and j + 16 share a byte
 
@@ -30,28 +31,28 @@ def put_round_away_int8(out: torch.Tensor, x: torch.Tensor, work: Workspace) -> 
     out.masked_fill_(v == _JUST_BELOW_HALF, 0)
 
 
-def _half_major(x: torch.Tensor, offset: torch.Tensor | None, scale: torch.Tensor, shift: float,
-                top: int, work: Workspace) -> torch.Tensor:
-    """C's ``MIN(top, (int)((x - offset)*scale + shift))`` per value, as uint8 laid out
-    ``(2, blocks, 16)``: each half of a block contiguous, so the nibble packing and the
-    bit folding below run over whole rows of bytes (torch leaves 16-byte rows unvectorised)."""
-    halves = x.view(-1, 2, HALF).transpose(0, 1)
-    v = work.take("values", halves.shape, torch.float32, x.device)
-    if offset is None:
-        torch.mul(halves, scale, out=v)
-    else:
-        torch.sub(halves, offset, out=v)
-        v *= scale
-    v += shift
-    q = work.take("levels", halves.shape, torch.uint8, x.device)
-    q.copy_(v)  # float->int conversion truncates, as C's cast
-    return q.clamp_(max=top)
+@cpu_fused
+def _packed_levels(x: torch.Tensor, offset: torch.Tensor | None, scale: torch.Tensor, shift: float, top: int,
+                   fifth: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """C's ``MIN(top, (int)((x - offset)*scale + shift))`` for the values of blocks x (n, 32),
+    packed: -> (n, 16) bytes ``L[j] | L[j + 16] << 4`` (low four bits of each), and where
+    ``fifth``, bit 4 of each value as ggml's little-endian uint32 (value j -> bit j), (n, 4).
+    Worked position-first, (32, n), so every step runs along the blocks."""
+    xt = x.T
+    v = xt * scale.T if offset is None else (xt - offset.T) * scale.T
+    q = (v + shift).to(torch.uint8).clamp_(max=top)  # float->int conversion truncates, as C's cast
+    nibbles = (q[:HALF] & 0xF) | (q[HALF:] << 4)  # uint8: the fifth bit of q[16:] falls off
+    if not fifth:
+        return nibbles.T.contiguous(), None
+    bits = q >> 4  # 0 or 1: q < 32
+    qh = torch.stack([sum(bits[8 * b + k] << k for k in range(8)) for b in range(4)])
+    return nibbles.T.contiguous(), qh.T.contiguous()
 
 
-def _symmetric(x: torch.Tensor, bits: int, work: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+def _symmetric(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Q4_0/Q5_0: ``-2^(bits-1)`` steps of the signed value of largest magnitude."""
     d = signed_absmax(x) / -(1 << (bits - 1))
-    return d, _half_major(x, None, inverse_or_zero(d), (1 << (bits - 1)) + 0.5, (1 << bits) - 1, work)
+    return d, *_packed_levels(x, None, inverse_or_zero(d), (1 << (bits - 1)) + 0.5, (1 << bits) - 1, bits == 5)
 
 
 def _first_equal(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -65,28 +66,11 @@ def _first_equal(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return v
 
 
-def _affine(x: torch.Tensor, bits: int, work: Workspace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _affine(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Q4_1/Q5_1: min..max in 2^bits - 1 steps."""
     lo, hi = _first_equal(x, x.amin(dim=1, keepdim=True)), _first_equal(x, x.amax(dim=1, keepdim=True))
     d = (hi - lo) / ((1 << bits) - 1)
-    return d, lo, _half_major(x, lo, inverse_or_zero(d), 0.5, (1 << bits) - 1, work)
-
-
-def _put_fifth_bits(out: torch.Tensor, q: torch.Tensor) -> None:
-    """Bit 4 of each of the 32 values as a little-endian uint32: value j -> bit j.
-
-    Eight 0/1 bytes in an int64 word fold into its low byte: shifting by 7, 14 and 28
-    brings byte k's bit to bit k (the words are non-negative, so the shifts bring in 0s)."""
-    word = (q >> 4).view(torch.int64)  # (2, blocks, 2): bytes 8w..8w+7 of each half
-    word |= word >> 7
-    word |= word >> 14
-    word |= word >> 28
-    out.unflatten(1, (2, 2)).copy_((word & 0xFF).permute(1, 0, 2))
-
-
-def _put_nibbles(out: torch.Tensor, q: torch.Tensor) -> None:
-    """Byte j of ``out`` = value j | value j+16 << 4 (low four bits of each)."""
-    out.copy_((q[0] & 0xF) | (q[1] << 4))  # uint8: the fifth bit of q[1] falls off
+    return d, lo, *_packed_levels(x, lo, inverse_or_zero(d), 0.5, (1 << bits) - 1, bits == 5)
 
 
 def _put_fp16(out: torch.Tensor, v: torch.Tensor) -> None:
@@ -136,9 +120,9 @@ class Q4_0(_LegacyCodec):
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
                              work: Workspace | None = None) -> None:
-        d, q = _symmetric(x, 4, work or Workspace())
+        d, nibbles, _ = _symmetric(x, 4)
         _put_fp16(out[:, :2], d)
-        _put_nibbles(out[:, 2:], q)
+        out[:, 2:] = nibbles
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         q = _unpack_nibbles(blocks[:, 2:]).to(torch.float32) - 8
@@ -150,10 +134,10 @@ class Q5_0(_LegacyCodec):
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
                              work: Workspace | None = None) -> None:
-        d, q = _symmetric(x, 5, work or Workspace())
+        d, nibbles, fifth = _symmetric(x, 5)
         _put_fp16(out[:, :2], d)
-        _put_fifth_bits(out[:, 2:6], q)
-        _put_nibbles(out[:, 6:], q)
+        out[:, 2:6] = fifth
+        out[:, 6:] = nibbles
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         q = _unpack_nibbles(blocks[:, 6:]).to(torch.int32) | (_unpack_fifth_bits(blocks[:, 2:6]) << 4)
@@ -165,10 +149,10 @@ class Q4_1(_LegacyCodec):
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
                              work: Workspace | None = None) -> None:
-        d, lo, q = _affine(x, 4, work or Workspace())
+        d, lo, nibbles, _ = _affine(x, 4)
         _put_fp16(out[:, :2], d)
         _put_fp16(out[:, 2:4], lo)
-        _put_nibbles(out[:, 4:], q)
+        out[:, 4:] = nibbles
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         q = _unpack_nibbles(blocks[:, 4:]).to(torch.float32)
@@ -180,11 +164,11 @@ class Q5_1(_LegacyCodec):
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
                              work: Workspace | None = None) -> None:
-        d, lo, q = _affine(x, 5, work or Workspace())
+        d, lo, nibbles, fifth = _affine(x, 5)
         _put_fp16(out[:, :2], d)
         _put_fp16(out[:, 2:4], lo)
-        _put_fifth_bits(out[:, 4:8], q)
-        _put_nibbles(out[:, 8:], q)
+        out[:, 4:8] = fifth
+        out[:, 8:] = nibbles
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         q = _unpack_nibbles(blocks[:, 8:]).to(torch.int32) | (_unpack_fifth_bits(blocks[:, 4:8]) << 4)
