@@ -58,8 +58,11 @@ class Codec:
     def bits_per_weight(self) -> float:
         return 8.0 * self.type_size / self.block_size
 
+    # A codec implements one of the two: each has the other as its default.
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        out = torch.empty(x.shape[0], self.type_size, dtype=torch.uint8, device=x.device)
+        self.quantize_blocks_into(x, out, weights, Workspace())
+        return out
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
                              work: Workspace | None = None) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Codec, QType, fp16_bytes, fp16_from_bytes, fp16_round, nearest_int, rdiv, seq_sum, signed_absmax
+from .base import Codec, QType, Workspace, fp16_bytes, fp16_from_bytes, fp16_round, nearest_int, rdiv, seq_sum, signed_absmax
 from .fused import cpu_fused
 
 QK_K = 256
@@ -79,23 +79,26 @@ def _qx_search(xt: torch.Tensor, iscale: torch.Tensor, nmax: int) -> tuple[torch
     return scale, chosen
 
 
-def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+def make_q3_quants(x: torch.Tensor, nmax: int, work: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
     """``make_q3_quants(n, nmax, x, L, do_rmse=true)`` over sub-blocks x: (m, n).
 
     Returns (scale (m,), L (n, m) in 0..2*nmax-1 as floats; 0 for all-zero sub-blocks). Up to
-    five in-order passes move single values to a better level; a sub-block leaves once a
-    pass changes nothing in it, as in C. After the first pass only the sub-blocks still
-    changing are gathered (about a fifth, then a twentieth...)."""
-    xt = x.T.contiguous()  # position-first: the in-order sums run over contiguous slices
+    five in-order passes move single values to a better level; C leaves a sub-block once a
+    pass changes nothing in it. After the first pass only the sub-blocks it changed (about
+    a fifth) are gathered, once; passing again over one that has settled changes nothing
+    (a pass is a function of the state it starts from), so they all go on together until
+    a pass changes none."""
+    xt = work.take("positions", x.T.shape, x.dtype, x.device).copy_(x.T)  # position-first: in-order sums
     _, zero, iscale = _first_guess(xt.T, nmax)  # reduced over xt's rows: contiguous, fast
     levels, sumlx, suml2, changed = _q3_pass(xt, iscale, None, None, nmax)
     active = changed.nonzero().reshape(-1)
-    for _ in range(4):
-        if active.numel() == 0:
-            break
-        la, lx, l2, changed = _q3_pass(x[active].T.contiguous(), levels[:, active], sumlx[active], suml2[active], nmax)
+    if active.numel():
+        xa, la, lx, l2 = x[active].T.contiguous(), levels[:, active], sumlx[active], suml2[active]
+        for _ in range(4):
+            la, lx, l2, changed = _q3_pass(xa, la, lx, l2, nmax)
+            if not changed.any():
+                break
         levels[:, active], sumlx[active], suml2[active] = la, lx, l2
-        active = active[changed]
     scale = torch.where(suml2 > 0, sumlx / torch.where(suml2 > 0, suml2, 1.0), 0.0)
     scale = torch.where(zero, 0.0, scale)
     return scale, torch.where(zero, 0.0, levels + nmax)
@@ -202,10 +205,11 @@ class Q3_K(Codec):
     qtype = QType.Q3_K
     chunk_elements = 1 << 20
 
-    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
+                             work: Workspace | None = None) -> None:
         nb = x.shape[0]
         sub = x.reshape(-1, 16)
-        scales, levels = make_q3_quants(sub, 4)
+        scales, levels = make_q3_quants(sub, 4, work or Workspace())
         scales = scales.reshape(nb, 16)
         max_scale = signed_absmax(scales)[:, 0]
         has = max_scale != 0
@@ -217,8 +221,10 @@ class Q3_K(Codec):
         packed = torch.where(has[:, None], packed, 0)
         sub_d = (d[:, None] * (l6 - 32).to(torch.float32)).reshape(-1)
         levels = _requantize(sub, sub_d, levels, 4).reshape(nb, QK_K)
-        hmask = _crumbs(levels >> 2, 1)  # bit k of byte j: L[32k + j] > 3
-        return torch.cat([hmask, _crumbs(levels & 3, 2), packed.to(torch.uint8), fp16_bytes(d)], dim=1)
+        out[:, :32] = _crumbs(levels >> 2, 1)  # bit k of byte j: L[32k + j] > 3
+        out[:, 32:96] = _crumbs(levels & 3, 2)
+        out[:, 96:108] = packed
+        out[:, 108:].view(torch.float16).copy_(d[:, None])
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         nb = blocks.shape[0]

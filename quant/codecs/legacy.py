@@ -92,11 +92,6 @@ class _LegacyCodec(Codec):
 
     chunk_elements = 1 << 22  # few passes per value: large chunks amortise torch's per-op cost
 
-    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        out = torch.empty(x.shape[0], self.type_size, dtype=torch.uint8, device=x.device)
-        self.quantize_blocks_into(x, out, weights, Workspace())
-        return out
-
 
 class Q8_0(_LegacyCodec):
     qtype = QType.Q8_0
