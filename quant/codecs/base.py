@@ -64,10 +64,10 @@ class Codec:
         self.quantize_blocks_into(x, out, weights, Workspace())
         return out
 
-    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
-                             work: Workspace | None = None) -> None:
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
+                             work: Workspace) -> None:
         """``quantize_blocks`` written into ``out`` (uint8 ``(n, type_size)``, contiguous);
-        ``work`` lends scratch space across calls."""
+        ``work`` lends scratch space across calls (``weights``: as for ``quantize_blocks``)."""
         out.copy_(self.quantize_blocks(x, weights))
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
@@ -139,6 +139,11 @@ def seq_sum(x: torch.Tensor, from_zero: bool = True) -> torch.Tensor:
 def fp16_bytes(x: torch.Tensor) -> torch.Tensor:
     """float32 ``(n,)`` or ``(n, k)`` -> little-endian fp16 bytes ``(n, 2k)``."""
     return x.to(torch.float16).reshape(x.shape[0], -1).contiguous().view(torch.uint8)
+
+
+def put_fp16(out: torch.Tensor, v: torch.Tensor) -> None:
+    """float32 ``(n, 1)`` stored as fp16 into a 2-byte column of the uint8 ``out``, in place."""
+    out.view(torch.float16).copy_(v)
 
 
 def fp16_from_bytes(b: torch.Tensor) -> torch.Tensor:

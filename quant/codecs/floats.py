@@ -12,8 +12,8 @@ class _FloatCodec(Codec):
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         return x.to(self.dtype).contiguous().view(torch.uint8)
 
-    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
-                             work: Workspace | None = None) -> None:
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
+                             work: Workspace) -> None:
         out.view(self.dtype).copy_(x)  # cast straight into place: one pass
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ Each sub-block's (scale, min) comes from ggml's ``make_qkx2_quants`` search: a f
 from the range, then ``nstep + 1`` candidate scales, each refit by weighted least squares
 and kept if its weighted error is strictly lower. The sub-block scales and mins are then
 quantized against the super-block's (stored as fp16), and the values requantized with
-those. Tensors are laid out position-first, ``(n, blocks, candidates)``, so that the
+those. Tensors are laid out position-first, ``(n, sub-blocks)``, so that the
 in-order float32 sums ggml's loops make run over contiguous slices.
 """
 from __future__ import annotations

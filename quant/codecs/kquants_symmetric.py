@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Codec, QType, Workspace, fp16_bytes, fp16_from_bytes, fp16_round, nearest_int, rdiv, seq_sum, signed_absmax
+from .base import Codec, QType, Workspace, fp16_bytes, fp16_from_bytes, fp16_round, nearest_int, put_fp16, rdiv, seq_sum, \
+    signed_absmax
 from .fused import cpu_fused
 
 QK_K = 256
@@ -205,11 +206,11 @@ class Q3_K(Codec):
     qtype = QType.Q3_K
     chunk_elements = 1 << 20
 
-    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
-                             work: Workspace | None = None) -> None:
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
+                             work: Workspace) -> None:
         nb = x.shape[0]
         sub = x.reshape(-1, 16)
-        scales, levels = make_q3_quants(sub, 4, work or Workspace())
+        scales, levels = make_q3_quants(sub, 4, work)
         scales = scales.reshape(nb, 16)
         max_scale = signed_absmax(scales)[:, 0]
         has = max_scale != 0
@@ -224,7 +225,7 @@ class Q3_K(Codec):
         out[:, :32] = _crumbs(levels >> 2, 1)  # bit k of byte j: L[32k + j] > 3
         out[:, 32:96] = _crumbs(levels & 3, 2)
         out[:, 96:108] = packed
-        out[:, 108:].view(torch.float16).copy_(d[:, None])
+        put_fp16(out[:, 108:], d[:, None])
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         nb = blocks.shape[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Codec, QType, Workspace, fp16_from_bytes, inverse_or_zero, signed_absmax
+from .base import Codec, QType, Workspace, fp16_from_bytes, inverse_or_zero, put_fp16, signed_absmax
 from .fused import cpu_fused
 
 HALF = 16  # elements j and j + 16 share a byte
@@ -73,11 +73,6 @@ def _affine(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, tor
     return d, lo, *_packed_levels(x, lo, inverse_or_zero(d), 0.5, (1 << bits) - 1, bits == 5)
 
 
-def _put_fp16(out: torch.Tensor, v: torch.Tensor) -> None:
-    """A float32 column stored as fp16 into a 2-byte column of ``out``."""
-    out.view(torch.float16).copy_(v)
-
-
 def _unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
     return torch.cat([qs & 0xF, qs >> 4], dim=1)
 
@@ -96,12 +91,11 @@ class _LegacyCodec(Codec):
 class Q8_0(_LegacyCodec):
     qtype = QType.Q8_0
 
-    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
-                             work: Workspace | None = None) -> None:
-        work = work or Workspace()
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
+                             work: Workspace) -> None:
         # max |x| from two reductions (no |x| tensor); "+ 0" makes an all-zero block's -0 a +0
         d = (torch.maximum(x.amax(dim=1, keepdim=True), -x.amin(dim=1, keepdim=True)) + 0.0) / 127
-        _put_fp16(out[:, :2], d)
+        put_fp16(out[:, :2], d)
         v = work.take("values", x.shape, x.dtype, x.device)
         torch.mul(x, inverse_or_zero(d), out=v)
         put_round_away_int8(out[:, 2:].view(torch.int8), v, work)
@@ -113,10 +107,10 @@ class Q8_0(_LegacyCodec):
 class Q4_0(_LegacyCodec):
     qtype = QType.Q4_0
 
-    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
-                             work: Workspace | None = None) -> None:
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
+                             work: Workspace) -> None:
         d, nibbles, _ = _symmetric(x, 4)
-        _put_fp16(out[:, :2], d)
+        put_fp16(out[:, :2], d)
         out[:, 2:] = nibbles
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
@@ -127,10 +121,10 @@ class Q4_0(_LegacyCodec):
 class Q5_0(_LegacyCodec):
     qtype = QType.Q5_0
 
-    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
-                             work: Workspace | None = None) -> None:
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
+                             work: Workspace) -> None:
         d, nibbles, fifth = _symmetric(x, 5)
-        _put_fp16(out[:, :2], d)
+        put_fp16(out[:, :2], d)
         out[:, 2:6] = fifth
         out[:, 6:] = nibbles
 
@@ -142,11 +136,11 @@ class Q5_0(_LegacyCodec):
 class Q4_1(_LegacyCodec):
     qtype = QType.Q4_1
 
-    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
-                             work: Workspace | None = None) -> None:
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
+                             work: Workspace) -> None:
         d, lo, nibbles, _ = _affine(x, 4)
-        _put_fp16(out[:, :2], d)
-        _put_fp16(out[:, 2:4], lo)
+        put_fp16(out[:, :2], d)
+        put_fp16(out[:, 2:4], lo)
         out[:, 4:] = nibbles
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
@@ -157,11 +151,11 @@ class Q4_1(_LegacyCodec):
 class Q5_1(_LegacyCodec):
     qtype = QType.Q5_1
 
-    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None = None,
-                             work: Workspace | None = None) -> None:
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
+                             work: Workspace) -> None:
         d, lo, nibbles, fifth = _affine(x, 5)
-        _put_fp16(out[:, :2], d)
-        _put_fp16(out[:, 2:4], lo)
+        put_fp16(out[:, :2], d)
+        put_fp16(out[:, 2:4], lo)
         out[:, 4:8] = fifth
         out[:, 8:] = nibbles
 
