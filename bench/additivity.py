@@ -82,8 +82,7 @@ def main() -> None:
     samples = [stack.make_inputs(seed, a.resolution, a.resolution, sigma=0.3 + 0.4 * seed / a.samples)
                for seed in range(a.samples)]
     table = CostTable.empty({"model": a.model}, arch.n_blocks, a.types)
-    for x in samples:
-        add_to_table(table, sweep(stack, x, a.types))
+    add_to_table(table, sweep(stack, samples, a.types))
     costs = table.costs()
     recipes: dict[str, tuple[str, ...]] = {f"uniform {t}": (t,) * arch.n_blocks for t in a.types}
     def bpw_of(types: tuple[str, ...]) -> float:

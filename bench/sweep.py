@@ -58,7 +58,7 @@ def main() -> None:
         stack = ReferenceStack(detect({k: tuple(v.shape) for k, v in sd.items()}), state_dict_source(sd, label))
         inputs = stack.make_inputs(0, a.resolution, a.resolution)
         t = time.perf_counter()
-        ours = sweep(stack, inputs, a.types).block_forwards
+        ours = sweep(stack, [inputs], a.types).block_forwards
         ours_s = time.perf_counter() - t
         t = time.perf_counter()
         theirs = whole_stack(stack, inputs, a.types)

@@ -23,7 +23,7 @@ import comfy.patcher_extension
 from ..quant import codecs
 from ..quant.atomic import write_new
 from ..quant.costs import CostTable, accumulate
-from ..quant.flux_blocks import StackInputs, StackState, save_capture
+from ..quant.flux_blocks import StackInputs, StackState, join_inputs, save_capture
 from ..quant.sweep import add_to_table, sweep
 from .common import CATEGORY, costs_path, diffusion_model, fingerprint, model_source, progress_bar, refuse_quantized
 
@@ -35,10 +35,7 @@ WRAPPER_KEY = "mxgguf_capture"
 class Captured:
     """The block stack's inputs at one step, as ComfyUI's Flux passed them to block 0."""
 
-    img: torch.Tensor
-    txt: torch.Tensor
-    vec: torch.Tensor
-    pe: torch.Tensor
+    inputs: StackInputs
     attn_mask: torch.Tensor | None
     transformer_options: dict
     step: int
@@ -97,10 +94,20 @@ class ComfyFluxStack:
         return BlockWeights(self.blocks[block])
 
     def start(self, c: Captured) -> StackState:
-        return StackState(c.img, c.txt, c.txt.shape[1])
+        return StackState(c.inputs.img, c.inputs.txt, c.inputs.txt.shape[1])
+
+    def join(self, samples: Sequence[Captured]) -> list[Captured]:
+        """Captures of one shape as one batch; masked ones (rare) run alone."""
+        masked = [c for c in samples if c.attn_mask is not None]
+        plain = [c for c in samples if c.attn_mask is None]
+        joined = [Captured(inputs, None, plain[members[0]].transformer_options, plain[members[0]].step,
+                           plain[members[0]].sigma)
+                  for inputs, members in join_inputs([c.inputs for c in plain])]
+        return joined + masked
 
     def forward(self, block: int, state: StackState, c: Captured) -> StackState:
-        kw = {"vec": c.vec, "pe": c.pe, "attn_mask": c.attn_mask, "transformer_options": c.transformer_options}
+        kw = {"vec": c.inputs.vec, "pe": c.inputs.pe, "attn_mask": c.attn_mask,
+              "transformer_options": c.transformer_options}
         if block < self.depth_double:
             img, txt = self.blocks[block](img=state.img.clone(), txt=state.txt.clone(), **kw)
             return StackState(img, txt, state.txt_tokens)
@@ -143,8 +150,8 @@ class CaptureSession:
             schedule = opts["sample_sigmas"][:-1].float().cpu()
             step = int(torch.argmin((schedule - sigma).abs()))
             if step in self.wanted and step not in {c.step for c in self.captured}:
-                self.captured.append(Captured(args["img"].clone(), args["txt"].clone(), args["vec"], args["pe"],
-                                              args.get("attn_mask"), opts, step, sigma))
+                inputs = StackInputs(args["img"].clone(), args["txt"].clone(), args["vec"], args["pe"])
+                self.captured.append(Captured(inputs, args.get("attn_mask"), opts, step, sigma))
         return extra["original_block"](args)
 
     def sampler_wrapper(self, executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
@@ -154,24 +161,28 @@ class CaptureSession:
         self.wanted, self.captured = self.choose_steps(n_steps, seed), []
         try:
             out = executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
-            for c in self.captured:
-                self.measure(c, n_steps, seed, tuple(noise.shape[-2:]))
+            if self.captured:
+                self.measure(self.captured, n_steps, seed, tuple(noise.shape[-2:]))
         finally:
             self.wanted, self.captured = set(), []
         return out
 
-    def measure(self, c: Captured, n_steps: int, seed: int, latent_hw: tuple[int, int]) -> None:
-        sample = {"source": "comfyui", "seed": seed, "steps": n_steps, "step": c.step,
-                  "sigma": round(c.sigma, 6), "resolution": [8 * latent_hw[1], 8 * latent_hw[0]],
-                  "batch": int(c.img.shape[0]), "dtype": str(c.img.dtype).removeprefix("torch.")}
-        if self.save_inputs:
-            self.keep_inputs(c, sample, f"seed{seed}_step{c.step}")
+    def measure(self, captured: Sequence[Captured], n_steps: int, seed: int, latent_hw: tuple[int, int]) -> None:
+        """One sweep over every capture of the run: each (block, type) is quantized once for all."""
+        samples = []
+        for c in captured:
+            sample = {"source": "comfyui", "seed": seed, "steps": n_steps, "step": c.step,
+                      "sigma": round(c.sigma, 6), "resolution": [8 * latent_hw[1], 8 * latent_hw[0]],
+                      "batch": int(c.inputs.img.shape[0]), "dtype": str(c.inputs.img.dtype).removeprefix("torch.")}
+            if self.save_inputs:
+                self.keep_inputs(c, sample, f"seed{seed}_step{c.step}")
+            samples.append(sample)
         stack = ComfyFluxStack(diffusion_model(self.model))
         total = stack.n_blocks * len(self.types)
-        result = sweep(stack, c, self.types, progress=progress_bar(total))
+        result = sweep(stack, captured, self.types, progress=progress_bar(total))
         table = CostTable.empty(self.model_fp, stack.n_blocks, self.types)
         add_to_table(table, result)
-        table.samples = [sample]
+        table.samples = samples
         table.provenance = {"measured_with": "Capture Layer Costs (ComfyUI's Flux blocks)"}
         accumulate(self.costs_file, table)  # atomic: a Cancel before this leaves the file as it was
 
@@ -179,8 +190,7 @@ class CaptureSession:
         """Save what entered the blocks beside the costs file, for ``python -m quant costs --inputs``."""
         folder = self.costs_file.with_suffix(".inputs")
         folder.mkdir(exist_ok=True)
-        inputs = StackInputs(c.img, c.txt, c.vec, c.pe)
-        write_new(folder / f"{stem}.safetensors", lambda path: save_capture(path, inputs, sample))
+        write_new(folder / f"{stem}.safetensors", lambda path: save_capture(path, c.inputs, sample))
 
 
 def parse_types(text: str) -> list[str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -149,14 +150,17 @@ def cmd_costs(a: argparse.Namespace) -> int:
                         "resolution": [a.resolution, a.resolution]})
 
         n_samples = len(a.inputs) if a.inputs else a.samples
+        pending = samples()
         with tqdm(total=n_samples * arch.n_blocks * len(types), unit="cost", desc="costs") as bar:
-            for inputs, sample in samples():
-                result = sweep(stack, inputs, types, progress=lambda done, _t: bar.update(1))
+            # a sweep per --batch samples: each (block, type) is quantized once for all of them
+            while group := list(itertools.islice(pending, a.batch)):
+                result = sweep(stack, [inputs for inputs, _ in group], types,
+                               progress=lambda done, _t, n=len(group): bar.update(n))
                 table = CostTable.empty(fingerprint, arch.n_blocks, types)
                 add_to_table(table, result)
-                table.samples = [sample]
+                table.samples = [sample for _, sample in group]
                 table.provenance = {"measured_with": "quant.flux_blocks (headless)", "checkpoint": Path(a.src).name}
-                accumulate(a.output, table)  # after every sample: an interrupt keeps what was measured
+                accumulate(a.output, table)  # after every sweep: an interrupt keeps what was measured
     print(f"costs of {len(types)} types x {arch.n_blocks} blocks over {n_samples} sample(s) added to {a.output}")
     return 0
 
@@ -225,6 +229,13 @@ def add_target_arguments(p: argparse.ArgumentParser, group) -> None:
     p.add_argument("--types", nargs="+", choices=codecs.QUANTIZED_TYPE_NAMES, help="allowed types (default: all with costs)")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m quant", description="Mixed-quantization GGUF for FLUX.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -254,11 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("costs", help="measure per-block costs headless and add them to a costs file")
     m.add_argument("src", help="FLUX checkpoint (.safetensors)")
     m.add_argument("-o", "--output", required=True, help="costs JSON (created, or added to)")
-    m.add_argument("--samples", type=int, default=1, help="synthetic samples to measure on")
+    m.add_argument("--samples", type=_positive, default=1, help="synthetic samples to measure on")
     m.add_argument("--inputs", nargs="+", metavar="CAPTURE",
                    help="measure on these saved captures (Capture Layer Costs with save_inputs) instead")
     m.add_argument("--types", nargs="+", choices=codecs.QUANTIZED_TYPE_NAMES, help="default: every quantized type")
     m.add_argument("--resolution", type=int, default=256, help="sample width and height in pixels")
+    m.add_argument("--batch", type=_positive, default=8,
+                   help="samples measured together: each block is quantized once per batch; their hidden "
+                        "states are all kept (default 8)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--device", help="torch device, e.g. cuda")
     m.set_defaults(run=cmd_costs)

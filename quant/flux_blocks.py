@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +123,30 @@ class StackInputs:
     pe: Tensor  # rotary position embedding for txt + img tokens
 
 
+def join_inputs(samples: Sequence[StackInputs]) -> list[tuple[StackInputs, list[int]]]:
+    """Samples of one shape joined into one batch: -> (batch, indices of the samples in it).
+
+    Joining needs the same token counts and width; the rotary tables are kept once where
+    they are equal (they broadcast over the batch), else stacked per sample."""
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault((tuple(s.img.shape[1:]), tuple(s.txt.shape[1:]), tuple(s.pe.shape[1:])), []).append(i)
+    out = []
+    for members in groups.values():
+        part = [samples[i] for i in members]
+        if len(part) == 1:
+            out.append((part[0], members))
+            continue
+        first_pe = part[0].pe
+        if all(torch.equal(s.pe, first_pe) for s in part[1:]):
+            pe = first_pe
+        else:
+            pe = torch.cat([s.pe.expand(s.img.shape[0], *s.pe.shape[1:]) for s in part])
+        cat = lambda name: torch.cat([getattr(s, name) for s in part])  # noqa: E731
+        out.append((StackInputs(cat("img"), cat("txt"), cat("vec"), pe), members))
+    return out
+
+
 CAPTURE_FORMAT = "mxgguf-capture/1"
 
 
@@ -195,6 +219,9 @@ class ReferenceStack:
 
     def start(self, inputs: StackInputs) -> StackState:
         return StackState(inputs.img, inputs.txt, inputs.txt.shape[1])
+
+    def join(self, samples: Sequence[StackInputs]) -> list[StackInputs]:
+        return [batch for batch, _ in join_inputs(samples)]
 
     def prepare(self, inputs: StackInputs) -> StackInputs:
         """Saved inputs on this stack's device, in its dtype (rotary tables stay float32)."""

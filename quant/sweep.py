@@ -6,6 +6,10 @@ clean final state; each (i, type) then runs only blocks ``i..N-1``. Over N block
 (N+1)/2N of the work, about half. Each block's weights are quantized and dequantized with
 our codecs, swapped in for the runs of that block and restored (the same tensor objects)
 before the next: at most one quantized copy of one block exists at a time.
+
+Several samples share one sweep: each (block, type) is quantized once and every sample is
+measured with it. Samples of one shape run as one batch where the stack can join them
+(one forward per block for all of them); the clean input to every block is kept for each.
 """
 from __future__ import annotations
 
@@ -36,6 +40,10 @@ class BlockStack(Protocol):
 
     def output(self, state: Any) -> torch.Tensor: ...
 
+    def join(self, samples: Sequence[Any]) -> list[Any]:
+        """The samples as few batches as the stack can run at once (each sample in exactly one)."""
+        ...
+
 
 @dataclass
 class SweepResult:
@@ -65,17 +73,31 @@ def quantized_weights(weights: MutableMapping[str, torch.Tensor], qtype: str) ->
     return out
 
 
-@torch.no_grad()
-def sweep(stack: BlockStack, inputs: Any, types: Sequence[str], blocks: Iterable[int] | None = None,
-          progress: SweepProgress | None = None) -> SweepResult:
-    """Costs of ``types`` at ``blocks`` (default all) for one captured sample."""
-    blocks = list(range(stack.n_blocks) if blocks is None else blocks)
+@dataclass
+class _CleanRun:
+    """One batch of samples through the unquantized stack: every block's input, the final output."""
+
+    inputs: Any
+    states: list[Any]
+    output: torch.Tensor
+
+
+def _clean_run(stack: BlockStack, inputs: Any) -> _CleanRun:
     states = [stack.start(inputs)]
     for b in range(stack.n_blocks):
         states.append(stack.forward(b, states[-1], inputs))
-    clean = stack.output(states[-1]).to(torch.float32)
-    forwards = stack.n_blocks
-    result = SweepResult({}, {}, 0)
+    return _CleanRun(inputs, states, stack.output(states[-1]).to(torch.float32))
+
+
+@torch.no_grad()
+def sweep(stack: BlockStack, samples: Sequence[Any], types: Sequence[str], blocks: Iterable[int] | None = None,
+          progress: SweepProgress | None = None) -> SweepResult:
+    """Costs of ``types`` at ``blocks`` (default all), summed over ``samples`` (the stack's inputs)."""
+    if not samples:
+        raise ValueError("the sweep needs at least one sample")
+    blocks = list(range(stack.n_blocks) if blocks is None else blocks)
+    runs = [_clean_run(stack, batch) for batch in stack.join(samples)]
+    result = SweepResult({}, {}, len(runs) * stack.n_blocks)
     total, done = len(blocks) * len(types), 0
     for b in blocks:
         weights = stack.weights(b)
@@ -85,19 +107,21 @@ def sweep(stack: BlockStack, inputs: Any, types: Sequence[str], blocks: Iterable
                 for name, q in quantized_weights(weights, qtype).items():
                     originals[name] = weights[name]
                     weights[name] = q
-                state = states[b]
-                for later in range(b, stack.n_blocks):
-                    state = stack.forward(later, state, inputs)
-                forwards += stack.n_blocks - b
-                err = stack.output(state).to(torch.float32) - clean
-                result.sse[(b, qtype)] = float(torch.sum(err * err, dtype=torch.float64))
-                result.count[(b, qtype)] = err.numel()
+                sse, count = 0.0, 0
+                for run in runs:
+                    state = run.states[b]
+                    for later in range(b, stack.n_blocks):
+                        state = stack.forward(later, state, run.inputs)
+                    err = stack.output(state).to(torch.float32) - run.output
+                    sse += float(torch.sum(err * err, dtype=torch.float64))
+                    count += err.numel()
+                result.block_forwards += len(runs) * (stack.n_blocks - b)
+                result.sse[(b, qtype)], result.count[(b, qtype)] = sse, count
             finally:
                 weights.update(originals)
             done += 1
             if progress:
                 progress(done, total)
-    result.block_forwards = forwards
     return result
 
 

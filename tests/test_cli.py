@@ -105,7 +105,7 @@ def test_costs_from_saved_captures(tiny_checkpoint: Path, tmp_path: Path) -> Non
     with open_safetensors(tiny_checkpoint) as source:
         stack = ReferenceStack(detect(source.shapes), source)
         inputs = stack.make_inputs(seed=3, width=128, height=128, sigma=0.4)
-        direct = sweep(stack, inputs, ["Q8_0", "Q3_K"])
+        direct = sweep(stack, [inputs], ["Q8_0", "Q3_K"])
     save_capture(tmp_path / "c.safetensors", inputs, {"source": "comfyui", "step": 2, "sigma": 0.4})
     costs = tmp_path / "costs.json"
     r = run("costs", str(tiny_checkpoint), "-o", str(costs), "--types", "Q8_0", "Q3_K",

@@ -215,6 +215,26 @@ def test_same_costs_in_and_out_of_comfyui(comfy: ComfyServer, tiny: str, tmp_pat
             assert abs(a - h) <= 1e-3 * a, f"block {b} {t}: ComfyUI {a} vs headless {h}"
 
 
+def test_samples_of_one_run_cost_the_same_as_one_by_one(comfy: ComfyServer, tiny: str) -> None:
+    """samples_per_run 3: one sweep measures the three steps together (one write of the file);
+    capturing each of those steps in a run of its own adds up to the same costs."""
+    types = "Q8_0, Q4_K"
+    comfy.run({"load": loader(tiny), "capture": capture(["load", 0], "tiny-together", types, per_run=3),
+               **sampling(["capture", 0], 61, "nodes/together")})
+    together = load_costs(costs_file(comfy, "tiny-together.json"))
+    steps = sorted(s["step"] for s in together.samples)
+    assert len(steps) == 3 and len(set(steps)) == 3
+    for step in steps:
+        comfy.run({"load": loader(tiny), "capture": capture(["load", 0], "tiny-alone", types, step=step),
+                   **sampling(["capture", 0], 61, f"nodes/alone{step}")})
+    alone = load_costs(costs_file(comfy, "tiny-alone.json"))
+    assert sorted(s["step"] for s in alone.samples) == steps
+    for b in range(together.n_blocks):
+        for j, t in enumerate(together.types):
+            a, o = together.sse[b][j], alone.sse[b][alone.types.index(t)]
+            assert abs(a - o) <= 1e-4 * o, f"block {b} {t}: together {a} vs one by one {o}"
+
+
 def test_capture_and_quantize_in_one_graph(comfy: ComfyServer, tiny: str) -> None:
     """Quantize waits for the sampler through 'after', so it reads the costs this run wrote,
     from a file that did not exist when the prompt was queued."""

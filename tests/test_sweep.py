@@ -40,7 +40,7 @@ def test_sweep_equals_whole_stack_reruns_and_restores_weights(stack: ReferenceSt
     inputs = stack.make_inputs(seed=1, width=128, height=128)
     before = {b: {k: v.clone() for k, v in stack.weights(b).items()} for b in range(stack.n_blocks)}
     ids = {b: {k: id(v) for k, v in stack.weights(b).items()} for b in range(stack.n_blocks)}
-    result = sweep(stack, inputs, ["Q8_0", "Q4_K", "Q2_K"])
+    result = sweep(stack, [inputs], ["Q8_0", "Q4_K", "Q2_K"])
     for b in range(stack.n_blocks):
         assert {k: id(v) for k, v in stack.weights(b).items()} == ids[b]  # the same tensors back
         for k, v in stack.weights(b).items():
@@ -63,5 +63,28 @@ def test_cancel_restores_weights(stack: ReferenceStack) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        sweep(stack, inputs, ["Q4_K", "Q3_K"], progress=cancel)
+        sweep(stack, [inputs], ["Q4_K", "Q3_K"], progress=cancel)
     assert all(torch.equal(v, before[k]) for k, v in stack.weights(2).items())
+
+
+def test_samples_share_one_quantization_and_cost_the_same_as_one_by_one(
+        stack: ReferenceStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two samples of one shape run as one batch, a third of another shape on its own; each
+    (block, type) is quantized once for all three, and the sums equal three single sweeps."""
+    import quant.sweep
+
+    samples = [stack.make_inputs(seed=4, width=128, height=128, sigma=0.3),
+               stack.make_inputs(seed=5, width=128, height=128, sigma=0.7),
+               stack.make_inputs(seed=6, width=64, height=128, sigma=0.5)]
+    types = ["Q8_0", "Q4_K"]
+    one_by_one = [sweep(stack, [s], types) for s in samples]
+    calls = []
+    real = quant.sweep.quantized_weights
+    monkeypatch.setattr(quant.sweep, "quantized_weights", lambda w, q: calls.append(q) or real(w, q))
+    together = sweep(stack, samples, types)
+    assert len(calls) == stack.n_blocks * len(types)
+    n = stack.n_blocks
+    assert together.block_forwards == 2 * (n + len(types) * n * (n + 1) // 2)  # two batches
+    for key, sse in together.sse.items():
+        assert together.count[key] == sum(r.count[key] for r in one_by_one)
+        assert sse == pytest.approx(sum(r.sse[key] for r in one_by_one), rel=1e-5)
