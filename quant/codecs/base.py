@@ -86,6 +86,12 @@ def rdiv(numerator: float, t: torch.Tensor) -> torch.Tensor:
     return torch.tensor(numerator, dtype=t.dtype, device=t.device) / t
 
 
+def div_by(t: torch.Tensor, divisor: float) -> torch.Tensor:
+    """``t / divisor`` correctly rounded, as C divides by a constant. On a GPU torch divides
+    by a Python number as a product with its reciprocal, one rounding too many."""
+    return t / torch.tensor(divisor, dtype=t.dtype, device=t.device)
+
+
 def inverse_or_zero(d: torch.Tensor, numerator: float = 1.0) -> torch.Tensor:
     """C's ``d ? numerator/d : 0`` (also for ``d > 0 ? ... : 0`` where d >= 0)."""
     return torch.where(d != 0, rdiv(numerator, torch.where(d != 0, d, 1.0)), 0.0)

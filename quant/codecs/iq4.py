@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Codec, QType, fp16_bytes, fp16_from_bytes, inverse_or_zero, nearest_int, \
+from . import triton_search
+from .base import Codec, QType, div_by, fp16_bytes, fp16_from_bytes, inverse_or_zero, nearest_int, \
     rdiv, seq_sum, signed_absmax
 
 KVALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
@@ -34,6 +35,8 @@ def best_index(x: torch.Tensor) -> torch.Tensor:
 
 def block_scales(x: torch.Tensor) -> torch.Tensor:
     """The least-squares scale of each 32-value block x: (m, 32), after the ntry search."""
+    if triton_search.applies(x):
+        return triton_search.iq4_scales(x.T.contiguous(), KVALUES, NTRY)
     peak = signed_absmax(x)[:, 0]
     zero = x.abs().amax(dim=1) < GROUP_MAX_EPS
     peak = torch.where(zero, 1.0, peak)
@@ -41,7 +44,7 @@ def block_scales(x: torch.Tensor) -> torch.Tensor:
     xt = x.T.contiguous()  # position-first: in-order sums over contiguous slices
     w = xt * xt
     # the first guess -max/values[0], then id = (itry + values[0]) / max for itry = -NTRY..NTRY
-    first = rdiv(1.0, -peak / KVALUES[0])
+    first = rdiv(1.0, div_by(-peak, KVALUES[0]))
     tries = torch.tensor([float(t + KVALUES[0]) for t in range(-NTRY, NTRY + 1)], device=x.device)
     inv = torch.cat([first[:, None], tries / peak[:, None]], dim=1)  # (m, 16)
     q = values[best_index(inv * xt[..., None])]  # (32, m, 16)

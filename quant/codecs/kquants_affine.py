@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import Codec, QType, fp16_bytes, fp16_from_bytes, fp16_round, inverse_or_zero, nearest_int, rdiv, seq_sum, sqrt_f32
+from . import triton_search
+from .base import Codec, QType, div_by, fp16_bytes, fp16_from_bytes, fp16_round, inverse_or_zero, nearest_int, rdiv, seq_sum, \
+    sqrt_f32
 from .fused import cpu_fused
 
 QK_K = 256
@@ -60,14 +62,27 @@ def _weighted_error(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, offse
     return seq_sum(w * (diff.abs() if use_mad else diff * diff))
 
 
-def make_qkx2_quants(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta: float,
+def qkx2_weights(x: torch.Tensor, weights: str) -> torch.Tensor:
+    """The weights ggml's callers give ``make_qkx2_quants`` for sub-blocks x (n, m), position-first:
+    ``"rms+abs"`` (Q4_K, Q5_K) the sub-block's root mean square plus |x|, ``"abs"`` (Q2_K) |x|."""
+    if weights == "abs":
+        return x.abs()
+    return sqrt_f32(seq_sum(x * x) / x.shape[0]) + x.abs()  # 32 values: the division is exact
+
+
+def make_qkx2_quants(x: torch.Tensor, weights: str, nmax: int, rmin: float, rdelta: float,
                      nstep: int, use_mad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Vectorised ``make_qkx2_quants`` over sub-blocks given position-first, ``x, w: (n, m)``.
+    """Vectorised ``make_qkx2_quants`` over sub-blocks given position-first, ``x: (n, m)``,
+    weighted as ``qkx2_weights`` says.
 
     Returns (scale (m,), the_min (m,), L (n, m) int32), the_min being minus the offset.
     The candidates run in order, as in C: an accepted candidate moves the offset that the
     next ones start from.
     """
+    numerators = [_f32_numerator(rmin, rdelta, step, nmax) for step in range(nstep + 1)]
+    if triton_search.applies(x):
+        return triton_search.qkx2(x, nmax, numerators, weights, use_mad)
+    w = qkx2_weights(x, weights)
     hi = x.amax(dim=0)
     lo = torch.clamp(x.amin(dim=0), max=0.0)  # the scan's min, then "if (min > 0) min = 0"
     flat = hi == lo
@@ -79,8 +94,8 @@ def make_qkx2_quants(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, r
     best_error = _weighted_error(x, w, scale, lo, torch.round(iscale * (x - lo)).clamp_(0, nmax), use_mad)
     best_error = torch.where(flat, -torch.inf, best_error)  # nothing beats it: flat stays as is
     state = (scale, lo, best_error, iscale, lo)
-    for step in range(nstep + 1):
-        numerator = torch.tensor(_f32_numerator(rmin, rdelta, step, nmax), dtype=torch.float32, device=x.device)
+    for value in numerators:
+        numerator = torch.tensor(value, dtype=torch.float32, device=x.device)
         state = _qkx2_step(x, w, hi, sum_w, sum_x, numerator, nmax, use_mad, *state)
     scale, offset, _, iscale, level_offset = state
     levels = torch.round(iscale * (x - level_offset)).clamp_(0, nmax)
@@ -126,15 +141,13 @@ class _Scale6Codec(Codec):
         """-> (d, dmin as fp16 bytes source, packed scales (nb, 12), levels (nb, 256))."""
         nb = x.shape[0]
         xs = _position_first(x, 32)
-        av_x = sqrt_f32(seq_sum(xs * xs) / 32)
-        w = av_x + xs.abs()
-        scales, mins, levels = make_qkx2_quants(xs, w, self.nmax, self.rmin, 0.1, self.nstep, False)
+        scales, mins, levels = make_qkx2_quants(xs, "rms+abs", self.nmax, self.rmin, 0.1, self.nstep, False)
         scales, mins = scales.reshape(nb, 8), mins.reshape(nb, 8)
         max_scale, max_min = _super_scale(scales), _super_scale(mins)
         inv_scale, inv_min = inverse_or_zero(max_scale, 63.0), inverse_or_zero(max_min, 63.0)
         ls = (nearest_int(inv_scale[:, None] * scales) & 0xFF).clamp_(max=63)
         lm = (nearest_int(inv_min[:, None] * mins) & 0xFF).clamp_(max=63)
-        d, dmin = fp16_round(max_scale / 63.0), fp16_round(max_min / 63.0)
+        d, dmin = fp16_round(div_by(max_scale, 63.0)), fp16_round(div_by(max_min, 63.0))
         sub_d = (d[:, None] * ls.to(torch.float32)).reshape(-1)
         sub_dm = (dmin[:, None] * lm.to(torch.float32)).reshape(-1)
         levels = _requantize(xs, sub_d, sub_dm, levels, self.nmax)
@@ -214,7 +227,7 @@ class Q2_K(Codec):
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         nb = x.shape[0]
         xs = _position_first(x, 16)
-        scales, mins, levels = make_qkx2_quants(xs, xs.abs(), 3, -0.5, 0.1, 15, True)
+        scales, mins, levels = make_qkx2_quants(xs, "abs", 3, -0.5, 0.1, 15, True)
         scales, mins = scales.reshape(nb, 16), mins.reshape(nb, 16)
         max_scale, max_min = _super_scale(scales), _super_scale(mins)
         has_scale, has_min = max_scale > 0, max_min > 0
@@ -222,8 +235,8 @@ class Q2_K(Codec):
         lm = nearest_int(inverse_or_zero(max_min, 15.0)[:, None] * mins)
         ls = torch.where(has_scale[:, None], ls & 0xFF, 0)
         packed = ls | torch.where(has_min[:, None], (lm << 4) & 0xFF, 0)
-        d = fp16_round(torch.where(has_scale, max_scale / 15.0, 0.0))
-        dmin = fp16_round(torch.where(has_min, max_min / 15.0, 0.0))
+        d = fp16_round(torch.where(has_scale, div_by(max_scale, 15.0), 0.0))
+        dmin = fp16_round(torch.where(has_min, div_by(max_min, 15.0), 0.0))
         sub_d = (d[:, None] * (packed & 0xF).to(torch.float32)).reshape(-1)
         sub_dm = (dmin[:, None] * (packed >> 4).to(torch.float32)).reshape(-1)
         levels = _block_major(_requantize(xs, sub_d, sub_dm, levels, 3), nb)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from . import triton_search
 from .base import Codec, QType, Workspace, fp16_bytes, fp16_from_bytes, fp16_round, nearest_int, put_fp16, rdiv, seq_sum, \
     signed_absmax
 from .fused import cpu_fused
@@ -30,12 +31,10 @@ def _first_guess(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor
     return peak, zero, rdiv(-float(nmax), torch.where(zero, 1.0, peak))
 
 
-# make_qx_quants' candidate scales: -(nmax + 0.1*is)/max for is = -9..9 except 0, in float32
-_QX_STEPS = [s for s in range(-9, 10) if s != 0]
-
-
-def _qx_numerators(nmax: int, device: torch.device) -> torch.Tensor:
-    return torch.stack([-(_f32(nmax) + _f32(0.1) * _f32(s)) for s in _QX_STEPS]).to(device)
+def _qx_numerators(nmax: int) -> list[float]:
+    """make_qx_quants' candidate scales are these over the signed max: the first guess
+    -nmax, then -(nmax + 0.1*is) for is = -9..9 except 0, in float32."""
+    return [-float(nmax)] + [float(-(_f32(nmax) + _f32(0.1) * _f32(s))) for s in range(-9, 10) if s != 0]
 
 
 def make_qx_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,8 +44,11 @@ def make_qx_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tens
     candidates do not depend on each other, only their acceptance does (each must beat the
     best so far), so all are evaluated at once and accepted in order."""
     xt = x.T.contiguous()  # position-first: the sums run over contiguous slices
-    peak, zero, iscale0 = _first_guess(xt.T, nmax)  # reduced over xt's rows: contiguous, fast
-    iscale = torch.cat([iscale0[:, None], _qx_numerators(nmax, x.device) / torch.where(zero, 1.0, peak)[:, None]], 1)
+    if triton_search.applies(xt):
+        return triton_search.qx(xt, nmax, _qx_numerators(nmax))
+    peak, zero, _ = _first_guess(xt.T, nmax)  # reduced over xt's rows: contiguous, fast
+    numerators = torch.tensor(_qx_numerators(nmax), dtype=torch.float32, device=x.device)
+    iscale = numerators / torch.where(zero, 1.0, peak)[:, None]
     scale, chosen = _qx_search(xt, iscale, nmax)
     levels = torch.round(chosen * xt).clamp_(-nmax, nmax - 1)  # the accepted candidate's levels
     scale = torch.where(zero, 0.0, scale)
@@ -89,6 +91,8 @@ def make_q3_quants(x: torch.Tensor, nmax: int, work: Workspace) -> tuple[torch.T
     a fifth) are gathered, once; passing again over one that has settled changes nothing
     (a pass is a function of the state it starts from), so they all go on together until
     a pass changes none."""
+    if triton_search.applies(x):
+        return triton_search.q3(x.T.contiguous(), nmax)
     xt = work.take("positions", x.T.shape, x.dtype, x.device).copy_(x.T)  # position-first: in-order sums
     _, zero, iscale = _first_guess(xt.T, nmax)  # reduced over xt's rows: contiguous, fast
     levels, sumlx, suml2, changed = _q3_pass(xt, iscale, None, None, nmax)

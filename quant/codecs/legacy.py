@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Codec, QType, Workspace, fp16_from_bytes, inverse_or_zero, put_fp16, signed_absmax
+from .base import Codec, QType, Workspace, div_by, fp16_from_bytes, inverse_or_zero, put_fp16, signed_absmax
 from .fused import cpu_fused
 
 HALF = 16  # elements j and j + 16 share a byte
@@ -69,7 +69,7 @@ def _first_equal(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def _affine(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Q4_1/Q5_1: min..max in 2^bits - 1 steps."""
     lo, hi = _first_equal(x, x.amin(dim=1, keepdim=True)), _first_equal(x, x.amax(dim=1, keepdim=True))
-    d = (hi - lo) / ((1 << bits) - 1)
+    d = div_by(hi - lo, (1 << bits) - 1)
     return d, lo, *_packed_levels(x, lo, inverse_or_zero(d), 0.5, (1 << bits) - 1, bits == 5)
 
 
@@ -94,7 +94,7 @@ class Q8_0(_LegacyCodec):
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
                              work: Workspace) -> None:
         # max |x| from two reductions (no |x| tensor); "+ 0" makes an all-zero block's -0 a +0
-        d = (torch.maximum(x.amax(dim=1, keepdim=True), -x.amin(dim=1, keepdim=True)) + 0.0) / 127
+        d = div_by(torch.maximum(x.amax(dim=1, keepdim=True), -x.amin(dim=1, keepdim=True)) + 0.0, 127)
         put_fp16(out[:, :2], d)
         v = work.take("values", x.shape, x.dtype, x.device)
         torch.mul(x, inverse_or_zero(d), out=v)

@@ -1,0 +1,265 @@
+"""Triton kernels of the scale searches (see ``triton_search`` for why they give ggml's bytes).
+
+Every kernel takes sub-blocks position-first, ``(N, m)`` contiguous: position ``j`` of
+sub-blocks ``offs`` is ``ptr + j*m + offs``, so each load of a warp is one contiguous run.
+Each program owns ``LANES`` sub-blocks and walks their positions in order; the operations
+mirror the torch steps of ``kquants_affine``, ``kquants_symmetric`` and ``iq4`` one for one.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+GROUP_MAX_EPS = 1e-15
+
+
+@triton.jit
+def _nearest_int(v):
+    """ggml's nearest_int (round half to even) as a float, exact for |v| < 2^22."""
+    return (v + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def _clamped_level(v, lo, hi):
+    return tl.minimum(tl.maximum(_nearest_int(v), lo), hi)
+
+
+@triton.jit
+def _signed_absmax(x_ptr, offs, mask, m, N: tl.constexpr):
+    """The first value of largest magnitude, with its sign (+0 for all zeros), and that magnitude."""
+    amax = tl.zeros(offs.shape, tl.float32)
+    peak = tl.zeros(offs.shape, tl.float32)
+    for j in tl.static_range(N):
+        xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
+        ax = tl.abs(xj)
+        up = ax > amax
+        amax = tl.where(up, ax, amax)
+        peak = tl.where(up, xj, peak)
+    return peak, amax
+
+
+# --- make_qkx2_quants: Q4_K, Q5_K, Q2_K --------------------------------------------------
+
+@triton.jit
+def _qkx2_weight(xj, rms, RMS_WEIGHTS: tl.constexpr):
+    if RMS_WEIGHTS:
+        return rms + tl.abs(xj)
+    else:
+        return tl.abs(xj)
+
+
+@triton.jit
+def _qkx2_error(x_ptr, offs, mask, m, rms, scale, offset, iscale, level_offset,
+                N: tl.constexpr, NMAX: tl.constexpr, RMS_WEIGHTS: tl.constexpr, USE_MAD: tl.constexpr):
+    """Weighted error of the levels ``iscale*(x - level_offset)`` dequantized as ``scale*l + offset``."""
+    err = tl.zeros(offs.shape, tl.float32)
+    for j in tl.static_range(N):
+        xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
+        level = _clamped_level(iscale * (xj - level_offset), 0.0, NMAX)
+        diff = scale * level + offset - xj
+        if USE_MAD:
+            err = err + _qkx2_weight(xj, rms, RMS_WEIGHTS) * tl.abs(diff)
+        else:
+            err = err + _qkx2_weight(xj, rms, RMS_WEIGHTS) * (diff * diff)
+    return err
+
+
+@triton.jit
+def qkx2_kernel(x_ptr, numerator_ptr, scale_ptr, min_ptr, levels_ptr, m, N_STEPS: tl.constexpr, LANES: tl.constexpr,
+                N: tl.constexpr, NMAX: tl.constexpr, RMS_WEIGHTS: tl.constexpr, USE_MAD: tl.constexpr):
+    offs = tl.program_id(0) * LANES + tl.arange(0, LANES)
+    mask = offs < m
+    rms = tl.zeros(offs.shape, tl.float32)
+    if RMS_WEIGHTS:  # sqrtf(sum x^2 / 32), the sum from 0
+        for j in tl.static_range(N):
+            xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
+            rms = rms + xj * xj
+        rms = tl.sqrt_rn(rms * (1.0 / N))  # N is a power of two: exact
+    x0 = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    hi = x0
+    lo = x0
+    sum_w = _qkx2_weight(x0, rms, RMS_WEIGHTS)
+    sum_x = sum_w * x0
+    for j in tl.static_range(1, N):
+        xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
+        wj = _qkx2_weight(xj, rms, RMS_WEIGHTS)
+        hi = tl.maximum(hi, xj)
+        lo = tl.minimum(lo, xj)
+        sum_w = sum_w + wj
+        sum_x = sum_x + wj * xj
+    lo = tl.minimum(lo, 0.0)
+    flat = hi == lo
+    hi = tl.where(flat, lo + 1.0, hi)
+    iscale = tl.div_rn(tl.full(offs.shape, NMAX, tl.float32), hi - lo)
+    scale = tl.div_rn(tl.full(offs.shape, 1.0, tl.float32), iscale)
+    best_error = _qkx2_error(x_ptr, offs, mask, m, rms, scale, lo, iscale, lo, N, NMAX, RMS_WEIGHTS, USE_MAD)
+    best_error = tl.where(flat, -float("inf"), best_error)
+    offset = lo
+    best_iscale = iscale
+    best_offset = lo
+    for step in range(N_STEPS):
+        cand_iscale = tl.div_rn(tl.full(offs.shape, 0.0, tl.float32) + tl.load(numerator_ptr + step), hi - offset)
+        sum_l = tl.zeros(offs.shape, tl.float32)
+        sum_l2 = tl.zeros(offs.shape, tl.float32)
+        sum_xl = tl.zeros(offs.shape, tl.float32)
+        for j in tl.static_range(N):
+            xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
+            level = _clamped_level(cand_iscale * (xj - offset), 0.0, NMAX)
+            wl = _qkx2_weight(xj, rms, RMS_WEIGHTS) * level
+            sum_l = sum_l + wl
+            sum_l2 = sum_l2 + wl * level
+            sum_xl = sum_xl + wl * xj
+        det = sum_w * sum_l2 - sum_l * sum_l
+        ok = det > 0
+        safe_det = tl.where(ok, det, 1.0)
+        this_scale = tl.div_rn(sum_w * sum_xl - sum_x * sum_l, safe_det)
+        this_min = tl.div_rn(sum_l2 * sum_x - sum_l * sum_xl, safe_det)
+        clip = this_min > 0
+        this_scale = tl.where(clip, tl.div_rn(sum_xl, tl.where(clip, sum_l2, 1.0)), this_scale)
+        this_min = tl.where(clip, 0.0, this_min)
+        cand_error = _qkx2_error(x_ptr, offs, mask, m, rms, this_scale, this_min, cand_iscale, offset,
+                                 N, NMAX, RMS_WEIGHTS, USE_MAD)
+        better = ok & (cand_error < best_error)
+        scale = tl.where(better, this_scale, scale)
+        best_error = tl.where(better, cand_error, best_error)
+        best_iscale = tl.where(better, cand_iscale, best_iscale)
+        best_offset = tl.where(better, offset, best_offset)
+        offset = tl.where(better, this_min, offset)
+    for j in tl.static_range(N):
+        xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
+        level = _clamped_level(best_iscale * (xj - best_offset), 0.0, NMAX)
+        tl.store(levels_ptr + j * m + offs, tl.where(flat, 0.0, level).to(tl.int32), mask=mask)
+    tl.store(scale_ptr + offs, tl.where(flat, 0.0, scale), mask=mask)
+    tl.store(min_ptr + offs, -offset, mask=mask)
+
+
+# --- make_qx_quants (rmse_type 1): Q6_K ------------------------------------------------
+
+@triton.jit
+def _qx_sums(x_ptr, offs, mask, m, iscale, N: tl.constexpr, NMAX: tl.constexpr):
+    """sum w*x*l and sum w*l*l over the sub-block, w = x^2, for the levels of ``iscale``."""
+    sum_lx = tl.zeros(offs.shape, tl.float32)
+    sum_l2 = tl.zeros(offs.shape, tl.float32)
+    for j in tl.static_range(N):
+        xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
+        w = xj * xj
+        level = _clamped_level(iscale * xj, -NMAX, NMAX - 1)
+        sum_lx = sum_lx + (w * xj) * level
+        sum_l2 = sum_l2 + level * (w * level)
+    return sum_lx, sum_l2
+
+
+@triton.jit
+def qx_kernel(x_ptr, numerator_ptr, scale_ptr, levels_ptr, m, N_CANDIDATES: tl.constexpr, LANES: tl.constexpr,
+              N: tl.constexpr, NMAX: tl.constexpr):
+    offs = tl.program_id(0) * LANES + tl.arange(0, LANES)
+    mask = offs < m
+    peak, amax = _signed_absmax(x_ptr, offs, mask, m, N)
+    zero = amax < GROUP_MAX_EPS
+    peak = tl.where(zero, 1.0, peak)
+    chosen = tl.div_rn(tl.full(offs.shape, 0.0, tl.float32) + tl.load(numerator_ptr), peak)
+    sum_lx, sum_l2 = _qx_sums(x_ptr, offs, mask, m, chosen, N, NMAX)
+    scale = tl.where(sum_l2 != 0, tl.div_rn(sum_lx, tl.where(sum_l2 != 0, sum_l2, 1.0)), 0.0)
+    best = scale * sum_lx
+    for s in range(1, N_CANDIDATES):
+        iscale = tl.div_rn(tl.full(offs.shape, 0.0, tl.float32) + tl.load(numerator_ptr + s), peak)
+        sum_lx, sum_l2 = _qx_sums(x_ptr, offs, mask, m, iscale, N, NMAX)
+        better = (sum_l2 > 0) & (sum_lx * sum_lx > best * sum_l2)
+        new_scale = tl.div_rn(sum_lx, tl.where(better, sum_l2, 1.0))
+        scale = tl.where(better, new_scale, scale)
+        best = tl.where(better, new_scale * sum_lx, best)
+        chosen = tl.where(better, iscale, chosen)
+    for j in tl.static_range(N):
+        xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
+        level = _clamped_level(chosen * xj, -NMAX, NMAX - 1) + NMAX
+        tl.store(levels_ptr + j * m + offs, tl.where(zero, 0.0, level), mask=mask)
+    tl.store(scale_ptr + offs, tl.where(zero, 0.0, scale), mask=mask)
+
+
+# --- make_q3_quants (do_rmse): Q3_K ------------------------------------------------------
+
+@triton.jit
+def q3_kernel(x_ptr, scale_ptr, levels_ptr, m, LANES: tl.constexpr, N: tl.constexpr, NMAX: tl.constexpr):
+    """The first guess, then five in-order passes that move single values to a better level
+    (C stops after a pass that changes nothing; passing again over a settled sub-block
+    changes nothing, so all five are run). The levels live in ``levels_ptr`` meanwhile."""
+    offs = tl.program_id(0) * LANES + tl.arange(0, LANES)
+    mask = offs < m
+    peak, amax = _signed_absmax(x_ptr, offs, mask, m, N)
+    zero = amax < GROUP_MAX_EPS
+    iscale = tl.div_rn(tl.full(offs.shape, -NMAX, tl.float32), tl.where(zero, 1.0, peak))
+    sum_lx = tl.zeros(offs.shape, tl.float32)
+    sum_l2 = tl.zeros(offs.shape, tl.float32)
+    for j in tl.static_range(N):
+        xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
+        level = _clamped_level(iscale * xj, -NMAX, NMAX - 1)
+        tl.store(levels_ptr + j * m + offs, level, mask=mask)
+        w = xj * xj
+        sum_lx = sum_lx + (w * xj) * level
+        sum_l2 = sum_l2 + (w * level) * level
+    for _ in range(5):
+        for i in tl.static_range(N):
+            xi = tl.load(x_ptr + i * m + offs, mask=mask, other=0.0)
+            li = tl.load(levels_ptr + i * m + offs, mask=mask, other=0.0)
+            w = xi * xi
+            wx = w * xi
+            slx = sum_lx - wx * li
+            sl2 = sum_l2 - (w * li) * li
+            new_l = _clamped_level(tl.div_rn(xi * sl2, slx), -NMAX, NMAX - 1)  # slx <= 0: not accepted
+            accept = (slx > 0) & (new_l != li)
+            slx = slx + wx * new_l
+            sl2 = sl2 + (w * new_l) * new_l
+            accept = accept & (sl2 > 0) & ((slx * slx) * sum_l2 > (sum_lx * sum_lx) * sl2)
+            tl.store(levels_ptr + i * m + offs, tl.where(accept, new_l, li), mask=mask)
+            sum_lx = tl.where(accept, slx, sum_lx)
+            sum_l2 = tl.where(accept, sl2, sum_l2)
+    for j in tl.static_range(N):
+        level = tl.load(levels_ptr + j * m + offs, mask=mask, other=0.0)
+        tl.store(levels_ptr + j * m + offs, tl.where(zero, 0.0, level + NMAX), mask=mask)
+    scale = tl.where(sum_l2 > 0, tl.div_rn(sum_lx, tl.where(sum_l2 > 0, sum_l2, 1.0)), 0.0)
+    tl.store(scale_ptr + offs, tl.where(zero, 0.0, scale), mask=mask)
+
+
+# --- IQ4_NL / IQ4_XS block scales ----------------------------------------------------------
+
+@triton.jit
+def _iq4_level(v, mid_ptr, step_ptr, FIRST: tl.constexpr):
+    """The table value nearest v, ties to the upper one: the first value plus a step per midpoint <= v."""
+    q = tl.full(v.shape, FIRST, tl.float32)
+    for k in tl.static_range(15):
+        q = q + tl.where(v >= tl.load(mid_ptr + k), tl.load(step_ptr + k), 0.0)
+    return q
+
+
+@triton.jit
+def _iq4_sums(x_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N: tl.constexpr, FIRST: tl.constexpr):
+    sum_qx = tl.zeros(offs.shape, tl.float32)
+    sum_q2 = tl.zeros(offs.shape, tl.float32)
+    for j in tl.static_range(N):
+        xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
+        q = _iq4_level(inv * xj, mid_ptr, step_ptr, FIRST)
+        wq = (xj * xj) * q
+        sum_qx = sum_qx + wq * xj
+        sum_q2 = sum_q2 + wq * q
+    return sum_qx, sum_q2
+
+
+@triton.jit
+def iq4_kernel(x_ptr, tries_ptr, mid_ptr, step_ptr, d_ptr, m, N_TRIES: tl.constexpr, LANES: tl.constexpr,
+               N: tl.constexpr, FIRST: tl.constexpr):
+    offs = tl.program_id(0) * LANES + tl.arange(0, LANES)
+    mask = offs < m
+    peak, amax = _signed_absmax(x_ptr, offs, mask, m, N)
+    zero = amax < GROUP_MAX_EPS
+    peak = tl.where(zero, 1.0, peak)
+    inv = tl.div_rn(tl.full(offs.shape, 1.0, tl.float32), tl.div_rn(-peak, tl.full(offs.shape, FIRST, tl.float32)))
+    sum_qx, sum_q2 = _iq4_sums(x_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N, FIRST)
+    d = tl.where(sum_q2 > 0, tl.div_rn(sum_qx, tl.where(sum_q2 > 0, sum_q2, 1.0)), 0.0)
+    best = d * sum_qx
+    for t in range(N_TRIES):
+        inv = tl.div_rn(tl.full(offs.shape, 0.0, tl.float32) + tl.load(tries_ptr + t), peak)
+        sum_qx, sum_q2 = _iq4_sums(x_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N, FIRST)
+        better = (sum_q2 > 0) & (sum_qx * sum_qx > best * sum_q2)
+        d = tl.where(better, tl.div_rn(sum_qx, tl.where(better, sum_q2, 1.0)), d)
+        best = tl.where(better, d * sum_qx, best)
+    tl.store(d_ptr + offs, tl.where(zero, 0.0, d), mask=mask)

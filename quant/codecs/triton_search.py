@@ -1,0 +1,108 @@
+"""The scale searches of the K-quants and IQ4 as Triton kernels, for tensors on a GPU.
+
+Run as torch ops, each search is hundreds of small kernels per chunk: on a GPU that is
+launch-bound, 1-5 % of the legacy types' speed. Here one program handles a vector of
+sub-blocks and walks its positions in order, keeping every sum in registers: one kernel
+per search.
+
+Same bytes as ggml, for the reasons the torch steps give, plus three of the GPU's own:
+- no fused multiply-adds: kernels are built with ``enable_fp_fusion=False``;
+- division and square root correctly rounded (``div_rn``, ``sqrt_rn``; Triton's ``/`` is
+  an approximate division);
+- ``nearest_int`` as ggml writes it, ``(v + 1.5*2^23) - 1.5*2^23`` (exact once nothing
+  contracts); beyond 2^22 it is off, but every such value is then clamped to a level far
+  smaller, where it lands as a correctly rounded one would.
+Sums run position by position, as the C loops do. No libdevice call is used (its flush-
+to-zero setting is Triton's own).
+
+Under ``TRITON_INTERPRET=1`` the kernels run on the CPU with numpy: that is how the tests
+check them against ggml byte for byte on a machine without a GPU.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import torch
+
+from .fused import enabled
+
+LANES = 128  # sub-blocks per program: one per thread of four warps
+INTERPRETED_LANES = 1 << 14  # numpy pays per operation, not per lane
+
+
+@functools.cache
+def _kernels() -> Any:
+    """The kernel module, built on first use (importing Triton takes a while); None without Triton."""
+    try:
+        from . import triton_kernels
+    except ImportError:
+        return None
+    return triton_kernels
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def applies(x: torch.Tensor) -> bool:
+    """Whether ``x``'s search runs as a Triton kernel: on a GPU with Triton (or interpreted, for the tests)."""
+    return (x.is_cuda or interpreting()) and enabled() and _kernels() is not None
+
+
+def _launch(kernel: Any, m: int, *args: Any, **constants: Any) -> None:
+    lanes = INTERPRETED_LANES if interpreting() else LANES
+    grid = (max(1, -(-m // lanes)),)
+    kernel[grid](*args, m, LANES=lanes, num_warps=4, enable_fp_fusion=False, **constants)
+
+
+def _f32_table(values: list[float], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def qkx2(xs: torch.Tensor, nmax: int, numerators: list[float], weights: str, use_mad: bool
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``make_qkx2_quants`` over position-first sub-blocks ``xs`` (n, m), with the weights
+    ggml gives them: ``"rms+abs"`` (Q4_K, Q5_K: rms of the sub-block + |x|) or ``"abs"`` (Q2_K).
+    -> (scale (m,), the_min (m,), levels (n, m) int32)."""
+    n, m = xs.shape
+    scale = torch.empty(m, dtype=torch.float32, device=xs.device)
+    the_min = torch.empty_like(scale)
+    levels = torch.empty((n, m), dtype=torch.int32, device=xs.device)
+    _launch(_kernels().qkx2_kernel, m, xs, _f32_table(numerators, xs.device), scale, the_min, levels,
+            N_STEPS=len(numerators), N=n, NMAX=nmax, RMS_WEIGHTS=weights == "rms+abs", USE_MAD=use_mad)
+    return scale, the_min, levels
+
+
+def qx(xt: torch.Tensor, nmax: int, numerators: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make_qx_quants(rmse_type=1)`` over position-first sub-blocks ``xt`` (n, m); candidate
+    ``s`` is ``numerators[s] / max``. -> (scale (m,), levels (n, m) float in 0..2*nmax-1)."""
+    n, m = xt.shape
+    scale = torch.empty(m, dtype=torch.float32, device=xt.device)
+    levels = torch.empty((n, m), dtype=torch.float32, device=xt.device)
+    _launch(_kernels().qx_kernel, m, xt, _f32_table(numerators, xt.device), scale, levels,
+            N_CANDIDATES=len(numerators), N=n, NMAX=nmax)
+    return scale, levels
+
+
+def q3(xt: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make_q3_quants(do_rmse=true)`` over position-first sub-blocks ``xt`` (n, m).
+    -> (scale (m,), levels (n, m) float in 0..2*nmax-1)."""
+    n, m = xt.shape
+    scale = torch.empty(m, dtype=torch.float32, device=xt.device)
+    levels = torch.empty((n, m), dtype=torch.float32, device=xt.device)
+    _launch(_kernels().q3_kernel, m, xt, scale, levels, N=n, NMAX=nmax)
+    return scale, levels
+
+
+def iq4_scales(xt: torch.Tensor, values: tuple[int, ...], ntry: int) -> torch.Tensor:
+    """The IQ4 scale search over position-first 32-value blocks ``xt`` (32, m) -> d (m,)."""
+    n, m = xt.shape
+    d = torch.empty(m, dtype=torch.float32, device=xt.device)
+    tries = [float(t + values[0]) for t in range(-ntry, ntry + 1)]
+    mids = [(a + b) / 2 for a, b in zip(values, values[1:])]
+    steps = [float(b - a) for a, b in zip(values, values[1:])]
+    _launch(_kernels().iq4_kernel, m, xt, _f32_table(tries, xt.device), _f32_table(mids, xt.device),
+            _f32_table(steps, xt.device), d, N_TRIES=len(tries), N=n, FIRST=float(values[0]))
+    return d
