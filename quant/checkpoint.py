@@ -13,7 +13,9 @@ import hashlib
 import json
 import os
 import struct
+import threading
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +41,8 @@ class Source:
     name: str
     shapes: dict[str, tuple[int, ...]]
     read: Callable[[str], torch.Tensor]
-    sha256: str | None = None
+    # The file's SHA-256 when called: hashed on a thread from opening, so it overlaps the work.
+    sha256: Callable[[], str] | None = None
     dtypes: dict[str, torch.dtype] | None = None
 
 
@@ -106,8 +109,22 @@ def open_safetensors(path: str | os.PathLike[str], hash_file: bool = True) -> It
                 raise CheckpointError(f"{path.name}: {key} is cut short ({got} of {buf.numel()} bytes)")
             return buf.view(e.dtype).reshape(e.shape)
 
-        yield Source(path.name, {k: e.shape for k, e in entries.items()}, read,
-                     file_sha256(path) if hash_file else None, {k: e.dtype for k, e in entries.items()})
+        with _hashing(path) if hash_file else contextlib.nullcontext() as sha256:
+            yield Source(path.name, {k: e.shape for k, e in entries.items()}, read, sha256,
+                         {k: e.dtype for k, e in entries.items()})
+
+
+@contextlib.contextmanager
+def _hashing(path: Path) -> Iterator[Callable[[], str]]:
+    """The file's SHA-256 computed on a thread (hashlib and reads release the GIL); stopped
+    at exit if nobody waited for it."""
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="mxgguf-sha256") as pool:
+        digest = pool.submit(file_sha256, path, stop=stop)
+        try:
+            yield digest.result
+        finally:
+            stop.set()
 
 
 def state_dict_source(state_dict: Mapping[str, torch.Tensor], name: str) -> Source:
@@ -116,9 +133,12 @@ def state_dict_source(state_dict: Mapping[str, torch.Tensor], name: str) -> Sour
                   dtypes={k: v.dtype for k, v in state_dict.items()})
 
 
-def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
+def file_sha256(path: Path, chunk: int = 1 << 24, stop: threading.Event | None = None) -> str | None:
+    """The file's SHA-256 (hex); None if ``stop`` was set before the end."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
+            if stop is not None and stop.is_set():
+                return None
             h.update(block)
     return h.hexdigest()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -70,9 +71,12 @@ def write_gguf(source: Source, arch: FluxArch, recipe: Recipe, plan: Sequence[Te
 
 def write_tensors(source_name: str, recipe: Recipe, plan: Sequence[TensorPlan],
                   encode: Callable[[TensorPlan], np.ndarray], out_path: str | os.PathLike[str], *,
-                  source_sha256: str | None = None, overwrite: bool = False, progress: ProgressFn | None = None,
-                  extra_metadata: Mapping[str, str] | None = None) -> WriteResult:
-    """Write ``plan``'s tensors, each as the bytes ``encode(tensor)`` gives, atomically; read back."""
+                  source_sha256: Callable[[], str] | None = None, overwrite: bool = False,
+                  progress: ProgressFn | None = None, extra_metadata: Mapping[str, str] | None = None) -> WriteResult:
+    """Write ``plan``'s tensors, each as the bytes ``encode(tensor)`` gives, atomically; read back.
+
+    ``source_sha256`` is asked for only once the tensors are written (hashing a large source
+    overlaps the work): the header holds a placeholder of the digest's length until then."""
     out_path = Path(out_path)
     bpw = average_bpw(plan)
     total = sum(t.numel for t in plan)
@@ -86,8 +90,9 @@ def write_tensors(source_name: str, recipe: Recipe, plan: Sequence[TensorPlan],
         writer.add_string(f"{PACK_KEY}.recipe", _recipe_text(recipe))
         writer.add_float32(f"{PACK_KEY}.bpw", bpw)
         writer.add_string(f"{PACK_KEY}.source.name", source_name)
+        placeholder = secrets.token_hex(32)  # as long as a SHA-256 in hex
         if source_sha256:
-            writer.add_string(f"{PACK_KEY}.source.sha256", source_sha256)
+            writer.add_string(f"{PACK_KEY}.source.sha256", placeholder)
         for k, v in (extra_metadata or {}).items():
             writer.add_string(f"{PACK_KEY}.{k}", v)
         for t in plan:
@@ -108,8 +113,22 @@ def write_tensors(source_name: str, recipe: Recipe, plan: Sequence[TensorPlan],
                                           f"of the parameters: {e.strerror or e}; nothing was written") from e
         finally:
             writer.close()
+        if source_sha256:
+            _replace_in_header(tmp, placeholder, source_sha256())
         verify_gguf(tmp, plan)
     return WriteResult(out_path, out_path.stat().st_size, bpw, len(plan))
+
+
+def _replace_in_header(path: Path, old: str, new: str) -> None:
+    """Overwrite a string value of the header (same length) in place."""
+    assert len(old) == len(new)
+    with open(path, "r+b") as f:
+        head = f.read(1 << 24)  # the header: metadata and tensor infos
+        at = head.find(old.encode())
+        if at < 0:
+            raise GGUFWriteError(f"{path.name}: placeholder not found in the header")
+        f.seek(at)
+        f.write(new.encode())
 
 
 def _glibc_trim() -> Callable[[], None]:
@@ -136,11 +155,20 @@ def encode_tensor(source: Source, t: TensorPlan, device: torch.device | str | No
         raise CheckpointError(f"{t.source_key} holds {x.dtype} values, not floating-point weights")
     if x.dtype.itemsize == 1:  # fp8: isfinite is not implemented for it
         x = x.to(torch.bfloat16)
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         bad = int((~torch.isfinite(x)).sum())
         raise CheckpointError(f"{t.source_key} holds {bad} NaN/Inf values; refusing to quantize a broken weight")
     row = x.reshape(-1, t.shape[-1]) if x.dim() else x.reshape(1, 1)
     return codecs.quantize(row, t.qtype).cpu().reshape(-1)
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """No NaN or Inf in x: its min and max are finite (NaN carries through both). One fast
+    reduction, where ``isfinite(x).all()`` makes a mask of the whole tensor first."""
+    if not x.numel():
+        return True
+    lo, hi = torch.aminmax(x.reshape(-1))
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
 def _recipe_text(recipe: Recipe) -> str:

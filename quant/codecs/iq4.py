@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 
 from . import triton_search
-from .base import Codec, QType, div_by, fp16_bytes, fp16_from_bytes, inverse_or_zero, nearest_int, \
-    rdiv, seq_sum, signed_absmax
+from .base import Codec, QType, div_by, fp16_bytes, fp16_from_bytes, inverse_or_zero, nearest_int, rdiv, \
+    signed_absmax
+from .fused import cpu_fused
 
 KVALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 NTRY = 7
@@ -20,6 +21,9 @@ GROUP_MAX_EPS = 1e-15
 
 
 MIDPOINTS = tuple((a + b) / 2 for a, b in zip(KVALUES, KVALUES[1:]))
+STEPS = tuple(float(b - a) for a, b in zip(KVALUES, KVALUES[1:]))
+# after the first guess -max/values[0]: id = (itry + values[0]) / max for itry = -NTRY..NTRY
+TRIES = tuple(float(t + KVALUES[0]) for t in range(-NTRY, NTRY + 1))
 
 
 def best_index(x: torch.Tensor) -> torch.Tensor:
@@ -36,21 +40,28 @@ def best_index(x: torch.Tensor) -> torch.Tensor:
 def block_scales(x: torch.Tensor) -> torch.Tensor:
     """The least-squares scale of each 32-value block x: (m, 32), after the ntry search."""
     if triton_search.applies(x):
-        return triton_search.iq4_scales(x.T.contiguous(), KVALUES, NTRY)
+        return triton_search.iq4_scales(x.T.contiguous(), KVALUES[0], TRIES, MIDPOINTS, STEPS)
     peak = signed_absmax(x)[:, 0]
     zero = x.abs().amax(dim=1) < GROUP_MAX_EPS
     peak = torch.where(zero, 1.0, peak)
-    values = torch.tensor(KVALUES, dtype=torch.float32, device=x.device)
-    xt = x.T.contiguous()  # position-first: in-order sums over contiguous slices
-    w = xt * xt
-    # the first guess -max/values[0], then id = (itry + values[0]) / max for itry = -NTRY..NTRY
     first = rdiv(1.0, div_by(-peak, KVALUES[0]))
-    tries = torch.tensor([float(t + KVALUES[0]) for t in range(-NTRY, NTRY + 1)], device=x.device)
+    tries = torch.tensor(TRIES, device=x.device)
     inv = torch.cat([first[:, None], tries / peak[:, None]], dim=1)  # (m, 16)
-    q = values[best_index(inv * xt[..., None])]  # (32, m, 16)
-    wq = w[..., None] * q
-    sumqx = seq_sum(wq * xt[..., None])
-    sumq2 = seq_sum(wq * q)
+    return torch.where(zero, 0.0, _search(x.T.contiguous(), inv))
+
+
+@cpu_fused
+def _search(xt: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """The fits of the candidate inverse scales ``inv`` (m, T) of position-first blocks
+    ``xt`` (32, m), each accepted if it explains more of the block: -> d (m,)."""
+    sumqx = torch.zeros_like(inv)
+    sumq2 = torch.zeros_like(inv)
+    for j in range(xt.shape[0]):  # in-order sums, one (m, T) slice at a time
+        xj = xt[j, :, None]
+        q = nearest_level(inv * xj)
+        wq = (xj * xj) * q
+        sumqx += wq * xj
+        sumq2 += wq * q
     d = torch.where(sumq2[:, 0] > 0, sumqx[:, 0] / torch.where(sumq2[:, 0] > 0, sumq2[:, 0], 1.0), 0.0)
     best = d * sumqx[:, 0]
     for t in range(1, inv.shape[1]):
@@ -58,7 +69,16 @@ def block_scales(x: torch.Tensor) -> torch.Tensor:
         better = (q2 > 0) & (qx * qx > best * q2)
         d = torch.where(better, qx / torch.where(better, q2, 1.0), d)
         best = torch.where(better, d * qx, best)
-    return torch.where(zero, 0.0, d)
+    return d
+
+
+def nearest_level(x: torch.Tensor) -> torch.Tensor:
+    """``KVALUES[best_index(x)]`` as a sum: the first level plus a step per midpoint <= x
+    (elementwise, so it fuses; integers, so exact)."""
+    q = torch.full_like(x, float(KVALUES[0]))
+    for mid, step in zip(MIDPOINTS, STEPS):
+        q += torch.where(x >= mid, step, 0.0)
+    return q
 
 
 def _pack(levels: torch.Tensor) -> torch.Tensor:
@@ -77,7 +97,7 @@ def _levels(qs: torch.Tensor) -> torch.Tensor:
 
 class IQ4_NL(Codec):
     qtype = QType.IQ4_NL
-    chunk_elements = 1 << 18  # the search holds (32, blocks, 16 tries) floats
+    chunk_elements = 1 << 20
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         d = block_scales(x)
@@ -90,7 +110,7 @@ class IQ4_NL(Codec):
 
 class IQ4_XS(Codec):
     qtype = QType.IQ4_XS
-    chunk_elements = 1 << 18
+    chunk_elements = 1 << 20
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         nb = x.shape[0]

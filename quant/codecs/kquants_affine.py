@@ -135,7 +135,7 @@ class _Scale6Codec(Codec):
     nmax: int
     rmin: float
     nstep: int
-    chunk_elements = 1 << 20
+    chunk_elements = 1 << 19  # a step's passes over x, w and levels stay in a CPU's cache
 
     def levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (d, dmin as fp16 bytes source, packed scales (nb, 12), levels (nb, 256))."""
@@ -222,7 +222,7 @@ class Q2_K(Codec):
     """16 sub-blocks of 16: 4-bit scale and min each, 2-bit values."""
 
     qtype = QType.Q2_K
-    chunk_elements = 1 << 20
+    chunk_elements = 1 << 19  # a step's passes over x, w and levels stay in a CPU's cache
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         nb = x.shape[0]

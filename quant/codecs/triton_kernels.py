@@ -223,21 +223,22 @@ def q3_kernel(x_ptr, scale_ptr, levels_ptr, m, LANES: tl.constexpr, N: tl.conste
 # --- IQ4_NL / IQ4_XS block scales ----------------------------------------------------------
 
 @triton.jit
-def _iq4_level(v, mid_ptr, step_ptr, FIRST: tl.constexpr):
+def _iq4_level(v, mid_ptr, step_ptr, FIRST: tl.constexpr, N_MIDPOINTS: tl.constexpr):
     """The table value nearest v, ties to the upper one: the first value plus a step per midpoint <= v."""
     q = tl.full(v.shape, FIRST, tl.float32)
-    for k in tl.static_range(15):
+    for k in tl.static_range(N_MIDPOINTS):
         q = q + tl.where(v >= tl.load(mid_ptr + k), tl.load(step_ptr + k), 0.0)
     return q
 
 
 @triton.jit
-def _iq4_sums(x_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N: tl.constexpr, FIRST: tl.constexpr):
+def _iq4_sums(x_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N: tl.constexpr, FIRST: tl.constexpr,
+              N_MIDPOINTS: tl.constexpr):
     sum_qx = tl.zeros(offs.shape, tl.float32)
     sum_q2 = tl.zeros(offs.shape, tl.float32)
     for j in tl.static_range(N):
         xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
-        q = _iq4_level(inv * xj, mid_ptr, step_ptr, FIRST)
+        q = _iq4_level(inv * xj, mid_ptr, step_ptr, FIRST, N_MIDPOINTS)
         wq = (xj * xj) * q
         sum_qx = sum_qx + wq * xj
         sum_q2 = sum_q2 + wq * q
@@ -246,19 +247,19 @@ def _iq4_sums(x_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N: tl.constexpr, FIR
 
 @triton.jit
 def iq4_kernel(x_ptr, tries_ptr, mid_ptr, step_ptr, d_ptr, m, N_TRIES: tl.constexpr, LANES: tl.constexpr,
-               N: tl.constexpr, FIRST: tl.constexpr):
+               N: tl.constexpr, FIRST: tl.constexpr, N_MIDPOINTS: tl.constexpr):
     offs = tl.program_id(0) * LANES + tl.arange(0, LANES)
     mask = offs < m
     peak, amax = _signed_absmax(x_ptr, offs, mask, m, N)
     zero = amax < GROUP_MAX_EPS
     peak = tl.where(zero, 1.0, peak)
     inv = tl.div_rn(tl.full(offs.shape, 1.0, tl.float32), tl.div_rn(-peak, tl.full(offs.shape, FIRST, tl.float32)))
-    sum_qx, sum_q2 = _iq4_sums(x_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N, FIRST)
+    sum_qx, sum_q2 = _iq4_sums(x_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N, FIRST, N_MIDPOINTS)
     d = tl.where(sum_q2 > 0, tl.div_rn(sum_qx, tl.where(sum_q2 > 0, sum_q2, 1.0)), 0.0)
     best = d * sum_qx
     for t in range(N_TRIES):
         inv = tl.div_rn(tl.full(offs.shape, 0.0, tl.float32) + tl.load(tries_ptr + t), peak)
-        sum_qx, sum_q2 = _iq4_sums(x_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N, FIRST)
+        sum_qx, sum_q2 = _iq4_sums(x_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N, FIRST, N_MIDPOINTS)
         better = (sum_q2 > 0) & (sum_qx * sum_qx > best * sum_q2)
         d = tl.where(better, tl.div_rn(sum_qx, tl.where(better, sum_q2, 1.0)), d)
         best = tl.where(better, d * sum_qx, best)

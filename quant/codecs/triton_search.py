@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -57,11 +58,11 @@ def _launch(kernel: Any, m: int, *args: Any, **constants: Any) -> None:
     kernel[grid](*args, m, LANES=lanes, num_warps=4, enable_fp_fusion=False, **constants)
 
 
-def _f32_table(values: list[float], device: torch.device) -> torch.Tensor:
+def _f32_table(values: Sequence[float], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 
-def qkx2(xs: torch.Tensor, nmax: int, numerators: list[float], weights: str, use_mad: bool
+def qkx2(xs: torch.Tensor, nmax: int, numerators: Sequence[float], weights: str, use_mad: bool
          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``make_qkx2_quants`` over position-first sub-blocks ``xs`` (n, m), with the weights
     ggml gives them: ``"rms+abs"`` (Q4_K, Q5_K: rms of the sub-block + |x|) or ``"abs"`` (Q2_K).
@@ -75,7 +76,7 @@ def qkx2(xs: torch.Tensor, nmax: int, numerators: list[float], weights: str, use
     return scale, the_min, levels
 
 
-def qx(xt: torch.Tensor, nmax: int, numerators: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+def qx(xt: torch.Tensor, nmax: int, numerators: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """``make_qx_quants(rmse_type=1)`` over position-first sub-blocks ``xt`` (n, m); candidate
     ``s`` is ``numerators[s] / max``. -> (scale (m,), levels (n, m) float in 0..2*nmax-1)."""
     n, m = xt.shape
@@ -96,13 +97,14 @@ def q3(xt: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, levels
 
 
-def iq4_scales(xt: torch.Tensor, values: tuple[int, ...], ntry: int) -> torch.Tensor:
-    """The IQ4 scale search over position-first 32-value blocks ``xt`` (32, m) -> d (m,)."""
+def iq4_scales(xt: torch.Tensor, first_value: int, tries: Sequence[float], midpoints: Sequence[float],
+               steps: Sequence[float]) -> torch.Tensor:
+    """The IQ4 scale search over position-first 32-value blocks ``xt`` (32, m): the first
+    guess ``-max/first_value``, then ``tries[t] / max``; the table value of x is
+    ``first_value`` plus ``steps[k]`` for each of ``midpoints[k] <= x``. -> d (m,)."""
     n, m = xt.shape
     d = torch.empty(m, dtype=torch.float32, device=xt.device)
-    tries = [float(t + values[0]) for t in range(-ntry, ntry + 1)]
-    mids = [(a + b) / 2 for a, b in zip(values, values[1:])]
-    steps = [float(b - a) for a, b in zip(values, values[1:])]
-    _launch(_kernels().iq4_kernel, m, xt, _f32_table(tries, xt.device), _f32_table(mids, xt.device),
-            _f32_table(steps, xt.device), d, N_TRIES=len(tries), N=n, FIRST=float(values[0]))
+    _launch(_kernels().iq4_kernel, m, xt, _f32_table(tries, xt.device), _f32_table(midpoints, xt.device),
+            _f32_table(steps, xt.device), d, N_TRIES=len(tries), N=n, FIRST=float(first_value),
+            N_MIDPOINTS=len(midpoints))
     return d
