@@ -86,15 +86,37 @@ def quantize(x: torch.Tensor, qtype: str | QType, imatrix: torch.Tensor | None =
     limit = codec.chunk_elements or CHUNK_ELEMENTS
     if x.is_cuda:  # chunks sized for a CPU's cache leave a GPU waiting on kernel launches
         limit *= GPU_CHUNK_FACTOR
-    step = max(1, limit // n)
+    chunk = max(1, limit // codec.block_size)  # blocks per chunk, across row ends
+    blocks = rows.reshape(-1, codec.block_size)
+    out_blocks = out_rows.view(-1, codec.type_size)
+    padded = fused.compiles(x, rows.numel())  # compiled steps are built for one shape: every chunk has it
     work = Workspace()
     with fused.quantizing(rows.numel()):
-        for r in range(0, rows.shape[0], step):
-            # float32 one chunk at a time: a bf16 weight is never held twice over
-            chunk = rows[r : r + step].to(torch.float32).reshape(-1, codec.block_size)
-            w = None if weights is None else weights.repeat(chunk.shape[0] // blocks_per_row, 1)
-            codec.quantize_blocks_into(chunk, out_rows[r : r + step].view(-1, codec.type_size), w, work)
+        for start in range(0, blocks.shape[0], chunk):
+            part = blocks[start : start + chunk]
+            w = None
+            if weights is not None:
+                w = weights[torch.arange(start, start + part.shape[0], device=x.device) % blocks_per_row]
+            if padded and part.shape[0] < chunk:
+                _quantize_padded(codec, part, out_blocks[start:], w, chunk, work)
+            else:  # float32 one chunk at a time: a bf16 weight is never held twice over
+                codec.quantize_blocks_into(part.to(torch.float32), out_blocks[start : start + chunk], w, work)
     return out
+
+
+def _quantize_padded(codec: Codec, part: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
+                     chunk: int, work: Workspace) -> None:
+    """A tensor's last, short chunk, filled up to ``chunk`` blocks with zeros (which quantize
+    on their own and are dropped)."""
+    n = part.shape[0]
+    x = work.take("padded", (chunk, codec.block_size), torch.float32, part.device)
+    x[:n] = part
+    x[n:] = 0
+    if weights is not None:
+        weights = torch.cat([weights, weights.new_ones(chunk - n, codec.block_size)])
+    padded_out = work.take("padded_out", (chunk, codec.type_size), torch.uint8, part.device)
+    codec.quantize_blocks_into(x, padded_out, weights, work)
+    out.copy_(padded_out[:n])
 
 
 def dequantize(raw: torch.Tensor, qtype: str | QType, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:

@@ -60,10 +60,22 @@ def quantizing(numel: int) -> Iterator[None]:
         _tensor.large = outer
 
 
-def cpu_fused(step: F) -> F:
+def compiles(x: torch.Tensor, numel: int) -> bool:
+    """Whether the steps of quantizing ``x`` (``numel`` values) run compiled: then every chunk
+    must have the one shape they were built for."""
+    return not x.is_cuda and numel >= MIN_ELEMENTS and enabled()
+
+
+def cpu_fused(step: F | None = None, *, dynamic: bool = False) -> F:
     """``step`` compiled for CPU tensors (its first argument decides) of a large tensor
     being quantized, else ``step`` itself. A first argument whose last dimension is 0 or 1
-    runs plain too: torch.compile would build a separate kernel for those sizes."""
+    runs plain too: torch.compile would build a separate kernel for those sizes.
+
+    Built for static shapes (``codecs.quantize`` gives every chunk the same): tracing with
+    symbolic shapes takes ~10x longer, and tracing is paid in every process, cached
+    kernels or not. ``dynamic``: for a step whose shapes vary from call to call."""
+    if step is None:
+        return functools.partial(cpu_fused, dynamic=dynamic)  # type: ignore[return-value]
     compiled: list[Callable[..., object]] = []  # made on first use: importing torch's compiler takes seconds
     broken: list[str] = []
 
@@ -74,7 +86,7 @@ def cpu_fused(step: F) -> F:
             return step(*args, **kwargs)
         try:
             if not compiled:
-                compiled.append(torch.compile(step, dynamic=True, options=_OPTIONS))
+                compiled.append(torch.compile(step, dynamic=dynamic, options=_OPTIONS))
             return compiled[0](*args, **kwargs)
         except Exception as e:  # no compiler, unsupported platform: the plain step is exact too
             broken.append(f"{type(e).__name__}: {e}")

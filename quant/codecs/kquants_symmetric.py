@@ -109,7 +109,7 @@ def make_q3_quants(x: torch.Tensor, nmax: int, work: Workspace) -> tuple[torch.T
     return scale, torch.where(zero, 0.0, levels + nmax)
 
 
-@cpu_fused
+@cpu_fused(dynamic=True)  # later passes see only the sub-blocks still changing
 def _q3_pass(xt: torch.Tensor, levels: torch.Tensor, lx: torch.Tensor | None, l2: torch.Tensor | None,
              nmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One pass of ``make_q3_quants``' refinement over sub-blocks ``xt`` (n, m): position by
