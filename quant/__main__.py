@@ -129,6 +129,8 @@ def flux1_shapes(model: dict) -> tuple:
 
 def cmd_costs(a: argparse.Namespace) -> int:
     """Measure costs on synthetic samples with the reference FLUX blocks, adding to a costs file."""
+    import torch
+
     from .flux_blocks import ReferenceStack, load_capture
     from .sweep import add_to_table, sweep
 
@@ -136,18 +138,19 @@ def cmd_costs(a: argparse.Namespace) -> int:
     with open_safetensors(a.src, hash_file=False) as source:
         arch = detect(source.shapes)
         fingerprint = model_fingerprint(arch, lambda k: source.read(arch.prefix + k))
-        stack = ReferenceStack(arch, source, device=a.device or "cpu")
+        dtype = getattr(torch, a.dtype)
+        stack = ReferenceStack(arch, source, device=a.device or "cpu", dtype=dtype)
 
         def samples():  # (inputs, description): saved captures, else synthetic ones
             for path in a.inputs or []:
                 inputs, sample = load_capture(path, arch.hidden_size)
-                yield stack.prepare(inputs), {**sample, "capture": Path(path).name}
+                yield stack.prepare(inputs), {**sample, "capture": Path(path).name, "dtype": a.dtype}
             for i in range(0 if a.inputs else a.samples):
                 seed = a.seed + i
                 sigma = 0.1 + 0.8 * ((seed * 0.618034) % 1.0)  # spread over the schedule
                 yield (stack.make_inputs(seed, a.resolution, a.resolution, sigma),
                        {"source": "synthetic", "seed": seed, "sigma": round(sigma, 4),
-                        "resolution": [a.resolution, a.resolution]})
+                        "resolution": [a.resolution, a.resolution], "dtype": a.dtype})
 
         n_samples = len(a.inputs) if a.inputs else a.samples
         pending = samples()
@@ -275,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "states are all kept (default 8)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--device", help="torch device, e.g. cuda")
+    m.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="block forwards in this dtype. bfloat16 is many times faster on a GPU and ranks blocks "
+                        "and picks recipes as float32 does, but its own rounding adds to every cost (Q8_0's "
+                        "about 2.7x at stock width): predicted costs run high (bench/forwards.py)")
     m.set_defaults(run=cmd_costs)
     g = sub.add_parser("merge", help="sum cost files from several runs or machines (same model)")
     g.add_argument("files", nargs="+", help="costs JSON files")

@@ -31,6 +31,7 @@ class FluxConfig:
 
 TINY = FluxConfig()
 STOCK = FluxConfig(hidden=3072, heads=24, context_in_dim=4096)
+FLUX1_DEV = FluxConfig(hidden=3072, heads=24, context_in_dim=4096, depth_double=19, depth_single=38)
 
 
 def flux_shapes(cfg: FluxConfig) -> dict[str, tuple[int, ...]]:
@@ -72,20 +73,22 @@ def flux_shapes(cfg: FluxConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def random_tensors(cfg: FluxConfig, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
-                   prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) pairs, one at a time: variance-preserving weights, small biases, norm scales near 1."""
-    gen = torch.Generator().manual_seed(seed)
+def random_tensors(cfg: FluxConfig, seed: int = 0, dtype: torch.dtype = torch.bfloat16, prefix: str = "",
+                   device: torch.device | str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs, one at a time: variance-preserving weights, small biases, norm scales near 1.
+    Drawn on ``device`` (a GPU makes FLUX.1-dev's 12 B in seconds; the values differ from the CPU's)."""
+    gen = torch.Generator(device).manual_seed(seed)
     for name, shape in flux_shapes(cfg).items():
+        noise = torch.randn(shape, generator=gen, device=device)
         if name.endswith(".scale"):
-            t = 1.0 + 0.05 * torch.randn(shape, generator=gen)
+            t = 1.0 + 0.05 * noise
         elif name.endswith(".bias"):
-            t = 0.02 * torch.randn(shape, generator=gen)
+            t = 0.02 * noise
         else:
-            t = torch.randn(shape, generator=gen) / shape[1] ** 0.5
+            t = noise / shape[1] ** 0.5
         yield prefix + name, t.to(dtype)
 
 
 def random_state_dict(cfg: FluxConfig = TINY, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
-                      prefix: str = "") -> dict[str, torch.Tensor]:
-    return dict(random_tensors(cfg, seed, dtype, prefix))
+                      prefix: str = "", device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    return dict(random_tensors(cfg, seed, dtype, prefix, device))

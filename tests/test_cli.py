@@ -112,7 +112,8 @@ def test_costs_from_saved_captures(tiny_checkpoint: Path, tmp_path: Path) -> Non
             "--inputs", str(tmp_path / "c.safetensors"))
     assert r.returncode == 0, r.stderr
     table = load_costs(costs)
-    assert table.samples == [{"source": "comfyui", "step": 2, "sigma": 0.4, "capture": "c.safetensors"}]
+    assert table.samples == [{"source": "comfyui", "step": 2, "sigma": 0.4, "capture": "c.safetensors",
+                              "dtype": "float32"}]
     for (block, qtype), sse in direct.sse.items():
         assert table.mean(block, qtype) == sse / direct.count[(block, qtype)]
 

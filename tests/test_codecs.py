@@ -130,6 +130,21 @@ def test_cuda_chunks_give_the_same_bytes(qtype: str, monkeypatch: pytest.MonkeyP
     assert torch.equal(codecs.quantize(rows.cuda(), qtype).cpu(), whole)
 
 
+@CUDA
+@pytest.mark.parametrize("qtype", codecs.TYPE_NAMES)
+def test_cuda_odd_shapes_and_chunk_ends(qtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone row, sub-block counts that fill no kernel program, 3-D weights, and chunks
+    ending inside rows: the GPU gives the CPU's bytes for each."""
+    gen = torch.Generator().manual_seed(7)
+    shapes = [(1, 256), (3, 768), (5, 3072), (2, 3, 512), (37, 1280)]
+    monkeypatch.setattr(codecs, "GPU_CHUNK_FACTOR", 1)
+    monkeypatch.setattr(codecs.get_codec(qtype), "chunk_elements", 256 * 11)  # 11 blocks of 256: ends mid-row
+    for shape in shapes:
+        x = torch.randn(shape, generator=gen) * 0.02
+        x[..., 5] = 0.0
+        assert torch.equal(codecs.quantize(x.cuda(), qtype).cpu(), codecs.quantize(x, qtype)), f"{qtype} {shape}"
+
+
 def test_unknown_type_is_named() -> None:
     with pytest.raises(ValueError, match="unknown GGUF type 'Q7_K'"):
         codecs.get_codec("Q7_K")

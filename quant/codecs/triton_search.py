@@ -20,7 +20,9 @@ check them against ggml byte for byte on a machine without a GPU.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +30,8 @@ from typing import Any
 import torch
 
 from .fused import enabled
+
+log = logging.getLogger(__name__)
 
 LANES = 128  # sub-blocks per program: one per thread of four warps
 INTERPRETED_LANES = 1 << 14  # numpy pays per operation, not per lane
@@ -38,7 +42,9 @@ def _kernels() -> Any:
     """The kernel module, built on first use (importing Triton takes a while); None without Triton."""
     try:
         from . import triton_kernels
-    except ImportError:
+    except ImportError as e:
+        log.warning("mxgguf: Triton is unavailable (%s); on a GPU the K-quant and IQ4 searches run as "
+                    "torch ops, same bytes, far slower", e)
         return None
     return triton_kernels
 
@@ -52,10 +58,12 @@ def applies(x: torch.Tensor) -> bool:
     return (x.is_cuda or interpreting()) and enabled() and _kernels() is not None
 
 
-def _launch(kernel: Any, m: int, *args: Any, **constants: Any) -> None:
+def _launch(kernel: Any, m: int, x: torch.Tensor, *args: Any, **constants: Any) -> None:
+    """``kernel`` over ``m`` sub-blocks of ``x`` (then ``args``), on x's GPU."""
     lanes = INTERPRETED_LANES if interpreting() else LANES
     grid = (max(1, -(-m // lanes)),)
-    kernel[grid](*args, m, LANES=lanes, num_warps=4, enable_fp_fusion=False, **constants)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        kernel[grid](x, *args, m, LANES=lanes, num_warps=4, enable_fp_fusion=False, **constants)
 
 
 def _f32_table(values: Sequence[float], device: torch.device) -> torch.Tensor:
