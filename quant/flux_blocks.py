@@ -127,7 +127,7 @@ def join_inputs(samples: Sequence[StackInputs]) -> list[tuple[StackInputs, list[
     """Samples of one shape joined into one batch: -> (batch, indices of the samples in it).
 
     Joining needs the same token counts and width; the rotary tables are kept once where
-    they are equal (they broadcast over the batch), else stacked per sample."""
+    they are one table shared by all (it broadcasts over the batch), else stacked per sample."""
     groups: dict[tuple, list[int]] = {}
     for i, s in enumerate(samples):
         groups.setdefault((tuple(s.img.shape[1:]), tuple(s.txt.shape[1:]), tuple(s.pe.shape[1:])), []).append(i)
@@ -138,7 +138,7 @@ def join_inputs(samples: Sequence[StackInputs]) -> list[tuple[StackInputs, list[
             out.append((part[0], members))
             continue
         first_pe = part[0].pe
-        if all(torch.equal(s.pe, first_pe) for s in part[1:]):
+        if first_pe.shape[0] == 1 and all(torch.equal(s.pe, first_pe) for s in part[1:]):
             pe = first_pe
         else:
             pe = torch.cat([s.pe.expand(s.img.shape[0], *s.pe.shape[1:]) for s in part])

@@ -234,13 +234,13 @@ def loader(unet_name: str, kind: str = "safetensors") -> dict:
                        "patch_on_device": False}}
 
 
-def sampling(model: list, seed: int, prefix: str, steps: int = 4, size: int = 64) -> dict:
+def sampling(model: list, seed: int, prefix: str, steps: int = 4, size: int = 64, cfg: float = 1.0) -> dict:
     """Nodes that sample a FLUX MODEL output and save the latent: conditioning from the fixture node."""
     return {
         "cond": {"class_type": "MxTestFluxConditioning", "inputs": {"model": model, "seed": seed, "tokens": 8}},
         "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
         "sample": {"class_type": "KSampler", "inputs": {
-            "model": model, "seed": seed, "steps": steps, "cfg": 1.0, "sampler_name": "euler",
+            "model": model, "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "euler",
             "scheduler": "simple", "positive": ["cond", 0], "negative": ["cond", 1],
             "latent_image": ["latent", 0], "denoise": 1.0}},
         "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0], "filename_prefix": prefix}},

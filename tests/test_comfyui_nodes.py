@@ -217,16 +217,17 @@ def test_same_costs_in_and_out_of_comfyui(comfy: ComfyServer, tiny: str, tmp_pat
 
 def test_samples_of_one_run_cost_the_same_as_one_by_one(comfy: ComfyServer, tiny: str) -> None:
     """samples_per_run 3: one sweep measures the three steps together (one write of the file);
-    capturing each of those steps in a run of its own adds up to the same costs."""
+    capturing each of those steps in a run of its own adds up to the same costs. cfg 2: each
+    capture is a batch of two (cond and uncond) with its own rotary tables."""
     types = "Q8_0, Q4_K"
     comfy.run({"load": loader(tiny), "capture": capture(["load", 0], "tiny-together", types, per_run=3),
-               **sampling(["capture", 0], 61, "nodes/together")})
+               **sampling(["capture", 0], 61, "nodes/together", cfg=2.0)})
     together = load_costs(costs_file(comfy, "tiny-together.json"))
     steps = sorted(s["step"] for s in together.samples)
     assert len(steps) == 3 and len(set(steps)) == 3
     for step in steps:
         comfy.run({"load": loader(tiny), "capture": capture(["load", 0], "tiny-alone", types, step=step),
-                   **sampling(["capture", 0], 61, f"nodes/alone{step}")})
+                   **sampling(["capture", 0], 61, f"nodes/alone{step}", cfg=2.0)})
     alone = load_costs(costs_file(comfy, "tiny-alone.json"))
     assert sorted(s["step"] for s in alone.samples) == steps
     for b in range(together.n_blocks):
