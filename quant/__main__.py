@@ -6,6 +6,7 @@ import itertools
 import json
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,11 +18,12 @@ from .atomic import check_target
 from .checkpoint import CheckpointError, open_safetensors
 from .gguf_file import GGUFWriteError, WriteResult, read_summary, write_gguf
 from .costs import CostError, CostTable, accumulate, check_model, default_costs, model_fingerprint, resolve_costs
-from .optimize import CARD_HEADROOM_GIB, Allocation, Target, TargetError, optimize
+from .optimize import CARD_HEADROOM_GIB, Allocation, Target, TargetError, optimize, pareto
 from .recipe import Recipe, RecipeError, average_bpw, load_recipe, output_name, plan_tensors, save_recipe
+from .speed import SpeedError, SpeedProfile, load_speed
 
 USER_ERRORS = (ArchitectureError, RecipeError, CheckpointError, GGUFWriteError, CostError, TargetError,
-               FileExistsError, FileNotFoundError, ValueError)
+               SpeedError, FileExistsError, FileNotFoundError, ValueError)
 
 
 def convert(src: Path, out: Path | None, recipe: Recipe | None = None, qtype: str | None = None,
@@ -56,9 +58,22 @@ def costs_for(arch, source, spec: str | None) -> CostTable:
     return table
 
 
-def allocate(arch, shapes, table: CostTable, target: Target, types: Sequence[str] | None,
-             name: str) -> Allocation:
-    return optimize(arch, shapes, table.costs(), target, allowed=types, name=name)
+def speed_for(a: argparse.Namespace) -> SpeedProfile | None:
+    if a.max_slowdown is not None and not a.speed:
+        raise ValueError("--max-slowdown needs --speed PROFILE (measure one with 'python -m quant speed')")
+    return load_speed(a.speed) if a.speed else None
+
+
+def allocate(arch, shapes, table: CostTable, target: Target, a: argparse.Namespace, name: str) -> Allocation:
+    return optimize(arch, shapes, table.costs(), target, allowed=a.types, name=name, speed=speed_for(a),
+                    max_slowdown=a.max_slowdown)
+
+
+def describe_allocation(alloc: Allocation) -> str:
+    text = f"{alloc.bpw:.3f} bits/param, predicted cost {alloc.predicted_cost:.4g}"
+    if alloc.predicted_slowdown is not None:
+        text += f", predicted step time {alloc.predicted_slowdown:.3f}x the unquantized model's"
+    return text
 
 
 def format_summary(s: dict) -> str:
@@ -81,12 +96,13 @@ def cmd_convert(a: argparse.Namespace) -> int:
     if target is not None:
         with open_safetensors(a.src, hash_file=False) as source:
             arch = detect(source.shapes)
-            alloc = allocate(arch, source.shapes, costs_for(arch, source, a.costs), target, a.types,
-                             Path(a.src).stem)
+            alloc = allocate(arch, source.shapes, costs_for(arch, source, a.costs), target, a, Path(a.src).stem)
         recipe = alloc.recipe
-        print(f"recipe for {target.describe()}: {alloc.bpw:.3f} bits/param, predicted cost {alloc.predicted_cost:.4g}")
+        print(f"recipe for {target.describe()}: {describe_allocation(alloc)}")
     elif a.type is None and recipe is None:
         raise ValueError("give --type, --recipe, or a target (--bpw, --size-gb, --card-gb)")
+    elif a.speed or a.max_slowdown is not None:
+        raise ValueError("--speed and --max-slowdown steer the optimizer: give a target (--bpw, --size-gb, --card-gb)")
     r = convert(Path(a.src), Path(a.output) if a.output else None, recipe, a.type, a.overwrite, a.device)
     print(f"wrote {r.path} ({r.size_bytes / 2**20:.1f} MiB, {r.bpw:.3f} bits/param, {r.n_tensors} tensors)")
     return 0
@@ -103,15 +119,43 @@ def cmd_optimize(a: argparse.Namespace) -> int:
             check_model(table, model_fingerprint(arch, lambda k: source.read(arch.prefix + k)))
     else:
         arch, shapes = flux1_shapes(table.model)
-    alloc = allocate(arch, shapes, table, target, a.types, a.name or "")
+    if a.pareto:
+        return print_frontier(arch, shapes, table, target, a)
+    alloc = allocate(arch, shapes, table, target, a, a.name or "")
     if a.output:
         save_recipe(alloc.recipe, a.output)
     if a.json:
-        print(json.dumps({"bpw": alloc.bpw, "size_bytes": alloc.data_bytes, "predicted_cost": alloc.predicted_cost,
-                          "blocks": list(alloc.types)}))
+        result = {"bpw": alloc.bpw, "size_bytes": alloc.data_bytes, "predicted_cost": alloc.predicted_cost,
+                  "blocks": list(alloc.types)}
+        if alloc.predicted_slowdown is not None:
+            result["predicted_slowdown"] = alloc.predicted_slowdown
+        print(json.dumps(result))
     else:
-        print(f"{target.describe()}: {alloc.bpw:.3f} bits/param, {alloc.data_bytes / 2**30:.2f} GiB of tensor data, "
-              f"predicted cost {alloc.predicted_cost:.4g}" + (f"; recipe written to {a.output}" if a.output else ""))
+        print(f"{target.describe()}: {describe_allocation(alloc)}, {alloc.data_bytes / 2**30:.2f} GiB of tensor data"
+              + (f"; recipe written to {a.output}" if a.output else ""))
+    return 0
+
+
+def print_frontier(arch, shapes, table: CostTable, target: Target, a: argparse.Namespace) -> int:
+    """What a faster file costs at this size: least cost at slowdowns from the fastest reachable
+    to the unbudgeted optimum's."""
+    speed = speed_for(a)
+    if speed is None:
+        raise ValueError("--pareto needs --speed PROFILE (measure one with 'python -m quant speed')")
+    frontier = pareto(arch, shapes, table.costs(), target, speed, a.types, a.pareto)
+    free = frontier[-1]
+    rows = [{"predicted_slowdown": f.predicted_slowdown, "predicted_cost": f.predicted_cost, "bpw": f.bpw,
+             "blocks": list(f.types)} for f in frontier]
+    if a.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{target.describe()} on {speed.device} ({speed.tokens} tokens, {speed.dequantizer} dequantize): "
+          f"{len(frontier)} points, fastest first")
+    print(" slowdown  dequant time  cost     cost vs unbudgeted  bits/param  types")
+    for f in frontier:
+        mix = ", ".join(f"{t} x{n}" for t, n in Counter(f.types).most_common())
+        print(f" {f.predicted_slowdown:7.3f}x  {(f.predicted_slowdown - 1) / (free.predicted_slowdown - 1):11.0%}  "
+              f"{f.predicted_cost:8.4g}  {f.predicted_cost / free.predicted_cost - 1:+17.1%}  {f.bpw:10.3f}  {mix}")
     return 0
 
 
@@ -165,6 +209,34 @@ def cmd_costs(a: argparse.Namespace) -> int:
                 table.provenance = {"measured_with": "quant.flux_blocks (headless)", "checkpoint": Path(a.src).name}
                 accumulate(a.output, table)  # after every sweep: an interrupt keeps what was measured
     print(f"costs of {len(types)} types x {arch.n_blocks} blocks over {n_samples} sample(s) added to {a.output}")
+    return 0
+
+
+def cmd_speed(a: argparse.Namespace) -> int:
+    """Measure a speed profile: per type, what dequantizing each weight costs per step on a device."""
+    from .speed import find_comfyui_gguf, comfyui_gguf_dequantizer, measure, save_speed
+    from .synthetic import FLUX1_DEV, flux_shapes
+
+    if a.model:
+        with open_safetensors(a.model, hash_file=False) as source:
+            shapes = dict(source.shapes)
+    else:
+        shapes = flux_shapes(FLUX1_DEV)
+    arch = detect(shapes)
+    module = find_comfyui_gguf([a.comfyui_gguf] if a.comfyui_gguf else [Path(__file__).resolve().parents[2]])
+    if a.comfyui_gguf and module is None:
+        raise FileNotFoundError(f"no ComfyUI-GGUF/dequant.py in {a.comfyui_gguf}")
+    dequantizer, name = (comfyui_gguf_dequantizer(module), "ComfyUI-GGUF") if module else (None, "mxgguf")
+    with tqdm(unit="step", desc=f"speed ({name} dequantize)") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        profile = measure(arch, shapes, a.device or "cpu", a.tokens, dequantizer=dequantizer,
+                          dequantizer_name=name, progress=progress)
+    save_speed(profile, a.output)
+    print(f"{profile.device}, {a.tokens} tokens: bf16 step {profile.step_seconds(arch) * 1e3:.1f} ms for "
+          f"{arch.describe()}; profile written to {a.output}")
     return 0
 
 
@@ -230,6 +302,10 @@ def add_target_arguments(p: argparse.ArgumentParser, group) -> None:
     group.add_argument("--card-gb", type=float,
                        help=f"fit a card of this many GB, leaving {CARD_HEADROOM_GIB:g} GiB for activations and the VAE")
     p.add_argument("--types", nargs="+", choices=codecs.QUANTIZED_TYPE_NAMES, help="allowed types (default: all with costs)")
+    p.add_argument("--speed", metavar="PROFILE",
+                   help="speed profile JSON ('python -m quant speed'): predicts the file's step time")
+    p.add_argument("--max-slowdown", type=float, metavar="X",
+                   help="predicted step time at most X times the unquantized model's, e.g. 1.3 (needs --speed)")
 
 
 def _positive(text: str) -> int:
@@ -263,7 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--model", help="checkpoint to take shapes from (default: FLUX.1 widths)")
     o.add_argument("--name", help="recipe name")
     o.add_argument("-o", "--output", help="write the recipe YAML here")
-    o.add_argument("--json", action="store_true", help="print bpw, size_bytes, predicted_cost, blocks as JSON")
+    o.add_argument("--json", action="store_true",
+                   help="print bpw, size_bytes, predicted_cost, blocks (and predicted_slowdown with --speed) as JSON")
+    o.add_argument("--pareto", type=_positive, nargs="?", const=10, metavar="N",
+                   help="print, for the size target, the least cost at N slowdowns (default 10) from the fastest "
+                        "reachable to the unbudgeted optimum's (needs --speed)")
     o.set_defaults(run=cmd_optimize)
     m = sub.add_parser("costs", help="measure per-block costs headless and add them to a costs file")
     m.add_argument("src", help="FLUX checkpoint (.safetensors)")
@@ -283,6 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "and picks recipes as float32 does, but its own rounding adds to every cost (Q8_0's "
                         "about 2.7x at stock width): predicted costs run high (bench/forwards.py)")
     m.set_defaults(run=cmd_costs)
+    v = sub.add_parser("speed", help="measure what each type costs per sampling step on a device")
+    v.add_argument("-o", "--output", required=True, help="speed profile JSON to write")
+    v.add_argument("--device", help="torch device, e.g. cuda (default cpu)")
+    v.add_argument("--tokens", type=_positive, default=4608,
+                   help="tokens per sample the blocks see (4608: 1024x1024 with 512 text tokens)")
+    v.add_argument("--model", help="checkpoint whose weight shapes to measure (default: FLUX.1-dev's)")
+    v.add_argument("--comfyui-gguf", metavar="FOLDER",
+                   help="folder holding ComfyUI-GGUF, whose dequantize functions are timed (default: the "
+                        "folder this pack sits in, if it has ComfyUI-GGUF; else this pack's own)")
+    v.set_defaults(run=cmd_speed)
     g = sub.add_parser("merge", help="sum cost files from several runs or machines (same model)")
     g.add_argument("files", nargs="+", help="costs JSON files")
     g.add_argument("-o", "--output", required=True)

@@ -6,6 +6,13 @@ common divisor (the blocks are made of 256-value rows), so the knapsack is solve
 by dynamic programming over budget units of that divisor: for FLUX.1-dev a few tens of
 thousands of units, a few milliseconds per target. It is optimal at *every* budget, not
 only at the breakpoints a greedy schedule happens to visit.
+
+With a speed profile a second budget joins: the predicted step time over the bf16 model's
+(a GGUF samples slower because every weight is dequantized at every step, and how much
+slower depends on the types). Two budgets make the choice a small integer program (one
+binary per block and type, an equality per block, two knapsack rows), solved by HiGHS
+(scipy) to a proven optimum; its answer is then checked exactly against both budgets.
+Without a slowdown budget the dynamic programme above runs alone, as before.
 """
 from __future__ import annotations
 
@@ -13,11 +20,15 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import reduce
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .arch import FluxArch
 from .recipe import Recipe, plan_tensors, tensor_type
+
+if TYPE_CHECKING:
+    from .speed import SpeedProfile
 
 GiB = 2**30
 GB = 10**9  # file sizes are given in decimal GB, as drives are sold; a "12 GB" card has 12 GiB
@@ -74,6 +85,7 @@ class Allocation:
     predicted_cost: float
     bpw: float  # over every tensor in the file
     data_bytes: int  # tensor data, all tensors
+    predicted_slowdown: float | None = None  # step time over bf16's, with a speed profile
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -87,6 +99,14 @@ class Problem:
     options: list[list[tuple[str, int, float]]]  # [block] -> (type, bytes, cost)
     fixed_bytes: int  # tensors no recipe decides (F32)
     total_params: int
+    # with a speed profile: [block] -> each option's dequantization time, as a fraction of the
+    # bf16 step (so a recipe's slowdown is 1 + their sum; F32 tensors are used as they are)
+    step_shares: list[list[float]] | None = None
+
+    def slowdown(self, chosen: Sequence[int]) -> float | None:
+        if self.step_shares is None:
+            return None
+        return 1.0 + math.fsum(self.step_shares[b][i] for b, i in enumerate(chosen))
 
     def byte_range(self) -> tuple[int, int]:
         """Data bytes of the smallest and of the cheapest-cost allocation."""
@@ -96,8 +116,9 @@ class Problem:
 
 
 def build_problem(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Sequence[Mapping[str, float]],
-                  allowed: Sequence[str] | None = None) -> Problem:
-    """Options per block from the costs (one mapping type -> cost per block) and the model's shapes."""
+                  allowed: Sequence[str] | None = None, speed: SpeedProfile | None = None) -> Problem:
+    """Options per block from the costs (one mapping type -> cost per block) and the model's shapes;
+    with ``speed``, each option's share of the bf16 step spent dequantizing it."""
     if len(costs) != arch.n_blocks:
         raise TargetError(f"the costs cover {len(costs)} blocks, the model has {arch.n_blocks}")
     types = sorted({t for c in costs for t in c})
@@ -110,17 +131,23 @@ def build_problem(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Se
     decided = [p.block is not None and arch.is_quantizable(p.key, p.shape) for p in plan]
     fixed = sum(p.nbytes for p, d in zip(plan, decided) if not d)
     block_bytes = {t: [0] * arch.n_blocks for t in types}
+    block_seconds = {t: [0.0] * arch.n_blocks for t in types}
     for p, d in zip(plan, decided):
         if d:
             for t in types:
-                block_bytes[t][p.block] += replace(p, qtype=tensor_type(t, p.shape)).nbytes
-    options = []
+                qtype = tensor_type(t, p.shape)
+                block_bytes[t][p.block] += replace(p, qtype=qtype).nbytes
+                if speed is not None:
+                    block_seconds[t][p.block] += speed.dequant(p.shape, qtype)
+    options, shares = [], []
+    step = speed.step_seconds(arch) if speed is not None else 1.0
     for b in range(arch.n_blocks):
-        opts = [(t, block_bytes[t][b], costs[b][t]) for t in types if t in costs[b]]
-        if not opts:
+        present = [t for t in types if t in costs[b]]
+        if not present:
             raise TargetError(f"block {b} ({arch.block_name(b)}) has no cost for any allowed type")
-        options.append(opts)
-    return Problem(options, fixed, sum(p.numel for p in plan))
+        options.append([(t, block_bytes[t][b], costs[b][t]) for t in present])
+        shares.append([block_seconds[t][b] / step for t in present])
+    return Problem(options, fixed, sum(p.numel for p in plan), shares if speed is not None else None)
 
 
 def solve(options: Sequence[Sequence[tuple[str, int, float]]], budget: int) -> tuple[list[int], float] | None:
@@ -159,22 +186,142 @@ def solve(options: Sequence[Sequence[tuple[str, int, float]]], budget: int) -> t
     return chosen, float(best[cap])
 
 
+def solve_two_budgets(options: Sequence[Sequence[tuple[str, int, float]]], shares: Sequence[Sequence[float]],
+                      budget: int, share_budget: float, minimize: str = "cost") -> tuple[list[int], float] | None:
+    """One option per group, total bytes <= ``budget`` and total share <= ``share_budget``, least
+    total cost (or bytes, with ``minimize="bytes"``). None if nothing meets both.
+
+    HiGHS proves its optimum to within its tolerances: 1e-6 absolute on the objective, and a
+    row may be overshot by its feasibility tolerance. So each answer is checked here in exact
+    arithmetic (integer bytes, ``math.fsum`` shares); one that overshoots is cut off (a row
+    forbidding exactly that choice) and the program solved again, which keeps every truly
+    feasible choice in play.
+    """
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    unit = reduce(math.gcd, (b for opts in options for _, b, _ in opts))
+    sizes = np.array([b // unit for opts in options for _, b, _ in opts], dtype=float)
+    flat_shares = np.array([s for group in shares for s in group])
+    objective = np.array([c for opts in options for _, _, c in opts]) if minimize == "cost" else sizes
+    starts = np.cumsum([0] + [len(opts) for opts in options])
+    one_each = np.zeros((len(options), len(sizes)))
+    for g in range(len(options)):
+        one_each[g, starts[g]:starts[g + 1]] = 1
+    rows, upper = [sizes, flat_shares], [budget // unit, share_budget]
+    for _ in range(20):
+        res = milp(objective, integrality=np.ones(len(sizes)), bounds=Bounds(0, 1),
+                   constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(np.vstack(rows), -np.inf, upper)],
+                   options={"mip_rel_gap": 0.0})
+        if res.status == 2:  # infeasible
+            return None
+        if res.x is None:
+            raise TargetError(f"the optimizer stopped without an answer: {res.message}")
+        chosen = [int(np.argmax(res.x[starts[g]:starts[g + 1]])) for g in range(len(options))]
+        if math.fsum(shares[g][i] for g, i in enumerate(chosen)) <= share_budget:
+            assert sum(options[g][i][1] for g, i in enumerate(chosen)) <= budget
+            total = math.fsum(options[g][i][2] if minimize == "cost" else options[g][i][1]
+                              for g, i in enumerate(chosen))
+            return chosen, total
+        cut = np.zeros(len(sizes))
+        cut[[starts[g] + i for g, i in enumerate(chosen)]] = 1
+        rows.append(cut)
+        upper.append(len(options) - 1)
+    raise TargetError("the optimizer could not meet the slowdown budget exactly; give a slightly larger one")
+
+
+def _out_of_reach(problem: Problem, target: Target) -> TargetError:
+    lo, hi = problem.byte_range()
+    return TargetError(
+        f"{target.describe()} is out of reach: the allowed types span "
+        f"{8 * lo / problem.total_params:.3f}-{8 * hi / problem.total_params:.3f} bits per parameter "
+        f"({(lo + HEADER_RESERVE) / GiB:.2f}-{(hi + HEADER_RESERVE) / GiB:.2f} GiB)")
+
+
+def least_slowdown(problem: Problem, budget: int) -> float:
+    """The least slowdown any allocation within ``budget`` data bytes reaches (exact: the size
+    knapsack with dequantization time as the cost)."""
+    timed = [[(t, b, s) for (t, b, _), s in zip(opts, shares)]
+             for opts, shares in zip(problem.options, problem.step_shares)]
+    result = solve(timed, budget - problem.fixed_bytes)
+    if result is None:
+        raise ValueError("no allocation fits the budget")
+    return problem.slowdown(result[0])
+
+
+def _both_out_of_reach(problem: Problem, target: Target, budget: int, max_slowdown: float) -> TargetError:
+    """Size and slowdown cannot both be met: the reachable range of each at the other's bound."""
+    fastest = least_slowdown(problem, budget)
+    smallest = solve_two_budgets(problem.options, problem.step_shares, 2**62, max_slowdown - 1.0, minimize="bytes")
+    if smallest is None:
+        least = 1.0 + sum(min(s) for s in problem.step_shares)
+        at_slowdown = f"no allocation is that fast (the fastest allowed types give {least:.3f})"
+    else:
+        size = problem.fixed_bytes + sum(problem.options[g][i][1] for g, i in enumerate(smallest[0]))
+        at_slowdown = (f"within {max_slowdown:g}x the smallest file is {8 * size / problem.total_params:.3f} bits "
+                       f"per parameter ({(size + HEADER_RESERVE) / GiB:.2f} GiB)")
+    return TargetError(f"{target.describe()} and a slowdown of at most {max_slowdown:g}x cannot both be met: "
+                       f"at that size the least slowdown is {fastest:.3f}x; {at_slowdown}")
+
+
 def optimize(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Sequence[Mapping[str, float]],
-             target: Target, allowed: Sequence[str] | None = None, name: str = "") -> Allocation:
-    """The minimum-cost recipe that meets ``target``; TargetError naming the range if none does."""
-    problem = build_problem(arch, shapes, costs, allowed)
+             target: Target, allowed: Sequence[str] | None = None, name: str = "",
+             speed: SpeedProfile | None = None, max_slowdown: float | None = None) -> Allocation:
+    """The minimum-cost recipe that meets ``target`` and, given, a predicted step time of at most
+    ``max_slowdown`` times the bf16 model's on ``speed``'s device; TargetError naming the
+    reachable ranges if none does."""
+    if max_slowdown is not None:
+        if speed is None:
+            raise TargetError("a slowdown budget needs a speed profile ('python -m quant speed')")
+        if not (math.isfinite(max_slowdown) and max_slowdown >= 1.0):
+            raise TargetError(f"the slowdown budget is a step-time ratio of at least 1, got {max_slowdown!r}")
+    problem = build_problem(arch, shapes, costs, allowed, speed)
     budget = target.data_budget(problem.total_params)
     result = solve(problem.options, budget - problem.fixed_bytes)
     if result is None:
-        lo, hi = problem.byte_range()
-        raise TargetError(
-            f"{target.describe()} is out of reach: the allowed types span "
-            f"{8 * lo / problem.total_params:.3f}-{8 * hi / problem.total_params:.3f} bits per parameter "
-            f"({(lo + HEADER_RESERVE) / GiB:.2f}-{(hi + HEADER_RESERVE) / GiB:.2f} GiB)")
+        raise _out_of_reach(problem, target)
+    if max_slowdown is not None and problem.slowdown(result[0]) > max_slowdown:
+        result = solve_two_budgets(problem.options, problem.step_shares, budget - problem.fixed_bytes,
+                                   max_slowdown - 1.0)
+        if result is None:
+            raise _both_out_of_reach(problem, target, budget, max_slowdown)
+    return _allocation(arch, problem, result, target, name, max_slowdown)
+
+
+def _allocation(arch: FluxArch, problem: Problem, result: tuple[list[int], float], target: Target, name: str,
+                max_slowdown: float | None) -> Allocation:
     chosen, cost = result
     types = tuple(problem.options[b][i][0] for b, i in enumerate(chosen))
     data = problem.fixed_bytes + sum(problem.options[b][i][1] for b, i in enumerate(chosen))
     bpw = 8 * data / problem.total_params
-    recipe = Recipe(types, arch.depth_double, arch.depth_single, name=name or f"mx{bpw:.2f}",
-                    notes={"predicted_cost": round(cost, 6), "target": target.describe(), "bpw": round(bpw, 4)})
-    return Allocation(recipe, cost, bpw, data)
+    slowdown = problem.slowdown(chosen)
+    notes = {"predicted_cost": round(cost, 6), "target": target.describe(), "bpw": round(bpw, 4)}
+    if slowdown is not None:
+        notes["predicted_slowdown"] = round(slowdown, 4)
+    if max_slowdown is not None:
+        notes["max_slowdown"] = max_slowdown
+    recipe = Recipe(types, arch.depth_double, arch.depth_single, name=name or f"mx{bpw:.2f}", notes=notes)
+    return Allocation(recipe, cost, bpw, data, slowdown)
+
+
+def pareto(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Sequence[Mapping[str, float]],
+           target: Target, speed: SpeedProfile, allowed: Sequence[str] | None = None,
+           points: int = 10) -> list[Allocation]:
+    """For one size target, the least-cost allocation at ``points`` slowdown budgets spread evenly
+    from the least reachable slowdown to that of the unbudgeted optimum (repeats dropped), fastest first."""
+    problem = build_problem(arch, shapes, costs, allowed, speed)
+    budget = target.data_budget(problem.total_params)
+    free = solve(problem.options, budget - problem.fixed_bytes)
+    if free is None:
+        raise _out_of_reach(problem, target)
+    slowest, fastest = problem.slowdown(free[0]), least_slowdown(problem, budget)
+    fastest *= 1 + 1e-12  # the knapsack's own float sum of the same shares may differ in the last bit
+    out: list[Allocation] = []
+    n = max(points, 2)
+    for k in range(n):
+        bound = fastest + (slowest - fastest) * k / (n - 1)
+        result = free if k == n - 1 else solve_two_budgets(
+            problem.options, problem.step_shares, budget - problem.fixed_bytes, bound - 1.0)
+        if result is not None and not (out and out[-1].types == tuple(problem.options[b][i][0]
+                                                                       for b, i in enumerate(result[0]))):
+            out.append(_allocation(arch, problem, result, target, "", bound))
+    return out

@@ -121,3 +121,36 @@ def test_costs_from_saved_captures(tiny_checkpoint: Path, tmp_path: Path) -> Non
     save_capture(tmp_path / "narrow.safetensors", narrow, {})
     r = run("costs", str(tiny_checkpoint), "-o", str(costs), "--inputs", str(tmp_path / "narrow.safetensors"))
     assert r.returncode != 0 and "hidden size 128" in r.stderr
+
+
+def test_speed_profile_then_slowdown_budget(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    speed, costs = tmp_path / "speed.json", tmp_path / "costs.json"
+    r = run("speed", "-o", str(speed), "--model", str(tiny_checkpoint), "--tokens", "16", "--comfyui-gguf",
+            str(tmp_path))
+    assert r.returncode == 2 and "no ComfyUI-GGUF/dequant.py in" in r.stderr and not speed.exists()
+    r = run("speed", "-o", str(speed), "--model", str(tiny_checkpoint), "--tokens", "16")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(speed.read_text())["device"].startswith("cpu")
+    r = run("costs", str(tiny_checkpoint), "-o", str(costs), "--types", "Q8_0", "Q4_K", "Q2_K", "--resolution", "64")
+    assert r.returncode == 0, r.stderr
+    common = ("--costs", str(costs), "--model", str(tiny_checkpoint), "--bpw", "6", "--speed", str(speed))
+    r = run("optimize", *common, "--pareto", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    frontier = json.loads(r.stdout)
+    slowdowns = [f["predicted_slowdown"] for f in frontier]
+    assert slowdowns == sorted(slowdowns) and all(f["bpw"] <= 6 for f in frontier)
+    fastest = frontier[0]
+    r = run("optimize", *common, "--max-slowdown", str(fastest["predicted_slowdown"] + 1e-9), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["predicted_slowdown"] <= fastest["predicted_slowdown"] + 1e-9
+    out = tmp_path / "fast.gguf"
+    r = run("convert", str(tiny_checkpoint), "--bpw", "6", "--costs", str(costs), "--speed", str(speed),
+            "--max-slowdown", str(fastest["predicted_slowdown"] + 1e-9), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "predicted step time" in r.stdout
+    assert json.loads(run("inspect", str(out), "--json").stdout)["blocks"] == json.loads(
+        run("optimize", *common, "--max-slowdown", str(fastest["predicted_slowdown"] + 1e-9), "--json").stdout)["blocks"]
+    r = run("optimize", *common[:-2], "--pareto")
+    assert r.returncode == 2 and "--pareto needs --speed" in r.stderr
+    r = run("optimize", *common, "--max-slowdown", "1.0")
+    assert r.returncode == 2 and "cannot both be met" in r.stderr

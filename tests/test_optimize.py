@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from pathlib import Path
 
@@ -8,8 +9,9 @@ import pytest
 
 from quant.arch import detect
 from quant.costs import resolve_costs
-from quant.optimize import Target, TargetError, optimize, solve
+from quant.optimize import Target, TargetError, optimize, pareto, solve, solve_two_budgets
 from quant.recipe import average_bpw, load_recipe, plan_tensors
+from quant.speed import SpeedProfile, shape_key, weight_shapes
 from quant.synthetic import FluxConfig, flux_shapes
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -103,3 +105,119 @@ def test_targets_as_users_give_them() -> None:
     assert Target.of(size_gb=9.5) == Target(size_bytes=9_500_000_000)
     assert Target.of(card_gb=12) == Target(card_gib=12)
     assert Target.of(bpw=6.9) == Target(bpw=6.9)
+
+
+def brute_force_two(options, shares, budget, share_budget, minimize="cost"):
+    best = None
+    for combo in itertools.product(*[range(len(o)) for o in options]):
+        size = sum(options[g][i][1] for g, i in enumerate(combo))
+        share = sum(shares[g][i] for g, i in enumerate(combo))
+        value = sum(options[g][i][2] for g, i in enumerate(combo)) if minimize == "cost" else size
+        if size <= budget and share <= share_budget and (best is None or value < best[1] - 1e-12):
+            best = (list(combo), value)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_two_budgets_match_brute_force(seed: int) -> None:
+    rng = random.Random(1000 + seed)
+    unit = rng.choice([1, 3, 64])
+    options = [[(f"t{i}", unit * rng.randint(1, 12), rng.uniform(0, 10)) for i in range(rng.randint(1, 4))]
+               for _ in range(rng.randint(1, 6))]
+    shares = [[rng.uniform(0, 0.2) for _ in opts] for opts in options]
+    lo = sum(min(b for _, b, _ in o) for o in options)
+    hi = sum(max(b for _, b, _ in o) for o in options)
+    s_lo, s_hi = sum(map(min, shares)), sum(map(max, shares))
+    for budget in (lo, (lo + hi) // 2, hi + 5, rng.randint(lo, hi)):
+        for share_budget in (s_lo - 0.01, (s_lo + s_hi) / 2, s_hi, rng.uniform(s_lo, s_hi)):
+            for minimize in ("cost", "bytes"):
+                got = solve_two_budgets(options, shares, budget, share_budget, minimize)
+                want = brute_force_two(options, shares, budget, share_budget, minimize)
+                if want is None:
+                    assert got is None
+                    continue
+                assert got is not None and got[1] == pytest.approx(want[1], abs=1e-6)
+                assert sum(options[g][i][1] for g, i in enumerate(got[0])) <= budget
+                assert math.fsum(shares[g][i] for g, i in enumerate(got[0])) <= share_budget
+
+
+def linear_profile(shapes, seconds_per_param: dict[str, float]) -> SpeedProfile:
+    """A profile whose dequantization time is proportional to the weight's size, per type."""
+    arch = detect(shapes)
+    weights = weight_shapes(arch, shapes)
+    return SpeedProfile("test", 4608, "test", "bfloat16", {"double": 1.0, "single": 0.5},
+                        {shape_key(s): {t: math.prod(s) * v for t, v in seconds_per_param.items()} for s in weights},
+                        {shape_key(s): 0.0 for s in weights})
+
+
+# the issue's H200 ratios to a bf16 matmul: dequantization time per weight, relative
+H200_RATIOS = {"Q8_0": 0.39, "Q4_0": 0.95, "Q4_1": 0.95, "Q4_K": 1.13, "Q2_K": 1.20, "IQ4_NL": 1.28,
+               "Q6_K": 1.51, "Q5_K": 1.67, "Q5_0": 1.73, "Q5_1": 1.76, "IQ4_XS": 1.92, "Q3_K": 2.35,
+               "BF16": 0.2, "F16": 0.2}
+
+
+def test_slowdown_budget_on_flux1_dev() -> None:
+    arch = detect(FLUX1_DEV)
+    costs = resolve_costs("builtin:flux1-dev").costs()
+    speed = linear_profile(FLUX1_DEV, {t: r * 1e-9 for t, r in H200_RATIOS.items()})
+    free = optimize(arch, FLUX1_DEV, costs, Target(bpw=6.9))
+    timed = optimize(arch, FLUX1_DEV, costs, Target(bpw=6.9), speed=speed)
+    assert timed.types == free.types and timed.predicted_cost == free.predicted_cost  # a profile alone changes nothing
+    assert timed.predicted_slowdown == pytest.approx(speed.slowdown(arch, plan_tensors(arch, FLUX1_DEV, free.recipe)))
+    loose = optimize(arch, FLUX1_DEV, costs, Target(bpw=6.9), speed=speed, max_slowdown=timed.predicted_slowdown)
+    assert loose.types == free.types
+    bound = 1 + 0.8 * (timed.predicted_slowdown - 1)
+    fast = optimize(arch, FLUX1_DEV, costs, Target(bpw=6.9), speed=speed, max_slowdown=bound)
+    assert fast.predicted_slowdown <= bound and fast.bpw <= 6.9
+    assert fast.predicted_cost > free.predicted_cost
+    assert fast.recipe.notes["predicted_slowdown"] == round(fast.predicted_slowdown, 4)
+    frontier = pareto(arch, FLUX1_DEV, costs, Target(bpw=6.9), speed, points=4)
+    assert frontier[-1].types == free.types and len(frontier) >= 3
+    for a, b in zip(frontier, frontier[1:]):  # faster costs more
+        assert a.predicted_slowdown < b.predicted_slowdown and a.predicted_cost > b.predicted_cost
+
+
+def test_slowdown_out_of_reach_names_both_ranges() -> None:
+    arch = detect(FLUX1_DEV)
+    costs = resolve_costs("builtin:flux1-dev").costs()
+    speed = linear_profile(FLUX1_DEV, {t: r * 1e-9 for t, r in H200_RATIOS.items()})
+    with pytest.raises(TargetError, match=r"cannot both be met: at that size the least slowdown is 1\.\d+x; "
+                                          r"within 1\.2x the smallest file is \d+\.\d+ bits per parameter"):
+        optimize(arch, FLUX1_DEV, costs, Target(bpw=4.0), speed=speed, max_slowdown=1.2)
+    with pytest.raises(TargetError, match="no allocation is that fast"):
+        optimize(arch, FLUX1_DEV, costs, Target(bpw=16.0), speed=speed, max_slowdown=1.0)
+    with pytest.raises(TargetError, match="needs a speed profile"):
+        optimize(arch, FLUX1_DEV, costs, Target(bpw=6.9), max_slowdown=1.3)
+    with pytest.raises(TargetError, match="at least 1"):
+        optimize(arch, FLUX1_DEV, costs, Target(bpw=6.9), speed=speed, max_slowdown=0.5)
+
+
+def test_two_budgets_recheck_an_overshooting_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HiGHS may overshoot a row by its feasibility tolerance: the answer is checked exactly, cut
+    off, and the program solved again. Here every first answer comes from a 5 % looser share row."""
+    import scipy.optimize
+
+    real, calls = scipy.optimize.milp, []
+
+    def loose_first(c, *, constraints, **kw):
+        calls.append(len(calls))
+        if len(calls) == 1:
+            rows = constraints[1]
+            constraints = [constraints[0], scipy.optimize.LinearConstraint(rows.A, rows.lb, rows.ub * [1, 1.05])]
+        return real(c, constraints=constraints, **kw)
+
+    monkeypatch.setattr(scipy.optimize, "milp", loose_first)
+    retried = 0
+    for seed in range(30):
+        rng = random.Random(1000 + seed)
+        options = [[(f"t{i}", rng.randint(1, 12), rng.uniform(0, 10)) for i in range(4)] for _ in range(5)]
+        shares = [[rng.uniform(0, 0.2) for _ in opts] for opts in options]
+        share_budget = sum(map(min, shares)) + 0.05
+        calls.clear()
+        got = solve_two_budgets(options, shares, 60, share_budget)
+        want = brute_force_two(options, shares, 60, share_budget)
+        retried += len(calls) > 1
+        assert (got is None) == (want is None)
+        if want is not None:
+            assert got[1] == pytest.approx(want[1], abs=1e-6)
+    assert retried >= 3

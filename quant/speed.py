@@ -1,0 +1,273 @@
+"""Speed profiles: what each GGUF type costs per sampling step, on one device.
+
+A GGUF model samples slower than the same model in bf16 because the loader dequantizes
+every weight at every step. How much depends on the type: a profile records, for each
+weight shape of the model and each type, the time to dequantize that weight as the loader
+does (ComfyUI-GGUF's own functions where they can be found, this pack's otherwise: the
+profile says which), the matmul time of that weight at a reference token count, and the
+time of one double and one single block forward in bf16 at that token count. A recipe's
+predicted step time relative to bf16 is then
+
+    slowdown = 1 + (dequantization time of its weights) / (bf16 step time),
+
+the bf16 step being the blocks' forwards (embedders and final layer are small and the same
+either way). Measured in seconds on a GPU, about a minute at stock width on a CPU.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import gguf
+import torch
+import torch.nn.functional as F
+
+from . import codecs
+from .arch import FluxArch
+from .atomic import atomic_write_text
+from .recipe import TensorPlan
+
+SPEED_FORMAT = "mxgguf-speed/1"
+# Types a weight can take in a file: the quantized ones, and BF16/F16 (a cast or a bit shift).
+PROFILED_TYPES = tuple(codecs.QUANTIZED_TYPE_NAMES) + ("BF16", "F16")
+Dequantizer = Callable[[torch.Tensor, str, tuple[int, ...], torch.dtype], torch.Tensor]
+
+
+class SpeedError(ValueError):
+    """A speed profile that is malformed or does not cover the model or types at hand."""
+
+
+def shape_key(shape: Sequence[int]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+@dataclass
+class SpeedProfile:
+    """Seconds per step on one device: dequantizing each weight shape in each type, and bf16 blocks."""
+
+    device: str
+    tokens: int
+    dequantizer: str
+    dtype: str  # the compute dtype: weights are dequantized to it, blocks run in it
+    block_seconds: dict[str, float]  # "double", "single": one block's unquantized forward
+    dequant_seconds: dict[str, dict[str, float]]  # shape key -> type -> seconds
+    matmul_seconds: dict[str, float]  # shape key -> seconds, at ``tokens``
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def step_seconds(self, arch: FluxArch) -> float:
+        """The unquantized model's blocks, one step."""
+        return arch.depth_double * self.block_seconds["double"] + arch.depth_single * self.block_seconds["single"]
+
+    def dequant(self, shape: Sequence[int], qtype: str) -> float:
+        """Seconds to dequantize one weight of ``shape`` stored as ``qtype`` (F32: none, it is used as is)."""
+        if qtype == "F32":
+            return 0.0
+        try:
+            return self.dequant_seconds[shape_key(shape)][qtype]
+        except KeyError:
+            raise SpeedError(f"the speed profile has no time for {qtype} weights of shape {tuple(shape)}; "
+                             f"it was measured for shapes {sorted(self.dequant_seconds)}") from None
+
+    def block_dequant(self, plan: Iterable[TensorPlan], n_blocks: int) -> list[float]:
+        """Dequantization seconds per step of each block's weights under ``plan``."""
+        per_block = [0.0] * n_blocks
+        for t in plan:
+            if t.block is not None and len(t.shape) == 2:
+                per_block[t.block] += self.dequant(t.shape, t.qtype)
+        return per_block
+
+    def slowdown(self, arch: FluxArch, plan: Iterable[TensorPlan]) -> float:
+        """Predicted step time of ``plan``'s file over the unquantized model's."""
+        return 1.0 + sum(self.block_dequant(plan, arch.n_blocks)) / self.step_seconds(arch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": SPEED_FORMAT, "device": self.device, "tokens": self.tokens, "dequantizer": self.dequantizer,
+                "dtype": self.dtype, "block_seconds": self.block_seconds, "dequant_seconds": self.dequant_seconds,
+                "matmul_seconds": self.matmul_seconds, "provenance": self.provenance}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SpeedProfile:
+        if not isinstance(d, Mapping) or d.get("format") != SPEED_FORMAT:
+            raise SpeedError(f"not a speed profile (expected format {SPEED_FORMAT!r})")
+        try:
+            p = cls(str(d["device"]), int(d["tokens"]), str(d["dequantizer"]), str(d["dtype"]),
+                    {k: float(v) for k, v in d["block_seconds"].items()},
+                    {s: {t: float(v) for t, v in types.items()} for s, types in d["dequant_seconds"].items()},
+                    {s: float(v) for s, v in d["matmul_seconds"].items()}, dict(d.get("provenance", {})))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise SpeedError(f"malformed speed profile: {e!r}") from None
+        if set(p.block_seconds) != {"double", "single"} or min(p.block_seconds.values()) <= 0:
+            raise SpeedError("a speed profile needs positive double and single block times")
+        if any(v < 0 for types in p.dequant_seconds.values() for v in types.values()):
+            raise SpeedError("a speed profile's times are >= 0")
+        return p
+
+
+def load_speed(path: str | os.PathLike[str]) -> SpeedProfile:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise SpeedError(f"{path}: not JSON ({e})") from None
+    try:
+        return SpeedProfile.from_dict(data)
+    except SpeedError as e:
+        raise SpeedError(f"{Path(path).name}: {e}") from None
+
+
+def save_speed(profile: SpeedProfile, path: str | os.PathLike[str]) -> None:
+    atomic_write_text(Path(path), json.dumps(profile.to_dict(), indent=1))
+
+
+# --- dequantizers --------------------------------------------------------------------------
+
+def own_dequantizer(raw: torch.Tensor, qtype: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    return codecs.dequantize(raw, qtype, shape).to(dtype)
+
+
+def comfyui_gguf_dequantizer(module: ModuleType) -> Dequantizer:
+    """ComfyUI-GGUF's ``dequant.dequantize`` as its loader calls it when sampling (``dequant_dtype``
+    left at its default, then cast to the compute dtype; F16 weights are only cast)."""
+    def run(raw: torch.Tensor, qtype: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        if qtype == "F16":
+            return raw.view(torch.float16).reshape(shape).to(dtype)
+        return module.dequantize(raw, gguf.GGMLQuantizationType[qtype], shape, dtype=None).to(dtype)
+
+    return run
+
+
+def find_comfyui_gguf(folders: Iterable[str | os.PathLike[str]]) -> ModuleType | None:
+    """ComfyUI-GGUF's ``dequant.py`` from the first of ``folders`` (custom-node folders) holding
+    it, loaded on its own (it needs only gguf and torch); None where there is none."""
+    for folder in folders:
+        path = Path(folder) / "ComfyUI-GGUF" / "dequant.py"
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location("mxgguf_comfyui_gguf_dequant", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+    return None
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+def _best_seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """The best of a few timed calls after a warm-up one (allocations, kernel choice); on a CPU,
+    where a FLUX weight takes a good fraction of a second, of one."""
+    fn()
+    best = float("inf")
+    for _ in range(3 if device.type == "cuda" else 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _random_weights(names: Mapping[str, Sequence[int]], device: torch.device, dtype: torch.dtype,
+                    gen: torch.Generator) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, shape in names.items():
+        t = torch.randn(tuple(shape), generator=gen, device=device)
+        out[name] = (t / shape[1] ** 0.5 if len(shape) == 2 else 1.0 + 0.05 * t).to(dtype)
+    return out
+
+
+def _block_seconds(arch: FluxArch, shapes: Mapping[str, Sequence[int]], device: torch.device, tokens: int,
+                   dtype: torch.dtype, gen: torch.Generator) -> dict[str, float]:
+    """Forwards of the model's first double and first single block (random weights of their
+    shapes) on ``tokens`` tokens, a ninth of them text (4096 + 512 at 1024x1024)."""
+    from .flux_blocks import _Weights, double_block, position_embedding, single_block
+
+    txt, img = max(1, tokens // 9), tokens - max(1, tokens // 9)
+    hidden = arch.hidden_size
+    out = {}
+    for kind, block in (("double", 0), ("single", arch.depth_double)):
+        prefix = arch.prefix + arch.block_name(block) + "."
+        names = {k[len(prefix):]: s for k, s in shapes.items() if k.startswith(prefix)}
+        w = _Weights(_random_weights(names, device, dtype, gen))
+        head_dim = names["norm.query_norm.scale" if kind == "single" else "img_attn.norm.query_norm.scale"][0]
+        heads = hidden // head_dim
+        x_img = torch.randn(1, img, hidden, generator=gen, device=device).to(dtype)
+        x_txt = torch.randn(1, txt, hidden, generator=gen, device=device).to(dtype)
+        vec = torch.randn(1, hidden, generator=gen, device=device).to(dtype)
+        third = head_dim // 2 // 3 * 2  # rotary axes of the right total; positions do not change the time
+        pe = position_embedding(torch.zeros(1, tokens, 3, device=device), (head_dim - 2 * third, third, third))
+        with torch.no_grad():
+            if kind == "double":
+                out[kind] = _best_seconds(lambda: double_block(w, x_img, x_txt, vec, pe, heads), device)
+            else:
+                x = torch.cat((x_txt, x_img), 1)
+                out[kind] = _best_seconds(lambda: single_block(w, x, vec, pe, heads), device)
+    return out
+
+
+def weight_shapes(arch: FluxArch, shapes: Mapping[str, Sequence[int]]) -> list[tuple[int, ...]]:
+    """The distinct shapes of the weights a recipe decides."""
+    found = {tuple(s) for k, s in shapes.items() if arch.is_quantizable(arch.strip_prefix(k), s)}
+    return sorted(found)
+
+
+def compute_dtype(device: torch.device | str) -> torch.dtype:
+    """What ComfyUI computes FLUX in: bf16 on a GPU, float32 on a CPU."""
+    return torch.bfloat16 if torch.device(device).type != "cpu" else torch.float32
+
+
+def measure(arch: FluxArch, shapes: Mapping[str, Sequence[int]], device: torch.device | str, tokens: int = 4608,
+            types: Sequence[str] = PROFILED_TYPES, dequantizer: Dequantizer | None = None,
+            dequantizer_name: str = "mxgguf", dtype: torch.dtype | None = None,
+            progress: Callable[[int, int], None] | None = None) -> SpeedProfile:
+    """Measure a profile for the model of ``shapes`` on ``device``, computing in ``dtype`` (default:
+    ``compute_dtype(device)``). ``progress(done, total)`` after each measurement may raise to cancel."""
+    device = torch.device(device)
+    dtype = dtype or compute_dtype(device)
+    dequantize = dequantizer or own_dequantizer
+    gen = torch.Generator(device).manual_seed(0)
+    weights = weight_shapes(arch, shapes)
+    total, done = len(weights) * (len(types) + 1) + 1, 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, total)
+
+    dequant: dict[str, dict[str, float]] = {}
+    matmul: dict[str, float] = {}
+    for shape in weights:
+        rows, cols = shape
+        w = (torch.randn(shape, generator=gen, device=device) / cols ** 0.5).to(dtype)
+        x = torch.randn(tokens, cols, generator=gen, device=device).to(dtype)
+        matmul[shape_key(shape)] = _best_seconds(lambda: F.linear(x, w), device)
+        step()
+        per_type = dequant[shape_key(shape)] = {}
+        for qtype in types:
+            raw = _stored(w, qtype)
+            per_type[qtype] = _best_seconds(lambda: dequantize(raw, qtype, shape, dtype), device)
+            step()
+        del w, x
+    blocks = _block_seconds(arch, shapes, device, tokens, dtype, gen)
+    step()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    return SpeedProfile(name, tokens, dequantizer_name, str(dtype).removeprefix("torch."), blocks, dequant, matmul,
+                        {"torch": torch.__version__, "hidden_size": arch.hidden_size})
+
+
+def _stored(w: torch.Tensor, qtype: str) -> torch.Tensor:
+    """``w`` as a GGUF holds it in ``qtype`` (uint8 rows). Only the first rows are quantized and
+    then repeated: the time to dequantize does not depend on the values, and quantizing whole
+    weights of every type would take minutes on a CPU."""
+    head = w[: min(w.shape[0], 64)].float()
+    raw = codecs.quantize(head, qtype)
+    reps = -(-w.shape[0] // head.shape[0])
+    return raw.repeat(reps, 1)[: w.shape[0]].contiguous()
