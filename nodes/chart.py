@@ -1,5 +1,6 @@
 """The Quantize node's chart: per block, a bar as tall as its type's bits, coloured by type,
-and a dot for its cost on a log scale. Drawn with Pillow (which ComfyUI ships)."""
+and a dot for its cost on a log scale; below, a strip of each block's dequantization time as
+a share of the unquantized step. Drawn with Pillow (which ComfyUI ships)."""
 from __future__ import annotations
 
 import math
@@ -15,6 +16,7 @@ from ..quant import codecs
 _PALETTE = ["#3b4cc0", "#4f69d9", "#6788ee", "#84a7fc", "#a3c2fe", "#c0d4f5", "#dddcdc", "#f2cbb7",
             "#f7ac8e", "#ee8468", "#d65244", "#b40426", "#7a0016", "#444444", "#888888"]
 _W_BAR, _H_PLOT, _TOP, _LEFT, _BOTTOM = 10, 220, 40, 48, 70
+_H_SHARES = 60  # the step-time strip
 
 
 def _colours(types: Sequence[str]) -> dict[str, str]:
@@ -22,11 +24,13 @@ def _colours(types: Sequence[str]) -> dict[str, str]:
     return {t: _PALETTE[i % len(_PALETTE)] for i, t in enumerate(order)}
 
 
-def block_chart(types: Sequence[str], costs: Sequence[float | None], depth_double: int, title: str) -> torch.Tensor:
-    """An IMAGE (1, H, W, 3) float tensor in [0, 1]."""
+def block_chart(types: Sequence[str], costs: Sequence[float | None], depth_double: int, title: str,
+                step_shares: Sequence[float] | None = None) -> torch.Tensor:
+    """An IMAGE (1, H, W, 3) float tensor in [0, 1]. ``step_shares``: each block's dequantization
+    time over the unquantized model's step time."""
     n = len(types)
     width = max(640, _LEFT + n * _W_BAR + 20)
-    height = _TOP + _H_PLOT + _BOTTOM
+    height = _TOP + _H_PLOT + _BOTTOM + (_H_SHARES + 30 if step_shares is not None else 0)
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     draw.text((8, 8), title, fill="black")
@@ -56,4 +60,20 @@ def block_chart(types: Sequence[str], costs: Sequence[float | None], depth_doubl
         x += 70
         if x > width - 70:
             break
+    if step_shares is not None:
+        _draw_shares(draw, types, step_shares, colours, base + _BOTTOM)
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
+
+
+def _draw_shares(draw: ImageDraw.ImageDraw, types: Sequence[str], shares: Sequence[float], colours: dict[str, str],
+                 top: int) -> None:
+    """Per block, a bar for its dequantization time, on a scale labelled in percent of the step."""
+    base = top + 16 + _H_SHARES
+    peak = max(max(shares), 1e-12)
+    draw.text((_LEFT, top), f"dequantization time per block, % of the unquantized step "
+                            f"(sum {100 * sum(shares):.0f} %: predicted step {1 + sum(shares):.2f}x)", fill="black")
+    for b, (t, share) in enumerate(zip(types, shares)):
+        x = _LEFT + b * _W_BAR
+        draw.rectangle([x, base - int(_H_SHARES * share / peak), x + _W_BAR - 2, base], fill=colours[t])
+    draw.text((4, base - _H_SHARES), f"{100 * peak:.1f}%", fill="black")
+    draw.text((4, base - 10), "0", fill="black")

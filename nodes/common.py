@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -15,9 +15,14 @@ from ..quant.arch import FluxArch, detect
 from ..quant.atomic import checked_name
 from ..quant.checkpoint import Source, state_dict_source
 from ..quant.costs import BUILTIN, model_fingerprint
+from ..quant.recipe import tensor_type
+from ..quant.speed import (PROFILED_TYPES, SpeedError, SpeedProfile, comfyui_gguf_dequantizer, covers, device_name,
+                           find_comfyui_gguf, load_speed, measure, save_speed, weight_shapes)
 
 CATEGORY = "mxgguf"
 COSTS_FOLDER = "mxgguf_costs"  # models/mxgguf_costs/*.json
+SPEED_SUFFIX = ".speed.json"  # speed profiles kept beside the costs, one per device and model width
+REFERENCE_TOKENS = 4608  # 1024x1024 with 512 text tokens: the step the slowdown is predicted for
 BUILTIN_CHOICES = [f"builtin:{name}" for name in BUILTIN]
 
 
@@ -37,7 +42,34 @@ def costs_path(name: str) -> Path:
 
 
 def costs_choices() -> list[str]:
-    return BUILTIN_CHOICES + folder_paths.get_filename_list(COSTS_FOLDER)
+    return BUILTIN_CHOICES + [n for n in folder_paths.get_filename_list(COSTS_FOLDER) if not n.endswith(SPEED_SUFFIX)]
+
+
+def speed_profile(model, arch: FluxArch, shapes, types: Sequence[str]) -> SpeedProfile:
+    """The speed profile of the model's load device for this model's weights in ``types``: the one
+    kept in models/mxgguf_costs/, else measured now with ComfyUI-GGUF's dequantize functions
+    (seconds on a GPU, a minute or more on a CPU) and kept, with the types it had before."""
+    device = model.load_device
+    slug = "".join(c if c.isalnum() else "-" for c in device_name(device)).strip("-").lower()
+    path = Path(folder_paths.get_folder_paths(COSTS_FOLDER)[0]) / f"{slug}_hidden{arch.hidden_size}{SPEED_SUFFIX}"
+    stored = {tensor_type(t, s) for t in types for s in weight_shapes(arch, shapes)}
+    kept_types: set[str] = set()
+    if path.exists():
+        try:
+            kept = load_speed(path)
+        except SpeedError:
+            kept = None  # unreadable: measured again below, and replaced
+        if kept is not None and kept.tokens == REFERENCE_TOKENS:
+            if covers(kept, arch, shapes, sorted(stored)):
+                return kept
+            kept_types = set.intersection(set(PROFILED_TYPES), *(set(t) for t in kept.dequant_seconds.values()))
+    module = find_comfyui_gguf(folder_paths.get_folder_paths("custom_nodes"))
+    profile = measure(arch, shapes, device, REFERENCE_TOKENS, sorted(stored | kept_types),
+                      dequantizer=comfyui_gguf_dequantizer(module) if module else None,
+                      dequantizer_name="ComfyUI-GGUF" if module else "mxgguf", progress=progress_bar(1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_speed(profile, path, overwrite=True)  # only a profile found unreadable or short of types above
+    return profile
 
 
 def diffusion_model(model) -> torch.nn.Module:

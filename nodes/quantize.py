@@ -16,10 +16,11 @@ from ..quant.atomic import checked_name
 from ..quant.costs import CostError, check_model, resolve_costs
 from ..quant.mixed import MixedModel, quantize_model
 from ..quant.optimize import GiB, Allocation, Target, optimize
+from ..quant.speed import SpeedProfile
 from .capture import parse_types
 from .chart import block_chart
 from .common import (BUILTIN_CHOICES, CATEGORY, costs_choices, costs_path, fingerprint, model_source,
-                     progress_bar, refuse_patched, refuse_quantized)
+                     progress_bar, refuse_patched, refuse_quantized, speed_profile)
 
 MixedGGUF = io.Custom("MX_GGUF")
 TARGETS = {"bits per parameter": "bpw", "file size (GB)": "size_gb", "card size (GB)": "card_gb"}
@@ -35,11 +36,15 @@ class DequantizedWeight:
         return self.mixed.dequantized(self.key, weight.device).to(weight.dtype)
 
 
-def summary(alloc: Allocation, mixed: MixedModel, costs_name: str, target: Target) -> str:
+def summary(alloc: Allocation, mixed: MixedModel, costs_name: str, target: Target, speed: SpeedProfile,
+            max_slowdown: float | None) -> str:
     counts = Counter(alloc.types)
+    budget = f", at most {max_slowdown:g}x" if max_slowdown else ""
     lines = [f"{mixed.bpw:.3f} bits per parameter, {mixed.data_bytes / GiB:.2f} GiB of tensor data",
-             f"target: {target.describe()}",
+             f"target: {target.describe()}{budget}",
              f"predicted cost {alloc.predicted_cost:.4g} (sum of per-block final-state MSE, {costs_name})",
+             f"predicted step time {alloc.predicted_slowdown:.2f}x the unquantized model's ({speed.device}, "
+             f"{speed.dtype}, {speed.tokens} tokens, {speed.dequantizer} dequantize)",
              "types: " + ", ".join(f"{t} x{n}" for t, n in counts.most_common()),
              "blocks: " + " ".join(alloc.types)]
     return "\n".join(lines)
@@ -66,6 +71,13 @@ class MixedGGUFQuantize(io.ComfyNode):
                                        "for activations and the VAE)."),
                 io.Float.Input("value", default=6.9, min=0.5, max=1000.0, step=0.1,
                                tooltip="The target: e.g. 6.9 bits per parameter, a 9.5 GB file, a 12 GB card."),
+                io.Float.Input("max_slowdown", default=0.0, min=0.0, max=100.0, step=0.05,
+                               display_name="max slowdown",
+                               tooltip="0: no limit. Else the predicted sampling step time of the file, at most "
+                                       "this many times the unquantized model's on this device (e.g. 1.5): "
+                                       "GGUF dequantizes every weight at every step, some types much faster "
+                                       "than others. The device's speed is measured the first time (seconds "
+                                       "on a GPU, minutes on a CPU) and kept in models/mxgguf_costs."),
                 io.String.Input("types", default="all",
                                 tooltip="Types the optimizer may choose, comma-separated, or 'all' (every type "
                                         "the costs have)."),
@@ -77,8 +89,10 @@ class MixedGGUFQuantize(io.ComfyNode):
             outputs=[
                 MixedGGUF.Output("mx_gguf", tooltip="The quantized model, for Save mx GGUF."),
                 io.Model.Output("mixed_model", tooltip="The mixed model, to sample before saving."),
-                io.String.Output("summary", tooltip="Size, bits per parameter, predicted cost, types."),
-                io.Image.Output("chart", tooltip="Type (bar height: bits) and cost (dot) per block."),
+                io.String.Output("summary", tooltip="Size, bits per parameter, predicted cost and step time, "
+                                                    "types."),
+                io.Image.Output("chart", tooltip="Type (bar height: bits) and cost (dot) per block; below, each "
+                                                 "block's share of the predicted step time."),
             ],
         )
 
@@ -93,7 +107,8 @@ class MixedGGUFQuantize(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model, costs: str, target: str, value: float, types: str, after=None) -> io.NodeOutput:
+    def execute(cls, model, costs: str, target: str, value: float, max_slowdown: float, types: str,
+                after=None) -> io.NodeOutput:
         refuse_quantized(model, "quantize the full-precision model")
         refuse_patched(model)
         if target not in TARGETS:
@@ -107,7 +122,9 @@ class MixedGGUFQuantize(io.ComfyNode):
         table = resolve_costs(spec)
         check_model(table, fingerprint(source, arch))
         allowed = None if types.strip().lower() == "all" else parse_types(types)
-        alloc = optimize(arch, source.shapes, table.costs(), goal, allowed)
+        speed = speed_profile(model, arch, source.shapes, allowed or sorted({t for c in table.costs() for t in c}))
+        budget = max_slowdown if max_slowdown > 0 else None
+        alloc = optimize(arch, source.shapes, table.costs(), goal, allowed, speed=speed, max_slowdown=budget)
         mixed = quantize_model(source, arch, alloc.recipe, device=model.load_device,
                                progress=progress_bar(sum(math.prod(s) for s in source.shapes.values())),
                                predicted_cost=alloc.predicted_cost)
@@ -115,8 +132,10 @@ class MixedGGUFQuantize(io.ComfyNode):
         for t in mixed.plan:
             if t.qtype != "F32":
                 out.add_weight_wrapper(f"diffusion_model.{t.key}", DequantizedWeight(mixed, t.key))
-        text = summary(alloc, mixed, costs, goal)
+        text = summary(alloc, mixed, costs, goal, speed, budget)
         per_block = table.costs()
+        step = speed.step_seconds(arch)
+        shares = [s / step for s in speed.block_dequant(mixed.plan, arch.n_blocks)]
         chart = block_chart(alloc.types, [per_block[b].get(t) for b, t in enumerate(alloc.types)],
-                            arch.depth_double, text.splitlines()[0])
+                            arch.depth_double, text.splitlines()[0], shares)
         return io.NodeOutput(mixed, out, text, chart, ui={"text": [text]})

@@ -217,6 +217,7 @@ def cmd_speed(a: argparse.Namespace) -> int:
     from .speed import find_comfyui_gguf, comfyui_gguf_dequantizer, measure, save_speed
     from .synthetic import FLUX1_DEV, flux_shapes
 
+    check_target(Path(a.output), a.overwrite)  # before any work
     if a.model:
         with open_safetensors(a.model, hash_file=False) as source:
             shapes = dict(source.shapes)
@@ -234,7 +235,7 @@ def cmd_speed(a: argparse.Namespace) -> int:
 
         profile = measure(arch, shapes, a.device or "cpu", a.tokens, dequantizer=dequantizer,
                           dequantizer_name=name, progress=progress)
-    save_speed(profile, a.output)
+    save_speed(profile, a.output, a.overwrite)
     print(f"{profile.device}, {a.tokens} tokens: bf16 step {profile.step_seconds(arch) * 1e3:.1f} ms for "
           f"{arch.describe()}; profile written to {a.output}")
     return 0
@@ -365,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(run=cmd_costs)
     v = sub.add_parser("speed", help="measure what each type costs per sampling step on a device")
     v.add_argument("-o", "--output", required=True, help="speed profile JSON to write")
+    v.add_argument("--overwrite", action="store_true", help="replace an existing profile")
     v.add_argument("--device", help="torch device, e.g. cuda (default cpu)")
     v.add_argument("--tokens", type=_positive, default=4608,
                    help="tokens per sample the blocks see (4608: 1024x1024 with 512 text tokens)")

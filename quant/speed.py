@@ -122,8 +122,8 @@ def load_speed(path: str | os.PathLike[str]) -> SpeedProfile:
         raise SpeedError(f"{Path(path).name}: {e}") from None
 
 
-def save_speed(profile: SpeedProfile, path: str | os.PathLike[str]) -> None:
-    atomic_write_text(Path(path), json.dumps(profile.to_dict(), indent=1))
+def save_speed(profile: SpeedProfile, path: str | os.PathLike[str], overwrite: bool = False) -> None:
+    atomic_write_text(Path(path), json.dumps(profile.to_dict(), indent=1), overwrite=overwrite)
 
 
 # --- dequantizers --------------------------------------------------------------------------
@@ -158,20 +158,24 @@ def find_comfyui_gguf(folders: Iterable[str | os.PathLike[str]]) -> ModuleType |
 
 # --- measuring ------------------------------------------------------------------------------
 
-def _best_seconds(fn: Callable[[], object], device: torch.device) -> float:
-    """The best of a few timed calls after a warm-up one (allocations, kernel choice); on a CPU,
-    where a FLUX weight takes a good fraction of a second, of one."""
+def _seconds(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
     fn()
-    best = float("inf")
-    for _ in range(3 if device.type == "cuda" else 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _best_seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """The best of three timed calls after a warm-up one (allocations, kernel choice) on a GPU; on
+    a CPU, of two, or the first alone where it takes over half a second (the loader allocates anew
+    at every step too, and a CPU block forward at 4608 tokens takes many seconds)."""
+    first = _seconds(fn, device)
+    if device.type == "cpu":
+        return first if first > 0.5 else min(first, _seconds(fn, device))
+    return min(_seconds(fn, device) for _ in range(3))
 
 
 def _random_weights(names: Mapping[str, Sequence[int]], device: torch.device, dtype: torch.dtype,
@@ -218,6 +222,20 @@ def weight_shapes(arch: FluxArch, shapes: Mapping[str, Sequence[int]]) -> list[t
     return sorted(found)
 
 
+def device_name(device: torch.device | str) -> str:
+    """What a profile is kept under: the GPU's model name, or the CPU with its thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu" else device.type
+
+
+def covers(profile: SpeedProfile, arch: FluxArch, shapes: Mapping[str, Sequence[int]],
+           types: Sequence[str] = PROFILED_TYPES) -> bool:
+    """Whether ``profile`` times every weight shape of this model in every one of ``types``."""
+    return all(set(types) <= set(profile.dequant_seconds.get(shape_key(s), {})) for s in weight_shapes(arch, shapes))
+
+
 def compute_dtype(device: torch.device | str) -> torch.dtype:
     """What ComfyUI computes FLUX in: bf16 on a GPU, float32 on a CPU."""
     return torch.bfloat16 if torch.device(device).type != "cpu" else torch.float32
@@ -258,8 +276,7 @@ def measure(arch: FluxArch, shapes: Mapping[str, Sequence[int]], device: torch.d
         del w, x
     blocks = _block_seconds(arch, shapes, device, tokens, dtype, gen)
     step()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    return SpeedProfile(name, tokens, dequantizer_name, str(dtype).removeprefix("torch."), blocks, dequant, matmul,
+    return SpeedProfile(device_name(device), tokens, dequantizer_name, str(dtype).removeprefix("torch."), blocks, dequant, matmul,
                         {"torch": torch.__version__, "hidden_size": arch.hidden_size})
 
 

@@ -13,7 +13,9 @@ from safetensors.torch import save_file
 from comfyui_rig import PACK_ROOT, ComfyServer, Messages, WorkflowError, loader, sample_workflow, sampling, saved_latent
 from quant.arch import detect
 from quant.costs import load_costs
+from quant.optimize import Target, optimize, pareto
 from quant.recipe import Recipe, average_bpw, plan_tensors
+from quant.speed import load_speed
 from quant.synthetic import STOCK, TINY, flux_shapes, random_state_dict
 
 pytestmark = pytest.mark.comfy
@@ -28,9 +30,9 @@ def capture(model: list, costs_file: str, types: str, step: int = -1, per_run: i
                                               "samples_per_run": per_run, "types": types}}
 
 
-def quantize(model: list, costs: str, bpw: float, types: str = "all") -> dict:
+def quantize(model: list, costs: str, bpw: float, types: str = "all", max_slowdown: float = 0.0) -> dict:
     return {"class_type": QUANTIZE, "inputs": {"model": model, "costs": costs, "target": "bits per parameter",
-                                               "value": bpw, "types": types}}
+                                               "value": bpw, "max_slowdown": max_slowdown, "types": types}}
 
 
 def save(mx: list, model_name: str) -> dict:
@@ -117,6 +119,37 @@ def test_quantize_output_equals_saved_file_and_file_samples(comfy: ComfyServer, 
     second = Path(again["outputs"]["savegguf"]["text"][0].splitlines()[0])
     assert second.name == written.name.replace(".gguf", "_2.gguf")
     assert written.read_bytes() == second.read_bytes()
+
+
+def test_max_slowdown_in_a_real_graph(comfy: ComfyServer, tiny: str, tiny_costs: str) -> None:
+    """The node measures the device's speed once, keeps it beside the costs (not offered as costs),
+    and with a slowdown budget picks what the optimizer picks with that profile."""
+    bpw = midway_bpw(TINY, "Q4_K", "Q8_0")
+    free = comfy.run({"load": loader(tiny), "quant": quantize(["load", 0], tiny_costs, bpw),
+                      "chart": {"class_type": "PreviewImage", "inputs": {"images": ["quant", 3]}}})
+    assert "predicted step time" in free["outputs"]["quant"]["text"][0]
+    (kept,) = costs_file(comfy, "").glob("*.speed.json")
+    assert kept.name.startswith("cpu-") and "hidden256" in kept.name
+    options = comfy.object_info(QUANTIZE)[QUANTIZE]["input"]["required"]["costs"][1]["options"]
+    assert tiny_costs in options and kept.name not in options
+    measured_at = kept.stat().st_mtime_ns
+    speed = load_speed(kept)
+    assert speed.tokens == 4608 and speed.dequantizer == "ComfyUI-GGUF" and speed.dtype == "float32"
+    shapes = flux_shapes(TINY)
+    arch = detect(shapes)
+    costs = load_costs(costs_file(comfy, tiny_costs)).costs()
+    fastest = pareto(arch, shapes, costs, Target(bpw=bpw), speed, points=2)[0]
+    budget = fastest.predicted_slowdown + 1e-6
+    want = optimize(arch, shapes, costs, Target(bpw=bpw), speed=speed, max_slowdown=budget)
+    entry = comfy.run({"load": loader(tiny), "quant": quantize(["load", 0], tiny_costs, bpw, max_slowdown=budget),
+                       "savegguf": save(["quant", 0], "nodes-fast")})
+    summary = entry["outputs"]["quant"]["text"][0]
+    assert f"at most {budget:g}x" in summary and f"predicted step time {want.predicted_slowdown:.2f}x" in summary
+    assert summary.splitlines()[-1] == "blocks: " + " ".join(want.types)
+    assert kept.stat().st_mtime_ns == measured_at  # measured once, then kept
+    with pytest.raises(WorkflowError, match="cannot both be met"):
+        comfy.run({"load": loader(tiny), "quant": quantize(["load", 0], tiny_costs, bpw, max_slowdown=1.0),
+                   "savegguf": save(["quant", 0], "nodes-never")})
 
 
 @pytest.mark.parametrize("name", ["../escape", "/tmp/abs", "sub/dir", "..", ".hidden"])
