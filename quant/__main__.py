@@ -236,8 +236,8 @@ def cmd_speed(a: argparse.Namespace) -> int:
         profile = measure(arch, shapes, a.device or "cpu", a.tokens, dequantizer=dequantizer,
                           dequantizer_name=name, progress=progress)
     save_speed(profile, a.output, a.overwrite)
-    print(f"{profile.device}, {a.tokens} tokens: bf16 step {profile.step_seconds(arch) * 1e3:.1f} ms for "
-          f"{arch.describe()}; profile written to {a.output}")
+    print(f"{profile.device}, {a.tokens} tokens: unquantized ({profile.dtype}) step "
+          f"{profile.step_seconds(arch) * 1e3:.1f} ms for {arch.describe()}; profile written to {a.output}")
     return 0
 
 

@@ -7,7 +7,7 @@ by dynamic programming over budget units of that divisor: for FLUX.1-dev a few t
 thousands of units, a few milliseconds per target. It is optimal at *every* budget, not
 only at the breakpoints a greedy schedule happens to visit.
 
-With a speed profile a second budget joins: the predicted step time over the bf16 model's
+With a speed profile a second budget joins: the predicted step time over the unquantized model's
 (a GGUF samples slower because every weight is dequantized at every step, and how much
 slower depends on the types). Two budgets make the choice a small integer program (one
 binary per block and type, an equality per block, two knapsack rows), solved by HiGHS
@@ -85,7 +85,7 @@ class Allocation:
     predicted_cost: float
     bpw: float  # over every tensor in the file
     data_bytes: int  # tensor data, all tensors
-    predicted_slowdown: float | None = None  # step time over bf16's, with a speed profile
+    predicted_slowdown: float | None = None  # step time over the unquantized model's, with a speed profile
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -100,7 +100,7 @@ class Problem:
     fixed_bytes: int  # tensors no recipe decides (F32)
     total_params: int
     # with a speed profile: [block] -> each option's dequantization time, as a fraction of the
-    # bf16 step (so a recipe's slowdown is 1 + their sum; F32 tensors are used as they are)
+    # unquantized step (so a recipe's slowdown is 1 + their sum; F32 tensors are used as they are)
     step_shares: list[list[float]] | None = None
 
     def slowdown(self, chosen: Sequence[int]) -> float | None:
@@ -118,7 +118,7 @@ class Problem:
 def build_problem(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Sequence[Mapping[str, float]],
                   allowed: Sequence[str] | None = None, speed: SpeedProfile | None = None) -> Problem:
     """Options per block from the costs (one mapping type -> cost per block) and the model's shapes;
-    with ``speed``, each option's share of the bf16 step spent dequantizing it."""
+    with ``speed``, each option's share of the unquantized step spent dequantizing it."""
     if len(costs) != arch.n_blocks:
         raise TargetError(f"the costs cover {len(costs)} blocks, the model has {arch.n_blocks}")
     types = sorted({t for c in costs for t in c})
@@ -267,7 +267,7 @@ def optimize(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Sequenc
              target: Target, allowed: Sequence[str] | None = None, name: str = "",
              speed: SpeedProfile | None = None, max_slowdown: float | None = None) -> Allocation:
     """The minimum-cost recipe that meets ``target`` and, given, a predicted step time of at most
-    ``max_slowdown`` times the bf16 model's on ``speed``'s device; TargetError naming the
+    ``max_slowdown`` times the unquantized model's on ``speed``'s device; TargetError naming the
     reachable ranges if none does."""
     if max_slowdown is not None:
         if speed is None:

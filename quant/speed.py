@@ -1,17 +1,18 @@
 """Speed profiles: what each GGUF type costs per sampling step, on one device.
 
-A GGUF model samples slower than the same model in bf16 because the loader dequantizes
-every weight at every step. How much depends on the type: a profile records, for each
-weight shape of the model and each type, the time to dequantize that weight as the loader
-does (ComfyUI-GGUF's own functions where they can be found, this pack's otherwise: the
-profile says which), the matmul time of that weight at a reference token count, and the
-time of one double and one single block forward in bf16 at that token count. A recipe's
-predicted step time relative to bf16 is then
+A GGUF model samples slower than the unquantized model because the loader dequantizes every
+weight at every step. How much depends on the type: a profile records, for each weight
+shape of the model and each type, the time to dequantize that weight as the loader does
+(ComfyUI-GGUF's own functions where they can be found, this pack's otherwise: the profile
+says which), the matmul time of that weight at a reference token count, and the time of one
+double and one single block forward at that token count, all in the dtype ComfyUI computes
+in on that device. A recipe's predicted step time over the unquantized model's is then
 
-    slowdown = 1 + (dequantization time of its weights) / (bf16 step time),
+    slowdown = 1 + (dequantization time of its weights) / (unquantized step time),
 
-the bf16 step being the blocks' forwards (embedders and final layer are small and the same
-either way). Measured in seconds on a GPU, about a minute at stock width on a CPU.
+the step being the blocks' forwards (embedders and final layer are small and the same
+either way; they stay F32, used as they are). Seconds on a GPU, minutes at FLUX.1's full
+shape on a CPU.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def shape_key(shape: Sequence[int]) -> str:
 
 @dataclass
 class SpeedProfile:
-    """Seconds per step on one device: dequantizing each weight shape in each type, and bf16 blocks."""
+    """Seconds per step on one device: dequantizing each weight shape in each type, and unquantized blocks."""
 
     device: str
     tokens: int
@@ -276,7 +277,8 @@ def measure(arch: FluxArch, shapes: Mapping[str, Sequence[int]], device: torch.d
         del w, x
     blocks = _block_seconds(arch, shapes, device, tokens, dtype, gen)
     step()
-    return SpeedProfile(device_name(device), tokens, dequantizer_name, str(dtype).removeprefix("torch."), blocks, dequant, matmul,
+    return SpeedProfile(device_name(device), tokens, dequantizer_name, str(dtype).removeprefix("torch."), blocks,
+                        dequant, matmul,
                         {"torch": torch.__version__, "hidden_size": arch.hidden_size})
 
 

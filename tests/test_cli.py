@@ -148,8 +148,9 @@ def test_speed_profile_then_slowdown_budget(tiny_checkpoint: Path, tmp_path: Pat
             "--max-slowdown", str(fastest["predicted_slowdown"] + 1e-9), "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert "predicted step time" in r.stdout
-    assert json.loads(run("inspect", str(out), "--json").stdout)["blocks"] == json.loads(
-        run("optimize", *common, "--max-slowdown", str(fastest["predicted_slowdown"] + 1e-9), "--json").stdout)["blocks"]
+    budgeted = json.loads(run("optimize", *common, "--max-slowdown", str(fastest["predicted_slowdown"] + 1e-9),
+                              "--json").stdout)
+    assert json.loads(run("inspect", str(out), "--json").stdout)["blocks"] == budgeted["blocks"]
     r = run("optimize", *common[:-2], "--pareto")
     assert r.returncode == 2 and "--pareto needs --speed" in r.stderr
     r = run("optimize", *common, "--max-slowdown", "1.0")

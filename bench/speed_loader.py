@@ -1,0 +1,134 @@
+"""Predicted against measured step time, on the real loader: files of one size made with and
+without a slowdown budget, loaded with ComfyUI-GGUF's UnetLoaderGGUF in a real ComfyUI, sampled.
+
+    python bench/speed_loader.py [--depth 2 4] [--bpw 6.9] [--size 256] [--steps 5] [--device cpu]
+
+A random stock-width FLUX (hidden 3072) at the given depths; costs: the built-in FLUX.1-dev
+table's first double and single blocks (only the choice matters here, not its quality). First
+a speed profile is measured on this machine, as ``python -m quant speed`` does, at the token
+count the sampler will see (``size`` pixels: (size/16)^2 image tokens, plus a ninth of the
+total as text). Then three recipes at the same size target: the unbudgeted optimum, the least
+cost at 80 % of its dequantization time, and the fastest reachable; each is written, and each
+file and the source checkpoint (UNETLoader, the anchor) is sampled. A step's time is taken
+from ComfyUI's own progress messages (median gap between consecutive steps after the first,
+so loading and the first step's allocations are left out). Prints predicted and measured step
+time over the source checkpoint's, and their ratio; the target is within 15 %.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from safetensors.torch import save_file  # noqa: E402
+
+from comfyui_rig import ComfyServer, Messages, find_comfyui, loader, sampling  # noqa: E402
+from quant.__main__ import convert  # noqa: E402
+from quant.arch import detect  # noqa: E402
+from quant.costs import resolve_costs  # noqa: E402
+from quant.optimize import Target, optimize, pareto  # noqa: E402
+from quant.recipe import plan_tensors  # noqa: E402
+from quant.speed import comfyui_gguf_dequantizer, find_comfyui_gguf, measure  # noqa: E402
+from quant.synthetic import STOCK, flux_shapes, random_state_dict  # noqa: E402
+
+
+def step_seconds(server: ComfyServer, workflow: dict) -> float:
+    """Median seconds between the sampler's consecutive progress messages, after its first step."""
+    messages = Messages(server)
+    try:
+        prompt = server.queue(workflow, messages.client_id)
+        stamps = []
+        while True:
+            m = messages.next()
+            if m is None:
+                continue
+            if m["type"] == "progress" and m["data"].get("node") == "sample":
+                stamps.append(time.perf_counter())
+            if m["type"] in ("execution_success", "execution_error", "execution_interrupted"):
+                break
+    finally:
+        messages.close()
+    server.wait(prompt)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    return statistics.median(gaps)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--depth", type=int, nargs=2, default=[2, 4], metavar=("DOUBLE", "SINGLE"))
+    ap.add_argument("--bpw", type=float, default=6.9)
+    ap.add_argument("--size", type=int, default=256, help="sample width and height in pixels")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--device", default="cpu", help="where the profile is measured: where ComfyUI samples")
+    a = ap.parse_args()
+    found = find_comfyui()
+    if isinstance(found, str):
+        sys.exit(f"bench/speed_loader.py needs ComfyUI: {found}")
+    cfg = STOCK.__class__(**{**STOCK.__dict__, "depth_double": a.depth[0], "depth_single": a.depth[1]})
+    shapes = flux_shapes(cfg)
+    arch = detect(shapes)
+    image_tokens = (a.size // 16) ** 2
+    text_tokens = image_tokens // 8  # a ninth of the total, as the profile's block forwards split it
+    tokens = image_tokens + text_tokens
+    builtin = resolve_costs("builtin:flux1-dev").costs()
+    costs = builtin[: cfg.depth_double] + builtin[19: 19 + cfg.depth_single]
+
+    module = find_comfyui_gguf([found[0] / "custom_nodes"])
+    t0 = time.perf_counter()
+    speed = measure(arch, shapes, a.device, tokens, dequantizer=comfyui_gguf_dequantizer(module),
+                    dequantizer_name="ComfyUI-GGUF")
+    print(f"profile: {speed.device}, {speed.dtype}, {tokens} tokens, {speed.dequantizer}: "
+          f"{time.perf_counter() - t0:.0f} s; unquantized blocks {speed.step_seconds(arch):.2f} s/step")
+    free = optimize(arch, shapes, costs, Target(bpw=a.bpw), speed=speed)
+    faster = optimize(arch, shapes, costs, Target(bpw=a.bpw), speed=speed,
+                      max_slowdown=1 + 0.8 * (free.predicted_slowdown - 1))
+    fastest = pareto(arch, shapes, costs, Target(bpw=a.bpw), speed, points=2)[0]
+    recipes = {"unbudgeted": free, "-20% dequant": faster, "fastest": fastest}
+
+    with tempfile.TemporaryDirectory() as base:
+        server = ComfyServer(*found, Path(base))
+        source = server.models / "bench-speed.safetensors"
+        save_file(random_state_dict(cfg, seed=5), str(source))
+        files = {}
+        for name, alloc in recipes.items():
+            out = server.unet / f"bench-speed-{len(files)}.gguf"
+            convert(source, out, alloc.recipe, quiet=True)
+            files[name] = out.name
+        server.start()
+        try:
+            def sample(unet: str, kind: str, seed: int, steps: int) -> dict:
+                wf = {"load": loader(unet, kind), **sampling(["load", 0], seed, "bench/speed", steps=steps,
+                                                             size=a.size)}
+                wf["cond"]["inputs"]["tokens"] = text_tokens
+                return wf
+
+            measured = {}
+            for i, (name, unet, kind) in enumerate([("source (UNETLoader)", source.name, "safetensors")] +
+                                                   [(n, f, "gguf") for n, f in files.items()]):
+                step_seconds(server, sample(unet, kind, 100 + i, 2))  # load it, warm up
+                measured[name] = step_seconds(server, sample(unet, kind, 200 + i, a.steps))
+                server.free()
+        finally:
+            server.stop()
+    anchor = measured.pop("source (UNETLoader)")
+    print(f"stock width {cfg.depth_double}+{cfg.depth_single} blocks, {a.size}x{a.size} ({tokens} tokens), "
+          f"target {a.bpw} bpw; source checkpoint (UNETLoader): {anchor:.2f} s/step")
+    print("| recipe | bits/param | predicted slowdown | measured slowdown | predicted / measured | types |")
+    print("|---|---|---|---|---|---|")
+    worst = 0.0
+    for name, alloc in recipes.items():
+        predicted = speed.slowdown(arch, plan_tensors(arch, shapes, alloc.recipe))
+        ratio = predicted / (measured[name] / anchor)
+        worst = max(worst, abs(ratio - 1))
+        print(f"| {name} | {alloc.bpw:.3f} | {predicted:.3f} | {measured[name] / anchor:.3f} | {ratio:.3f} | "
+              f"{' '.join(alloc.types)} |")
+    print(f"worst predicted/measured off by {worst:.1%} (target <= 15 %)")
+
+
+if __name__ == "__main__":
+    main()
