@@ -5,19 +5,23 @@ without a slowdown budget, loaded with ComfyUI-GGUF's UnetLoaderGGUF in a real C
 
 A random stock-width FLUX (hidden 3072) at the given depths; costs: the built-in FLUX.1-dev
 table's first double and single blocks (only the choice matters here, not its quality). First
-a speed profile is measured on this machine, as ``python -m quant speed`` does, at the token
-count the sampler will see (``size`` pixels: (size/16)^2 image tokens, plus a ninth of the
-total as text). Then three recipes at the same size target: the unbudgeted optimum, the least
-cost at 80 % of its dequantization time, and the fastest reachable; each is written, and each
-file and the source checkpoint (UNETLoader, the anchor) is sampled. A step's time is taken
-from ComfyUI's own progress messages (median gap between consecutive steps after the first,
-so loading and the first step's allocations are left out). Prints predicted and measured step
-time over the source checkpoint's, and their ratio; the target is within 15 %.
+``python -m quant speed`` measures a profile with ComfyUI's own Python (its torch is the one
+that samples) at the token count the sampler will see (``size`` pixels: (size/16)^2 image
+tokens, plus a ninth of the total as text). Then three recipes at the same size target: the
+unbudgeted optimum, the least cost at 80 % of its dequantization time, and the fastest
+reachable; each is written, and each file and the source checkpoint (UNETLoader, the anchor)
+is sampled, in ``--rounds`` alternating rounds (a shared machine's speed drifts; the best
+round counts). A step's time is taken from ComfyUI's own progress messages (median gap
+between consecutive steps after the first, so loading and the first step's allocations are
+left out). Prints predicted and measured step time over the source checkpoint's, and their
+ratio; the target is within 15 %.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +37,7 @@ from quant.arch import detect  # noqa: E402
 from quant.costs import resolve_costs  # noqa: E402
 from quant.optimize import Target, optimize, pareto  # noqa: E402
 from quant.recipe import plan_tensors  # noqa: E402
-from quant.speed import comfyui_gguf_dequantizer, find_comfyui_gguf, measure  # noqa: E402
+from quant.speed import load_speed  # noqa: E402
 from quant.synthetic import STOCK, flux_shapes, random_state_dict  # noqa: E402
 
 
@@ -58,12 +62,23 @@ def step_seconds(server: ComfyServer, workflow: dict) -> float:
     return statistics.median(gaps)
 
 
+def allocations(arch, shapes, costs, bpw: float, speed) -> dict:
+    """At one size: the unbudgeted optimum, the least cost at 80 % of its dequantization time,
+    and the fastest reachable."""
+    free = optimize(arch, shapes, costs, Target(bpw=bpw), speed=speed)
+    faster = optimize(arch, shapes, costs, Target(bpw=bpw), speed=speed,
+                      max_slowdown=1 + 0.8 * (free.predicted_slowdown - 1))
+    fastest = pareto(arch, shapes, costs, Target(bpw=bpw), speed, points=2)[0]
+    return {"unbudgeted": free, "-20% dequant": faster, "fastest": fastest}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--depth", type=int, nargs=2, default=[2, 4], metavar=("DOUBLE", "SINGLE"))
     ap.add_argument("--bpw", type=float, default=6.9)
     ap.add_argument("--size", type=int, default=256, help="sample width and height in pixels")
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="where the profile is measured: where ComfyUI samples")
     a = ap.parse_args()
     found = find_comfyui()
@@ -78,22 +93,21 @@ def main() -> None:
     builtin = resolve_costs("builtin:flux1-dev").costs()
     costs = builtin[: cfg.depth_double] + builtin[19: 19 + cfg.depth_single]
 
-    module = find_comfyui_gguf([found[0] / "custom_nodes"])
-    t0 = time.perf_counter()
-    speed = measure(arch, shapes, a.device, tokens, dequantizer=comfyui_gguf_dequantizer(module),
-                    dequantizer_name="ComfyUI-GGUF")
-    print(f"profile: {speed.device}, {speed.dtype}, {tokens} tokens, {speed.dequantizer}: "
-          f"{time.perf_counter() - t0:.0f} s; unquantized blocks {speed.step_seconds(arch):.2f} s/step")
-    free = optimize(arch, shapes, costs, Target(bpw=a.bpw), speed=speed)
-    faster = optimize(arch, shapes, costs, Target(bpw=a.bpw), speed=speed,
-                      max_slowdown=1 + 0.8 * (free.predicted_slowdown - 1))
-    fastest = pareto(arch, shapes, costs, Target(bpw=a.bpw), speed, points=2)[0]
-    recipes = {"unbudgeted": free, "-20% dequant": faster, "fastest": fastest}
-
     with tempfile.TemporaryDirectory() as base:
         server = ComfyServer(*found, Path(base))
         source = server.models / "bench-speed.safetensors"
         save_file(random_state_dict(cfg, seed=5), str(source))
+        profile = Path(base) / "profile.json"
+        t0 = time.perf_counter()
+        subprocess.run([str(found[1]), "-m", "quant", "speed", "--model", str(source), "--tokens", str(tokens),
+                        "--device", a.device, "--comfyui-gguf", str(found[0] / "custom_nodes"), "-o", str(profile)],
+                       cwd=ROOT, check=True, stderr=subprocess.DEVNULL)
+        speed = load_speed(profile)
+        print(f"profile: {speed.device}, {speed.dtype}, {tokens} tokens, {speed.dequantizer}: "
+              f"{time.perf_counter() - t0:.0f} s; unquantized blocks {speed.step_seconds(arch):.2f} s/step")
+        ref = max(speed.dequant_seconds, key=lambda k: math.prod(map(int, k.split("x"))))
+        print(f"dequantize {ref}, ms: " + ", ".join(f"{t} {v * 1e3:.0f}" for t, v in speed.dequant_seconds[ref].items()))
+        recipes = allocations(arch, shapes, costs, a.bpw, speed)
         files = {}
         for name, alloc in recipes.items():
             out = server.unet / f"bench-speed-{len(files)}.gguf"
@@ -107,12 +121,14 @@ def main() -> None:
                 wf["cond"]["inputs"]["tokens"] = text_tokens
                 return wf
 
-            measured = {}
-            for i, (name, unet, kind) in enumerate([("source (UNETLoader)", source.name, "safetensors")] +
-                                                   [(n, f, "gguf") for n, f in files.items()]):
-                step_seconds(server, sample(unet, kind, 100 + i, 2))  # load it, warm up
-                measured[name] = step_seconds(server, sample(unet, kind, 200 + i, a.steps))
-                server.free()
+            measured: dict[str, float] = {}
+            models = [("source (UNETLoader)", source.name, "safetensors")] + [(n, f, "gguf") for n, f in files.items()]
+            for r in range(a.rounds):
+                for i, (name, unet, kind) in enumerate(models):
+                    step_seconds(server, sample(unet, kind, 100 * r + i, 2))  # load it, warm up
+                    t = step_seconds(server, sample(unet, kind, 100 * r + 50 + i, a.steps))
+                    measured[name] = min(t, measured.get(name, t))
+                    server.free()
         finally:
             server.stop()
     anchor = measured.pop("source (UNETLoader)")
