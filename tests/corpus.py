@@ -27,3 +27,18 @@ def corpus_rows(n: int, seed: int = 0) -> dict[str, np.ndarray]:
         "sparse": (rng.standard_normal((2, n)) * (rng.random((2, n)) < 0.05)).astype(np.float32),
         "mixed_scale": mixed_scale,
     }
+
+
+def imatrix_vectors(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Named importance vectors of length ``n`` as llama.cpp's imatrix holds them (mean squares of
+    the activations entering each column), and the hard ones: zeros, a huge dynamic range."""
+    rng = np.random.default_rng(seed + 7 * n)
+    activations = rng.standard_normal((64, n)).astype(np.float32) * rng.gamma(2.0, 1.0, n).astype(np.float32)
+    some_zero = (rng.random(n) ** 2).astype(np.float32)
+    some_zero[rng.random(n) < 0.2] = 0.0
+    return {
+        "mean_square": (activations**2).mean(axis=0).astype(np.float32),
+        "some_zero": some_zero,
+        "all_zero": np.zeros(n, np.float32),
+        "huge_range": np.logspace(-6, 6, n, dtype=np.float32)[rng.permutation(n)],
+    }

@@ -10,8 +10,11 @@ import torch
 
 from quant import codecs
 from quant.codecs import triton_search
-from tests.corpus import corpus_rows
+from tests.corpus import corpus_rows, imatrix_vectors
 from tests.ggml_reference import ggml_quantize
+
+# the types whose importance-weighted search runs in a GPU kernel (make_qx_quants with weights)
+WEIGHTED_KERNEL_TYPES = ("Q6_K", "Q3_K", "Q4_0", "Q5_0")
 
 
 def main(types: list[str]) -> int:
@@ -21,13 +24,21 @@ def main(types: list[str]) -> int:
     failed = False
     for qtype in types:
         for n in (256, 3072):  # every row set at once: the interpreter pays per kernel launch
-            sets = corpus_rows(n, seed=4)
-            rows = np.concatenate(list(sets.values()))
-            ours = codecs.quantize(torch.from_numpy(rows), qtype).numpy()
-            bad = np.argwhere((ours != ggml_quantize(rows, qtype)).any(axis=1)).ravel().tolist()
-            failed |= bool(bad)
-            print(f"{qtype} n={n}: {len(rows) - len(bad)}/{len(rows)} rows equal ggml" + (f", rows {bad} differ" if bad else ""))
+            failed |= compare(qtype, n, None)
+        if qtype in WEIGHTED_KERNEL_TYPES:
+            failed |= compare(qtype, 256, imatrix_vectors(256)["mean_square"])
     return 1 if failed else 0
+
+
+def compare(qtype: str, n: int, imatrix: np.ndarray | None) -> bool:
+    """Print how many corpus rows equal ggml's; True if any differs."""
+    rows = np.concatenate(list(corpus_rows(n, seed=4).values()))
+    given = None if imatrix is None else torch.from_numpy(imatrix)
+    ours = codecs.quantize(torch.from_numpy(rows), qtype, imatrix=given).numpy()
+    bad = np.argwhere((ours != ggml_quantize(rows, qtype, imatrix)).any(axis=1)).ravel().tolist()
+    how = "" if imatrix is None else " with an imatrix"
+    print(f"{qtype} n={n}{how}: {len(rows) - len(bad)}/{len(rows)} rows equal ggml" + (f", rows {bad} differ" if bad else ""))
+    return bool(bad)
 
 
 if __name__ == "__main__":

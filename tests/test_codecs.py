@@ -14,7 +14,7 @@ import torch
 
 from quant import codecs
 from quant.codecs import fused
-from tests.corpus import ROW_LENGTHS, corpus_rows
+from tests.corpus import ROW_LENGTHS, corpus_rows, imatrix_vectors
 from tests.ggml_reference import ggml_quantize, gguf_dequantize
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
@@ -35,6 +35,33 @@ def test_bytes_equal_ggml(qtype: str, n: int) -> None:
         if not np.array_equal(ours, ref):
             bad = np.argwhere((ours != ref).any(axis=1)).ravel()
             pytest.fail(f"{qtype} n={n} {name}: rows {bad.tolist()} differ from ggml")
+
+
+IMATRIX_TYPES = [t for t in codecs.TYPE_NAMES if codecs.get_codec(t).supports_imatrix]
+
+
+def test_every_quantized_type_takes_an_imatrix() -> None:
+    """ggml weighs 11 types by an importance vector and ignores it for Q8_0, F16 and BF16."""
+    assert sorted(IMATRIX_TYPES) == sorted(["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
+                                            "IQ4_NL", "IQ4_XS"])
+    rows = torch.from_numpy(corpus_rows(256, seed=9)["gaussian"])
+    imatrix = torch.from_numpy(imatrix_vectors(256)["mean_square"])
+    for qtype in ("Q8_0", "F16", "BF16", "F32"):
+        assert torch.equal(codecs.quantize(rows, qtype, imatrix=imatrix), codecs.quantize(rows, qtype))
+    with pytest.raises(ValueError, match=r"imatrix must have shape \(256,\), got \(512,\)"):
+        codecs.quantize(rows, "Q4_K", imatrix=torch.ones(512))
+
+
+@pytest.mark.parametrize("n", (256, 3072))
+@pytest.mark.parametrize("qtype", IMATRIX_TYPES)
+def test_imatrix_bytes_equal_ggml(qtype: str, n: int) -> None:
+    for vector_name, imatrix in imatrix_vectors(n).items():
+        for name, rows in corpus_rows(n, seed=8).items():
+            ours = codecs.quantize(torch.from_numpy(rows), qtype, imatrix=torch.from_numpy(imatrix)).numpy()
+            ref = ggml_quantize(rows, qtype, imatrix)
+            if not np.array_equal(ours, ref):
+                bad = np.argwhere((ours != ref).any(axis=1)).ravel()
+                pytest.fail(f"{qtype} n={n} {name} with imatrix {vector_name}: rows {bad.tolist()} differ from ggml")
 
 
 @pytest.mark.parametrize("qtype", codecs.TYPE_NAMES)
@@ -87,7 +114,8 @@ def test_gpu_search_kernels_equal_ggml_interpreted() -> None:
                        cwd=root, env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)},
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
-    assert r.stdout.count("rows equal ggml") == 2 * len(TRITON_TYPES)
+    assert r.stdout.count("rows equal ggml") == 2 * len(TRITON_TYPES) + 2
+    assert r.stdout.count("with an imatrix:") == 2  # Q6_K, Q3_K: the weighted qx kernel
 
 
 @pytest.mark.skipif(not shutil.which("g++"), reason="no C++ compiler: the searches run op by op")
@@ -118,6 +146,17 @@ def test_cuda_bytes_equal_cpu(qtype: str) -> None:
         assert torch.equal(cpu, gpu), f"{qtype} {name}: CUDA bytes differ"
         back = codecs.dequantize(gpu.cuda(), qtype, x.shape).cpu()
         assert torch.equal(back, codecs.dequantize(cpu, qtype, x.shape)), f"{qtype} {name}"
+
+
+@CUDA
+@pytest.mark.parametrize("qtype", IMATRIX_TYPES)
+def test_cuda_imatrix_bytes_equal_cpu(qtype: str) -> None:
+    imatrix = torch.from_numpy(imatrix_vectors(3072)["mean_square"])
+    for name, rows in corpus_rows(3072, seed=3).items():
+        x = torch.from_numpy(rows)
+        cpu = codecs.quantize(x, qtype, imatrix=imatrix)
+        gpu = codecs.quantize(x.cuda(), qtype, imatrix=imatrix.cuda()).cpu()
+        assert torch.equal(cpu, gpu), f"{qtype} {name}: CUDA bytes with an imatrix differ"
 
 
 @CUDA

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import floats, fused, iq4, kquants_affine, kquants_symmetric, legacy
-from .base import Codec, QType, Workspace
+from .base import Codec, QType, Workspace, div_by, seq_sum, sqrt_f32
 
 CODECS: dict[QType, Codec] = {
     c.qtype: c
@@ -76,13 +76,8 @@ def quantize(x: torch.Tensor, qtype: str | QType, imatrix: torch.Tensor | None =
     rows = x.reshape(-1, n)
     out_rows = out.view(-1, nbytes)
     blocks_per_row = n // codec.block_size
-    weights = None
-    if imatrix is not None:
-        if not codec.supports_imatrix:
-            raise NotImplementedError(f"{codec.name}: quantizing with an importance matrix is not implemented")
-        if imatrix.shape != (n,):
-            raise ValueError(f"imatrix must have shape ({n},), got {tuple(imatrix.shape)}")
-        weights = imatrix.to(device=x.device, dtype=torch.float32).reshape(blocks_per_row, codec.block_size)
+    weights = _importance(codec, imatrix, n, x.device)
+    row_sigma2 = _row_sigma2(rows) if weights is not None and codec.imatrix_row_sigma else None
     limit = codec.chunk_elements or CHUNK_ELEMENTS
     if x.is_cuda:  # chunks sized for a CPU's cache leave a GPU waiting on kernel launches
         limit *= GPU_CHUNK_FACTOR
@@ -96,11 +91,38 @@ def quantize(x: torch.Tensor, qtype: str | QType, imatrix: torch.Tensor | None =
             part = blocks[start : start + chunk]
             w = None
             if weights is not None:
-                w = weights[torch.arange(start, start + part.shape[0], device=x.device) % blocks_per_row]
+                index = torch.arange(start, start + part.shape[0], device=x.device)
+                w = weights[index % blocks_per_row]
+                if row_sigma2 is not None:  # ggml: qw * sqrtf(sigma2 + x*x), in float32
+                    xf = part.to(torch.float32)
+                    w = w * sqrt_f32(row_sigma2[index // blocks_per_row, None] + xf * xf)
             if padded and part.shape[0] < chunk:
                 _quantize_padded(codec, part, out_blocks[start:], w, chunk, work)
             else:  # float32 one chunk at a time: a bf16 weight is never held twice over
                 codec.quantize_blocks_into(part.to(torch.float32), out_blocks[start : start + chunk], w, work)
+    return out
+
+
+def _importance(codec: Codec, imatrix: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor | None:
+    """The importance of each column, per block position: (blocks per row, block size)."""
+    if imatrix is None or codec.ignores_imatrix:
+        return None
+    if not codec.supports_imatrix:
+        raise NotImplementedError(f"{codec.name}: quantizing with an importance matrix is not implemented")
+    if imatrix.shape != (n,):
+        raise ValueError(f"imatrix must have shape ({n},), got {tuple(imatrix.shape)}")
+    return imatrix.to(device=device, dtype=torch.float32).reshape(n // codec.block_size, codec.block_size)
+
+
+def _row_sigma2(rows: torch.Tensor) -> torch.Tensor:
+    """Each row's mean square as ggml's legacy importance paths take it: x*x summed in order
+    from 0 in float32, over the row's length. Position-first slices of a few million values."""
+    n = rows.shape[1]
+    out = torch.empty(rows.shape[0], dtype=torch.float32, device=rows.device)
+    step = max(1, (1 << 22) // n)
+    for r in range(0, rows.shape[0], step):
+        xt = rows[r : r + step].T.to(torch.float32)
+        out[r : r + step] = div_by(seq_sum(xt * xt), n)
     return out
 
 

@@ -37,8 +37,14 @@ class Codec:
     """One GGUF tensor type. Subclasses set ``qtype`` and implement the two block maps."""
 
     qtype: QType
-    # True where ggml has a separate importance-weighted path (quantize_*_impl).
+    # True where ggml has a separate importance-weighted path (quantize_*_impl); the codec is
+    # then given the importance of each value (``weights``, (n, block_size)).
     supports_imatrix: bool = False
+    # ggml weighs these types' importance by sqrt(sigma2 + x^2), sigma2 the mean square of the
+    # whole row, which one chunk of blocks cannot see: ``quantize`` passes those products.
+    imatrix_row_sigma: bool = False
+    # ggml takes an importance vector for these types and does not use it (Q8_0, F16, BF16).
+    ignores_imatrix: bool = False
     # Values per quantize_blocks call; None: the registry's default, sized for the search types.
     chunk_elements: int | None = None
 
@@ -140,6 +146,14 @@ def seq_sum(x: torch.Tensor, from_zero: bool = True) -> torch.Tensor:
     for j in range(1, x.shape[0]):
         acc += x[j]
     return acc
+
+
+def importance_weights(x: torch.Tensor, qw: torch.Tensor, factor: float) -> torch.Tensor:
+    """The weights ggml's importance paths give each value: qw * sqrtf(sigma2 + x*x), sigma2 =
+    factor * sum(x*x) / n over each super-block x (blocks, n), the sum in order from 0 in float32."""
+    xt = x.T
+    sigma2 = div_by(factor * seq_sum(xt * xt), x.shape[1])
+    return qw * sqrt_f32(sigma2[:, None] + x * x)
 
 
 def fp16_bytes(x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from .base import Codec, QType, Workspace
 
 class _FloatCodec(Codec):
     dtype: torch.dtype
+    ignores_imatrix = True
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         return x.to(self.dtype).contiguous().view(torch.uint8)

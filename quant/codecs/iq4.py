@@ -1,9 +1,10 @@
 """IQ4_NL and IQ4_XS: 4-bit indices into a fixed non-linear table of 16 levels.
 
-Both run ggml's ``quantize_row_iq4_nl_impl`` as ``ggml_quantize_chunk`` calls it (no
-importance matrix, ``ntry = 7``): per 32-value block a first scale from the value of
-largest magnitude, then 15 nearby scales, each fitted by weighted least squares and kept
-if it explains more of the block. IQ4_NL stores that scale as fp16; IQ4_XS quantizes the
+Both run ggml's ``quantize_row_iq4_nl_impl`` as ``ggml_quantize_chunk`` calls it
+(``ntry = 7``): per 32-value block a first scale from the value of largest magnitude, then
+15 nearby scales, each fitted by weighted least squares (weights x^2, or with an importance
+matrix its importance times sqrt(sigma2 + x^2), sigma2 twice the super-block's mean square)
+and kept if it explains more of the block. IQ4_NL stores that scale as fp16; IQ4_XS quantizes the
 eight block scales of a 256-value super-block to 6 bits against an fp16 super-scale.
 """
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from . import triton_search
-from .base import Codec, QType, div_by, fp16_bytes, fp16_from_bytes, inverse_or_zero, nearest_int, rdiv, \
-    signed_absmax
+from .base import Codec, QType, div_by, fp16_bytes, fp16_from_bytes, importance_weights, inverse_or_zero, nearest_int, \
+    rdiv, signed_absmax
 from .fused import cpu_fused
 
 KVALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
@@ -37,9 +38,10 @@ def best_index(x: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(mids, x.contiguous(), right=True)
 
 
-def block_scales(x: torch.Tensor) -> torch.Tensor:
-    """The least-squares scale of each 32-value block x: (m, 32), after the ntry search."""
-    if triton_search.applies(x):
+def block_scales(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The least-squares scale of each 32-value block x: (m, 32), after the ntry search,
+    weighted by ``weights`` (m, 32) or x^2."""
+    if weights is None and triton_search.applies(x):
         return triton_search.iq4_scales(x.T.contiguous(), KVALUES[0], TRIES, MIDPOINTS, STEPS)
     peak = signed_absmax(x)[:, 0]
     zero = x.abs().amax(dim=1) < GROUP_MAX_EPS
@@ -47,19 +49,21 @@ def block_scales(x: torch.Tensor) -> torch.Tensor:
     first = rdiv(1.0, div_by(-peak, KVALUES[0]))
     tries = torch.tensor(TRIES, device=x.device)
     inv = torch.cat([first[:, None], tries / peak[:, None]], dim=1)  # (m, 16)
-    return torch.where(zero, 0.0, _search(x.T.contiguous(), inv))
+    xt = x.T.contiguous()
+    return torch.where(zero, 0.0, _search(xt, xt * xt if weights is None else weights.T.contiguous(), inv))
 
 
 @cpu_fused
-def _search(xt: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+def _search(xt: torch.Tensor, wt: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
     """The fits of the candidate inverse scales ``inv`` (m, T) of position-first blocks
-    ``xt`` (32, m), each accepted if it explains more of the block: -> d (m,)."""
+    ``xt`` (32, m) weighted by ``wt`` (32, m), each accepted if it explains more of the
+    block: -> d (m,)."""
     sumqx = torch.zeros_like(inv)
     sumq2 = torch.zeros_like(inv)
     for j in range(xt.shape[0]):  # in-order sums, one (m, T) slice at a time
         xj = xt[j, :, None]
         q = nearest_level(inv * xj)
-        wq = (xj * xj) * q
+        wq = wt[j, :, None] * q
         sumqx += wq * xj
         sumq2 += wq * q
     d = torch.where(sumq2[:, 0] > 0, sumqx[:, 0] / torch.where(sumq2[:, 0] > 0, sumq2[:, 0], 1.0), 0.0)
@@ -98,9 +102,10 @@ def _levels(qs: torch.Tensor) -> torch.Tensor:
 class IQ4_NL(Codec):
     qtype = QType.IQ4_NL
     chunk_elements = 1 << 20
+    supports_imatrix = True
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        d = block_scales(x)
+        d = block_scales(x, None if weights is None else importance_weights(x, weights, 2.0))
         levels = best_index(inverse_or_zero(d)[:, None] * x)  # the unrounded scale, as C
         return torch.cat([fp16_bytes(d), _pack(levels)], dim=1)
 
@@ -111,11 +116,13 @@ class IQ4_NL(Codec):
 class IQ4_XS(Codec):
     qtype = QType.IQ4_XS
     chunk_elements = 1 << 20
+    supports_imatrix = True
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         nb = x.shape[0]
         sub = x.reshape(-1, 32)
-        scales = block_scales(sub).reshape(nb, 8)
+        w = None if weights is None else importance_weights(x, weights, 2.0).reshape(-1, 32)
+        scales = block_scales(sub, w).reshape(nb, 8)
         d = -signed_absmax(scales)[:, 0] / 32
         ls = nearest_int(inverse_or_zero(d)[:, None] * scales).clamp_(-32, 31)
         dl = (d[:, None] * ls.to(torch.float32)).reshape(-1)

@@ -5,16 +5,20 @@ Each sub-block's (scale, min) comes from ggml's ``make_qkx2_quants`` search: a f
 from the range, then ``nstep + 1`` candidate scales, each refit by weighted least squares
 and kept if its weighted error is strictly lower. The sub-block scales and mins are then
 quantized against the super-block's (stored as fp16), and the values requantized with
-those. Tensors are laid out position-first, ``(n, sub-blocks)``, so that the
-in-order float32 sums ggml's loops make run over contiguous slices.
+those. With an importance matrix ggml weighs each value by its importance times
+sqrt(sigma2 + x^2) (sigma2: the super-block's mean square, doubled for Q4_K and Q5_K), runs
+the same search with other steps (its ``make_qkx3_quants``), and fits the super-block
+scales by ``make_qp_quants``, weighted by each sub-block's total weight. Tensors are laid
+out position-first, ``(n, sub-blocks)``, so that the in-order float32 sums ggml's loops make
+run over contiguous slices.
 """
 from __future__ import annotations
 
 import torch
 
 from . import triton_search
-from .base import Codec, QType, div_by, fp16_bytes, fp16_from_bytes, fp16_round, inverse_or_zero, nearest_int, rdiv, seq_sum, \
-    sqrt_f32
+from .base import Codec, QType, div_by, fp16_bytes, fp16_from_bytes, fp16_round, importance_weights, inverse_or_zero, \
+    nearest_int, rdiv, seq_sum, sqrt_f32
 from .fused import cpu_fused
 
 QK_K = 256
@@ -62,29 +66,34 @@ def _weighted_error(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, offse
     return seq_sum(w * (diff.abs() if use_mad else diff * diff))
 
 
-def qkx2_weights(x: torch.Tensor, weights: str) -> torch.Tensor:
+def qkx2_weights(x: torch.Tensor, weights: str | torch.Tensor) -> torch.Tensor:
     """The weights ggml's callers give ``make_qkx2_quants`` for sub-blocks x (n, m), position-first:
-    ``"rms+abs"`` (Q4_K, Q5_K) the sub-block's root mean square plus |x|, ``"abs"`` (Q2_K) |x|."""
+    ``"rms+abs"`` (Q4_K, Q5_K) the sub-block's root mean square plus |x|, ``"abs"`` (Q2_K) |x|,
+    or importance weights given (n, m)."""
+    if isinstance(weights, torch.Tensor):
+        return weights
     if weights == "abs":
         return x.abs()
     return sqrt_f32(seq_sum(x * x) / x.shape[0]) + x.abs()  # 32 values: the division is exact
 
 
-def make_qkx2_quants(x: torch.Tensor, weights: str, nmax: int, rmin: float, rdelta: float,
+def make_qkx2_quants(x: torch.Tensor, weights: str | torch.Tensor, nmax: int, rmin: float, rdelta: float,
                      nstep: int, use_mad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Vectorised ``make_qkx2_quants`` over sub-blocks given position-first, ``x: (n, m)``,
-    weighted as ``qkx2_weights`` says.
+    weighted as ``qkx2_weights`` says. With weights given it is also ``make_qkx3_quants``:
+    the two differ only in what they do without weights.
 
     Returns (scale (m,), the_min (m,), L (n, m) int32), the_min being minus the offset.
     The candidates run in order, as in C: an accepted candidate moves the offset that the
     next ones start from.
     """
     numerators = [_f32_numerator(rmin, rdelta, step, nmax) for step in range(nstep + 1)]
-    if triton_search.applies(x):
+    if isinstance(weights, str) and triton_search.applies(x):
         return triton_search.qkx2(x, nmax, numerators, weights, use_mad)
     w = qkx2_weights(x, weights)
     hi = x.amax(dim=0)
-    lo = torch.clamp(x.amin(dim=0), max=0.0)  # the scan's min, then "if (min > 0) min = 0"
+    lo = _scan_min(x)
+    lo = torch.where(lo > 0, 0.0, lo)  # "if (min > 0) min = 0"
     flat = hi == lo
     hi = torch.where(flat, lo + 1.0, hi)  # a flat sub-block keeps nothing; only avoid 0/0
     sum_w = seq_sum(w, from_zero=False)
@@ -103,6 +112,78 @@ def make_qkx2_quants(x: torch.Tensor, weights: str, nmax: int, rmin: float, rdel
     scale = torch.where(flat, 0.0, scale)
     levels = torch.where(flat, 0.0, levels)
     return scale, -offset, levels.to(torch.int32)
+
+
+GROUP_MAX_EPS = 1e-15  # below this a super-block's scales count as all zero
+QKX3 = (-0.9, 0.05, 36)  # make_qkx3_quants' rmin, rdelta, nstep in every importance path
+
+
+def make_qp_quants(x: torch.Tensor, nmax: int, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make_qp_quants(n, nmax, x, L, w)`` over rows x, w: (nb, n) of non-negative values (a
+    super-block's sub-block scales or mins, and their weights): a scale from the largest, the
+    best of eight nearby by weighted error, then up to five in-order passes that move single
+    levels where that raises the part explained. -> (scale (nb,), L (nb, n) int32).
+
+    C stores levels as uint8 (a negative one wraps) and leaves a row once a pass changes
+    nothing in it; passing again over a settled row changes nothing, so all passes run."""
+    xt, wt = x.T.contiguous(), w.T.contiguous()  # position-first: in-order sums
+    top = xt.amax(dim=0).clamp(min=0.0)  # C scans MAX(max, x) from 0
+    zero = top < GROUP_MAX_EPS
+    top = torch.where(zero, 1.0, top)
+    iscale = rdiv(float(nmax), top)
+    first = (nearest_int(iscale * xt) & 0xFF).to(torch.float32)  # no clamp here
+    scale = rdiv(1.0, iscale)
+    best = _qp_error(xt, wt, scale, first)
+    for step in (-4, -3, -2, -1, 1, 2, 3, 4):
+        cand = rdiv(_f32_numerator(0.0, 0.1, step, nmax), top)  # (0.1f*is + nmax)/max
+        cand_scale = rdiv(1.0, cand)
+        err = _qp_error(xt, wt, cand_scale, nearest_int(cand * xt).clamp_(max=nmax).to(torch.float32))
+        better = err < best
+        best, iscale = torch.where(better, err, best), torch.where(better, cand, iscale)
+    level = nearest_int(iscale * xt).clamp_(max=nmax)
+    stored = level & 0xFF
+    lf = level.to(torch.float32)
+    sumlx, suml2 = seq_sum(wt * xt * lf), seq_sum(wt * lf * lf)
+    for _ in range(5):
+        for i in range(xt.shape[0]):
+            li = stored[i].to(torch.float32)
+            slx = sumlx - wt[i] * xt[i] * li
+            sl2 = suml2 - wt[i] * li * li
+            ok = (slx > 0) & (sl2 > 0)
+            new_l = nearest_int(xt[i] * sl2 / torch.where(ok, slx, 1.0)).clamp_(max=nmax)
+            ok &= new_l != stored[i]
+            nf = new_l.to(torch.float32)
+            slx = slx + wt[i] * xt[i] * nf
+            sl2 = sl2 + wt[i] * nf * nf
+            accept = ok & (slx * slx * suml2 > sumlx * sumlx * sl2)
+            stored[i] = torch.where(accept, new_l & 0xFF, stored[i])
+            sumlx, suml2 = torch.where(accept, slx, sumlx), torch.where(accept, sl2, suml2)
+    scale = torch.where(suml2 > 0, sumlx / torch.where(suml2 > 0, suml2, 1.0), 0.0)
+    return torch.where(zero, 0.0, scale), torch.where(zero, 0, stored).T.contiguous()
+
+
+def _qp_error(xt: torch.Tensor, wt: torch.Tensor, scale: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    diff = xt - scale * levels
+    return seq_sum(wt * diff * diff)
+
+
+def sub_block_weights(weights: torch.Tensor, sub: int) -> torch.Tensor:
+    """Each sub-block's total weight, summed in order from 0: (nb, 256) -> (nb, 256/sub)."""
+    nb = weights.shape[0]
+    return seq_sum(_position_first(weights, sub)).reshape(nb, -1)
+
+
+def _scan_min(x: torch.Tensor) -> torch.Tensor:
+    """The min of each column of x (n, m) as C's scan ``if (x[i] < min) min = x[i]`` finds it:
+    of -0 and +0 the first it meets. The sign reaches Q4_1's and Q5_1's stored min."""
+    lo = x.amin(dim=0)
+    zero = (lo == 0).nonzero().reshape(-1)
+    if zero.numel():
+        cols = x[:, zero]
+        first = (cols == 0).to(torch.uint8).argmax(dim=0)
+        lo = lo.clone()
+        lo[zero] = cols.gather(0, first[None])[0]
+    return lo
 
 
 def _super_scale(values: torch.Tensor) -> torch.Tensor:
@@ -136,18 +217,29 @@ class _Scale6Codec(Codec):
     rmin: float
     nstep: int
     chunk_elements = 1 << 19  # a step's passes over x, w and levels stay in a CPU's cache
+    supports_imatrix = True
 
-    def levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (d, dmin as fp16 bytes source, packed scales (nb, 12), levels (nb, 256))."""
+    def levels(self, x: torch.Tensor, qw: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (d, dmin as fp16 bytes source, packed scales (nb, 12), levels (nb, 256)); ``qw``:
+        the values' importance (nb, 256), or None."""
         nb = x.shape[0]
         xs = _position_first(x, 32)
-        scales, mins, levels = make_qkx2_quants(xs, "rms+abs", self.nmax, self.rmin, 0.1, self.nstep, False)
-        scales, mins = scales.reshape(nb, 8), mins.reshape(nb, 8)
-        max_scale, max_min = _super_scale(scales), _super_scale(mins)
-        inv_scale, inv_min = inverse_or_zero(max_scale, 63.0), inverse_or_zero(max_min, 63.0)
-        ls = (nearest_int(inv_scale[:, None] * scales) & 0xFF).clamp_(max=63)
-        lm = (nearest_int(inv_min[:, None] * mins) & 0xFF).clamp_(max=63)
-        d, dmin = fp16_round(div_by(max_scale, 63.0)), fp16_round(div_by(max_min, 63.0))
+        if qw is None:
+            scales, mins, levels = make_qkx2_quants(xs, "rms+abs", self.nmax, self.rmin, 0.1, self.nstep, False)
+            scales, mins = scales.reshape(nb, 8), mins.reshape(nb, 8)
+            max_scale, max_min = _super_scale(scales), _super_scale(mins)
+            inv_scale, inv_min = inverse_or_zero(max_scale, 63.0), inverse_or_zero(max_min, 63.0)
+            ls = (nearest_int(inv_scale[:, None] * scales) & 0xFF).clamp_(max=63)
+            lm = (nearest_int(inv_min[:, None] * mins) & 0xFF).clamp_(max=63)
+            d, dmin = fp16_round(div_by(max_scale, 63.0)), fp16_round(div_by(max_min, 63.0))
+        else:
+            weights = importance_weights(x, qw, 2.0)
+            scales, mins, levels = make_qkx2_quants(xs, _position_first(weights, 32), self.nmax, *QKX3, False)
+            sw = sub_block_weights(weights, 32)
+            d, ls = make_qp_quants(scales.reshape(nb, 8), 63, sw)
+            dmin, lm = make_qp_quants(mins.reshape(nb, 8), 63, sw)
+            d, dmin = fp16_round(d), fp16_round(dmin)
         sub_d = (d[:, None] * ls.to(torch.float32)).reshape(-1)
         sub_dm = (dmin[:, None] * lm.to(torch.float32)).reshape(-1)
         levels = _requantize(xs, sub_d, sub_dm, levels, self.nmax)
@@ -193,7 +285,7 @@ class Q4_K(_Scale6Codec):
     nmax, rmin, nstep = 15, -1.0, 20
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        d, dmin, scales, levels = self.levels(x)
+        d, dmin, scales, levels = self.levels(x, weights)
         return torch.cat([fp16_bytes(d), fp16_bytes(dmin), scales, _pack_nibble_pairs(levels)], dim=1)
 
     def unpack_levels(self, rest: torch.Tensor) -> torch.Tensor:
@@ -205,7 +297,7 @@ class Q5_K(_Scale6Codec):
     nmax, rmin, nstep = 31, -0.5, 15
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        d, dmin, scales, levels = self.levels(x)
+        d, dmin, scales, levels = self.levels(x, weights)
         # bit 4 of value 32s + j goes to bit s of qh[j]
         high = (levels >> 4).reshape(-1, 8, 32)
         qh = (high << torch.arange(8, device=x.device, dtype=torch.int32)[None, :, None]).sum(dim=1)
@@ -223,20 +315,30 @@ class Q2_K(Codec):
 
     qtype = QType.Q2_K
     chunk_elements = 1 << 19  # a step's passes over x, w and levels stay in a CPU's cache
+    supports_imatrix = True
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         nb = x.shape[0]
         xs = _position_first(x, 16)
-        scales, mins, levels = make_qkx2_quants(xs, "abs", 3, -0.5, 0.1, 15, True)
-        scales, mins = scales.reshape(nb, 16), mins.reshape(nb, 16)
-        max_scale, max_min = _super_scale(scales), _super_scale(mins)
-        has_scale, has_min = max_scale > 0, max_min > 0
-        ls = nearest_int(inverse_or_zero(max_scale, 15.0)[:, None] * scales)
-        lm = nearest_int(inverse_or_zero(max_min, 15.0)[:, None] * mins)
-        ls = torch.where(has_scale[:, None], ls & 0xFF, 0)
-        packed = ls | torch.where(has_min[:, None], (lm << 4) & 0xFF, 0)
-        d = fp16_round(torch.where(has_scale, div_by(max_scale, 15.0), 0.0))
-        dmin = fp16_round(torch.where(has_min, div_by(max_min, 15.0), 0.0))
+        if weights is None:
+            scales, mins, levels = make_qkx2_quants(xs, "abs", 3, -0.5, 0.1, 15, True)
+            scales, mins = scales.reshape(nb, 16), mins.reshape(nb, 16)
+            max_scale, max_min = _super_scale(scales), _super_scale(mins)
+            has_scale, has_min = max_scale > 0, max_min > 0
+            ls = nearest_int(inverse_or_zero(max_scale, 15.0)[:, None] * scales)
+            lm = nearest_int(inverse_or_zero(max_min, 15.0)[:, None] * mins)
+            ls = torch.where(has_scale[:, None], ls & 0xFF, 0)
+            packed = ls | torch.where(has_min[:, None], (lm << 4) & 0xFF, 0)
+            d = fp16_round(torch.where(has_scale, div_by(max_scale, 15.0), 0.0))
+            dmin = fp16_round(torch.where(has_min, div_by(max_min, 15.0), 0.0))
+        else:
+            w = importance_weights(x, weights, 1.0)
+            scales, mins, levels = make_qkx2_quants(xs, _position_first(w, 16), 3, *QKX3, False)
+            sw = sub_block_weights(w, 16)
+            d, ls = make_qp_quants(scales.reshape(nb, 16), 15, sw)
+            dmin, lm = make_qp_quants(mins.reshape(nb, 16), 15, sw)
+            packed = (ls | (lm << 4)) & 0xFF
+            d, dmin = fp16_round(d), fp16_round(dmin)
         sub_d = (d[:, None] * (packed & 0xF).to(torch.float32)).reshape(-1)
         sub_dm = (dmin[:, None] * (packed >> 4).to(torch.float32)).reshape(-1)
         levels = _block_major(_requantize(xs, sub_d, sub_dm, levels, 3), nb)

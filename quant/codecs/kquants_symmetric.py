@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from . import triton_search
-from .base import Codec, QType, Workspace, fp16_bytes, fp16_from_bytes, fp16_round, nearest_int, put_fp16, rdiv, seq_sum, \
-    signed_absmax
+from .base import Codec, QType, Workspace, fp16_bytes, fp16_from_bytes, fp16_round, nearest_int, put_fp16, rdiv, \
+    importance_weights, seq_sum, signed_absmax
 from .fused import cpu_fused
 
 QK_K = 256
@@ -37,29 +37,31 @@ def _qx_numerators(nmax: int) -> list[float]:
     return [-float(nmax)] + [float(-(_f32(nmax) + _f32(0.1) * _f32(s))) for s in range(-9, 10) if s != 0]
 
 
-def make_qx_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``make_qx_quants(n, nmax, x, L, rmse_type=1, NULL)`` over sub-blocks x: (m, n).
+def make_qx_quants(x: torch.Tensor, nmax: int,
+                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make_qx_quants(n, nmax, x, L, rmse_type=1, weights)`` over sub-blocks x: (m, n), with
+    ``weights`` (m, n) or, as C's NULL, x^2.
 
     Returns (scale (m,), L (n, m) in 0..2*nmax-1 as floats; 0 for all-zero sub-blocks). The
     candidates do not depend on each other, only their acceptance does (each must beat the
     best so far), so all are evaluated at once and accepted in order."""
     xt = x.T.contiguous()  # position-first: the sums run over contiguous slices
+    wt = None if weights is None else weights.T.contiguous()
     if triton_search.applies(xt):
-        return triton_search.qx(xt, nmax, _qx_numerators(nmax))
+        return triton_search.qx(xt, nmax, _qx_numerators(nmax), wt)
     peak, zero, _ = _first_guess(xt.T, nmax)  # reduced over xt's rows: contiguous, fast
     numerators = torch.tensor(_qx_numerators(nmax), dtype=torch.float32, device=x.device)
     iscale = numerators / torch.where(zero, 1.0, peak)[:, None]
-    scale, chosen = _qx_search(xt, iscale, nmax)
+    scale, chosen = _qx_search(xt, xt * xt if wt is None else wt, iscale, nmax)
     levels = torch.round(chosen * xt).clamp_(-nmax, nmax - 1)  # the accepted candidate's levels
     scale = torch.where(zero, 0.0, scale)
     return scale, torch.where(zero, 0.0, levels + nmax)
 
 
 @cpu_fused
-def _qx_search(xt: torch.Tensor, iscale: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fits of all candidate scales ``iscale`` (m, S) of sub-blocks ``xt`` (n, m), and
-    the in-order acceptance: -> (scale (m,), the accepted iscale (m,))."""
-    w = xt * xt
+def _qx_search(xt: torch.Tensor, w: torch.Tensor, iscale: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fits of all candidate scales ``iscale`` (m, S) of sub-blocks ``xt`` (n, m) weighted
+    by ``w`` (n, m), and the in-order acceptance: -> (scale (m,), the accepted iscale (m,))."""
     wx = w * xt
     # in-order sums over the positions, one (m, S) slice at a time (cache-sized)
     sumlx = torch.zeros_like(iscale)
@@ -139,6 +141,20 @@ def _q3_pass(xt: torch.Tensor, levels: torch.Tensor, lx: torch.Tensor | None, l2
     return torch.stack(rows), lx, l2, changed
 
 
+def _q3_k_weighted_scales(x: torch.Tensor, qw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q3_K with importance ``qw`` (nb, 256): each sub-block's scale by ``make_qx_quants`` with
+    weights qw*sqrt(sigma2 + x^2), then the 16 scales themselves by ``make_qx_quants`` (32
+    levels) weighted by their sub-blocks' total weight. -> (6-bit scales + 32 (nb, 16) int,
+    fp16-rounded super-block scale (nb,), sub-block levels (16, nb*16))."""
+    nb = x.shape[0]
+    weight = importance_weights(x, qw, 2.0)
+    sub_w = weight.reshape(-1, 16)
+    scales, levels = make_qx_quants(x.reshape(-1, 16), 4, sub_w)
+    sw = seq_sum(sub_w.T).reshape(nb, 16)
+    d, ls = make_qx_quants(scales.reshape(nb, 16), 32, sw)
+    return ls.T.to(torch.int32), fp16_round(d), levels
+
+
 def _requantize(x: torch.Tensor, d: torch.Tensor, levels: torch.Tensor, nmax: int) -> torch.Tensor:
     """Values against the stored sub-block scales d (m,); where d is 0 the search's levels stay.
     x: (m, 16) block-major; levels: (16, m) -> uint8 (m, 16) in 0..2*nmax-1."""
@@ -174,11 +190,12 @@ class Q6_K(Codec):
 
     qtype = QType.Q6_K
     chunk_elements = 1 << 20  # the search holds (16, sub-blocks, 19 candidates) floats
+    supports_imatrix = True  # ggml weights the sub-block search by the importance alone
 
     def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         nb = x.shape[0]
         sub = x.reshape(-1, 16)
-        scales, levels = make_qx_quants(sub, 32)
+        scales, levels = make_qx_quants(sub, 32, None if weights is None else weights.reshape(-1, 16))
         scales = scales.reshape(nb, 16)
         max_scale = signed_absmax(scales)[:, 0]
         empty = max_scale.abs() < GROUP_MAX_EPS
@@ -209,18 +226,23 @@ class Q3_K(Codec):
 
     qtype = QType.Q3_K
     chunk_elements = 1 << 20
+    supports_imatrix = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
                              work: Workspace) -> None:
         nb = x.shape[0]
         sub = x.reshape(-1, 16)
-        scales, levels = make_q3_quants(sub, 4, work)
-        scales = scales.reshape(nb, 16)
-        max_scale = signed_absmax(scales)[:, 0]
-        has = max_scale != 0
-        iscale = rdiv(-32.0, torch.where(has, max_scale, 1.0))
-        l6 = torch.where(has[:, None], nearest_int(iscale[:, None] * scales).clamp_(-32, 31) + 32, 0)
-        d = fp16_round(torch.where(has, rdiv(1.0, iscale), 0.0))
+        if weights is None:
+            scales, levels = make_q3_quants(sub, 4, work)
+            scales = scales.reshape(nb, 16)
+            max_scale = signed_absmax(scales)[:, 0]
+            has = max_scale != 0
+            iscale = rdiv(-32.0, torch.where(has, max_scale, 1.0))
+            l6 = torch.where(has[:, None], nearest_int(iscale[:, None] * scales).clamp_(-32, 31) + 32, 0)
+            d = fp16_round(torch.where(has, rdiv(1.0, iscale), 0.0))
+        else:
+            l6, d, levels = _q3_k_weighted_scales(x, weights)
+            has = torch.ones_like(d, dtype=torch.bool)  # the weighted path stores its 6-bit scales as found
         packed = torch.cat([(l6[:, :8] & 0xF) | ((l6[:, 8:] & 0xF) << 4),
                             sum((l6[:, 4 * q:4 * q + 4] >> 4) << (2 * q) for q in range(4))], dim=1)
         packed = torch.where(has[:, None], packed, 0)

@@ -3,7 +3,9 @@
 Two scale rules cover the four small ones. *Symmetric* (Q4_0, Q5_0) takes the value of
 largest magnitude, keeping its sign, as ``-2^(bits-1)`` steps; *affine* (Q4_1, Q5_1)
 spans min..max in ``2^bits - 1`` steps from the min. There is no search, so no order-
-sensitive sums: max, min and argmax are exact whatever the order.
+sensitive sums: max, min and argmax are exact whatever the order. With an importance
+matrix ggml searches instead, as the K-quants do, weighting each value by its importance
+times sqrt(the row's mean square + its own square).
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import torch
 
 from .base import Codec, QType, Workspace, div_by, fp16_from_bytes, inverse_or_zero, put_fp16, signed_absmax
 from .fused import cpu_fused
+from .kquants_affine import QKX3, make_qkx2_quants
+from .kquants_symmetric import make_qx_quants
 
 HALF = 16  # elements j and j + 16 share a byte
 
@@ -41,6 +45,12 @@ def _packed_levels(x: torch.Tensor, offset: torch.Tensor | None, scale: torch.Te
     xt = x.T
     v = xt * scale.T if offset is None else (xt - offset.T) * scale.T
     q = (v + shift).to(torch.uint8).clamp_(max=top)  # float->int conversion truncates, as C's cast
+    return _pack(q, fifth)
+
+
+def _pack(q: torch.Tensor, fifth: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Position-first uint8 levels (32, n) -> (n, 16) bytes ``L[j] | L[j + 16] << 4`` (low four
+    bits of each) and, where ``fifth``, bit 4 of each as a little-endian uint32 (value j -> bit j)."""
     nibbles = (q[:HALF] & 0xF) | (q[HALF:] << 4)  # uint8: the fifth bit of q[16:] falls off
     if not fifth:
         return nibbles.T.contiguous(), None
@@ -49,8 +59,13 @@ def _packed_levels(x: torch.Tensor, offset: torch.Tensor | None, scale: torch.Te
     return nibbles.T.contiguous(), qh.T.contiguous()
 
 
-def _symmetric(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Q4_0/Q5_0: ``-2^(bits-1)`` steps of the signed value of largest magnitude."""
+def _symmetric(x: torch.Tensor, bits: int, weights: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Q4_0/Q5_0: ``-2^(bits-1)`` steps of the signed value of largest magnitude; with importance
+    ``weights``, ggml's weighted search (``make_qx_quants``) for the step."""
+    if weights is not None:
+        d, levels = make_qx_quants(x, 1 << (bits - 1), weights)
+        return d[:, None], *_pack(levels.to(torch.uint8), bits == 5)
     d = signed_absmax(x) / -(1 << (bits - 1))
     return d, *_packed_levels(x, None, inverse_or_zero(d), (1 << (bits - 1)) + 0.5, (1 << bits) - 1, bits == 5)
 
@@ -66,8 +81,13 @@ def _first_equal(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return v
 
 
-def _affine(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Q4_1/Q5_1: min..max in 2^bits - 1 steps."""
+def _affine(x: torch.Tensor, bits: int, weights: torch.Tensor | None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Q4_1/Q5_1: min..max in 2^bits - 1 steps; with importance ``weights``, ggml's weighted
+    search for a (scale, min) (``make_qkx3_quants``)."""
+    if weights is not None:
+        d, the_min, levels = make_qkx2_quants(x.T.contiguous(), weights.T.contiguous(), (1 << bits) - 1, *QKX3, False)
+        return d[:, None], -the_min[:, None], *_pack(levels.to(torch.uint8), bits == 5)
     lo, hi = _first_equal(x, x.amin(dim=1, keepdim=True)), _first_equal(x, x.amax(dim=1, keepdim=True))
     d = div_by(hi - lo, (1 << bits) - 1)
     return d, lo, *_packed_levels(x, lo, inverse_or_zero(d), 0.5, (1 << bits) - 1, bits == 5)
@@ -90,6 +110,7 @@ class _LegacyCodec(Codec):
 
 class Q8_0(_LegacyCodec):
     qtype = QType.Q8_0
+    ignores_imatrix = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
                              work: Workspace) -> None:
@@ -106,10 +127,12 @@ class Q8_0(_LegacyCodec):
 
 class Q4_0(_LegacyCodec):
     qtype = QType.Q4_0
+    supports_imatrix = True
+    imatrix_row_sigma = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
                              work: Workspace) -> None:
-        d, nibbles, _ = _symmetric(x, 4)
+        d, nibbles, _ = _symmetric(x, 4, weights)
         put_fp16(out[:, :2], d)
         out[:, 2:] = nibbles
 
@@ -120,10 +143,12 @@ class Q4_0(_LegacyCodec):
 
 class Q5_0(_LegacyCodec):
     qtype = QType.Q5_0
+    supports_imatrix = True
+    imatrix_row_sigma = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
                              work: Workspace) -> None:
-        d, nibbles, fifth = _symmetric(x, 5)
+        d, nibbles, fifth = _symmetric(x, 5, weights)
         put_fp16(out[:, :2], d)
         out[:, 2:6] = fifth
         out[:, 6:] = nibbles
@@ -135,10 +160,12 @@ class Q5_0(_LegacyCodec):
 
 class Q4_1(_LegacyCodec):
     qtype = QType.Q4_1
+    supports_imatrix = True
+    imatrix_row_sigma = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
                              work: Workspace) -> None:
-        d, lo, nibbles, _ = _affine(x, 4)
+        d, lo, nibbles, _ = _affine(x, 4, weights)
         put_fp16(out[:, :2], d)
         put_fp16(out[:, 2:4], lo)
         out[:, 4:] = nibbles
@@ -150,10 +177,12 @@ class Q4_1(_LegacyCodec):
 
 class Q5_1(_LegacyCodec):
     qtype = QType.Q5_1
+    supports_imatrix = True
+    imatrix_row_sigma = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
                              work: Workspace) -> None:
-        d, lo, nibbles, fifth = _affine(x, 5)
+        d, lo, nibbles, fifth = _affine(x, 5, weights)
         put_fp16(out[:, :2], d)
         put_fp16(out[:, 2:4], lo)
         out[:, 4:8] = fifth

@@ -133,16 +133,20 @@ def qkx2_kernel(x_ptr, numerator_ptr, scale_ptr, min_ptr, levels_ptr, m, N_STEPS
     tl.store(min_ptr + offs, -offset, mask=mask)
 
 
-# --- make_qx_quants (rmse_type 1): Q6_K ------------------------------------------------
+# --- make_qx_quants (rmse_type 1): Q6_K; with importance weights also Q3_K, Q4_0, Q5_0 ---------
 
 @triton.jit
-def _qx_sums(x_ptr, offs, mask, m, iscale, N: tl.constexpr, NMAX: tl.constexpr):
-    """sum w*x*l and sum w*l*l over the sub-block, w = x^2, for the levels of ``iscale``."""
+def _qx_sums(x_ptr, w_ptr, offs, mask, m, iscale, N: tl.constexpr, NMAX: tl.constexpr, HAS_W: tl.constexpr):
+    """sum w*x*l and sum w*l*l over the sub-block, w the weights given or x^2, for the levels
+    of ``iscale``."""
     sum_lx = tl.zeros(offs.shape, tl.float32)
     sum_l2 = tl.zeros(offs.shape, tl.float32)
     for j in tl.static_range(N):
         xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
-        w = xj * xj
+        if HAS_W:
+            w = tl.load(w_ptr + j * m + offs, mask=mask, other=0.0)
+        else:
+            w = xj * xj
         level = _clamped_level(iscale * xj, -NMAX, NMAX - 1)
         sum_lx = sum_lx + (w * xj) * level
         sum_l2 = sum_l2 + level * (w * level)
@@ -150,20 +154,20 @@ def _qx_sums(x_ptr, offs, mask, m, iscale, N: tl.constexpr, NMAX: tl.constexpr):
 
 
 @triton.jit
-def qx_kernel(x_ptr, numerator_ptr, scale_ptr, levels_ptr, m, N_CANDIDATES: tl.constexpr, LANES: tl.constexpr,
-              N: tl.constexpr, NMAX: tl.constexpr):
+def qx_kernel(x_ptr, w_ptr, numerator_ptr, scale_ptr, levels_ptr, m, N_CANDIDATES: tl.constexpr,
+              LANES: tl.constexpr, N: tl.constexpr, NMAX: tl.constexpr, HAS_W: tl.constexpr):
     offs = tl.program_id(0) * LANES + tl.arange(0, LANES)
     mask = offs < m
     peak, amax = _signed_absmax(x_ptr, offs, mask, m, N)
     zero = amax < GROUP_MAX_EPS
     peak = tl.where(zero, 1.0, peak)
     chosen = tl.div_rn(tl.full(offs.shape, 0.0, tl.float32) + tl.load(numerator_ptr), peak)
-    sum_lx, sum_l2 = _qx_sums(x_ptr, offs, mask, m, chosen, N, NMAX)
+    sum_lx, sum_l2 = _qx_sums(x_ptr, w_ptr, offs, mask, m, chosen, N, NMAX, HAS_W)
     scale = tl.where(sum_l2 != 0, tl.div_rn(sum_lx, tl.where(sum_l2 != 0, sum_l2, 1.0)), 0.0)
     best = scale * sum_lx
     for s in range(1, N_CANDIDATES):
         iscale = tl.div_rn(tl.full(offs.shape, 0.0, tl.float32) + tl.load(numerator_ptr + s), peak)
-        sum_lx, sum_l2 = _qx_sums(x_ptr, offs, mask, m, iscale, N, NMAX)
+        sum_lx, sum_l2 = _qx_sums(x_ptr, w_ptr, offs, mask, m, iscale, N, NMAX, HAS_W)
         better = (sum_l2 > 0) & (sum_lx * sum_lx > best * sum_l2)
         new_scale = tl.div_rn(sum_lx, tl.where(better, sum_l2, 1.0))
         scale = tl.where(better, new_scale, scale)

@@ -84,14 +84,16 @@ def qkx2(xs: torch.Tensor, nmax: int, numerators: Sequence[float], weights: str,
     return scale, the_min, levels
 
 
-def qx(xt: torch.Tensor, nmax: int, numerators: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``make_qx_quants(rmse_type=1)`` over position-first sub-blocks ``xt`` (n, m); candidate
-    ``s`` is ``numerators[s] / max``. -> (scale (m,), levels (n, m) float in 0..2*nmax-1)."""
+def qx(xt: torch.Tensor, nmax: int, numerators: Sequence[float],
+       wt: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make_qx_quants(rmse_type=1)`` over position-first sub-blocks ``xt`` (n, m), weighted by
+    ``wt`` (n, m) or x^2; candidate ``s`` is ``numerators[s] / max``. -> (scale (m,), levels
+    (n, m) float in 0..2*nmax-1)."""
     n, m = xt.shape
     scale = torch.empty(m, dtype=torch.float32, device=xt.device)
     levels = torch.empty((n, m), dtype=torch.float32, device=xt.device)
-    _launch(_kernels().qx_kernel, m, xt, _f32_table(numerators, xt.device), scale, levels,
-            N_CANDIDATES=len(numerators), N=n, NMAX=nmax)
+    _launch(_kernels().qx_kernel, m, xt, xt if wt is None else wt, _f32_table(numerators, xt.device), scale, levels,
+            N_CANDIDATES=len(numerators), N=n, NMAX=nmax, HAS_W=wt is not None)
     return scale, levels
 
 
