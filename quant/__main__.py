@@ -7,7 +7,7 @@ import json
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -20,15 +20,19 @@ from .gguf_file import GGUFWriteError, WriteResult, read_summary, write_gguf
 from .costs import CostError, CostTable, accumulate, check_model, default_costs, model_fingerprint, resolve_costs
 from .optimize import CARD_HEADROOM_GIB, Allocation, Target, TargetError, optimize, pareto
 from .recipe import Recipe, RecipeError, average_bpw, load_recipe, output_name, plan_tensors, save_recipe
+from .imatrix import ImatrixError, load_imatrix
 from .speed import SpeedError, SpeedProfile, load_speed
 
 USER_ERRORS = (ArchitectureError, RecipeError, CheckpointError, GGUFWriteError, CostError, TargetError,
-               SpeedError, FileExistsError, FileNotFoundError, ValueError)
+               SpeedError, ImatrixError, FileExistsError, FileNotFoundError, ValueError)
 
 
 def convert(src: Path, out: Path | None, recipe: Recipe | None = None, qtype: str | None = None,
-            overwrite: bool = False, device: str | None = None, quiet: bool = False) -> WriteResult:
-    """safetensors -> GGUF with every block ``qtype``, or per ``recipe``."""
+            overwrite: bool = False, device: str | None = None, quiet: bool = False,
+            imatrix: Path | None = None) -> WriteResult:
+    """safetensors -> GGUF with every block ``qtype``, or per ``recipe``; with an importance
+    matrix file ``imatrix`` (of this model) where given."""
+    importance = load_imatrix(imatrix) if imatrix else None
     with open_safetensors(src) as source:
         arch = detect(source.shapes)
         recipe = recipe or Recipe.uniform(arch, qtype or "Q8_0")
@@ -38,7 +42,8 @@ def convert(src: Path, out: Path | None, recipe: Recipe | None = None, qtype: st
         total = sum(t.numel for t in plan)
         with tqdm(total=total, unit="param", unit_scale=True, desc=out.name, disable=quiet) as bar:
             return write_gguf(source, arch, recipe, plan, out, overwrite=overwrite, device=device,
-                              progress=lambda done, _total, _key: bar.update(done - bar.n))
+                              progress=lambda done, _total, _key: bar.update(done - bar.n),
+                              imatrix=importance, imatrix_name=imatrix.name if imatrix else "")
 
 
 def target_from(a: argparse.Namespace) -> Target | None:
@@ -103,7 +108,8 @@ def cmd_convert(a: argparse.Namespace) -> int:
         raise ValueError("give --type, --recipe, or a target (--bpw, --size-gb, --card-gb)")
     elif a.speed or a.max_slowdown is not None:
         raise ValueError("--speed and --max-slowdown steer the optimizer: give a target (--bpw, --size-gb, --card-gb)")
-    r = convert(Path(a.src), Path(a.output) if a.output else None, recipe, a.type, a.overwrite, a.device)
+    r = convert(Path(a.src), Path(a.output) if a.output else None, recipe, a.type, a.overwrite, a.device,
+                imatrix=Path(a.imatrix) if a.imatrix else None)
     print(f"wrote {r.path} ({r.size_bytes / 2**20:.1f} MiB, {r.bpw:.3f} bits/param, {r.n_tensors} tensors)")
     return 0
 
@@ -175,7 +181,7 @@ def cmd_costs(a: argparse.Namespace) -> int:
     """Measure costs on synthetic samples with the reference FLUX blocks, adding to a costs file."""
     import torch
 
-    from .flux_blocks import ReferenceStack, load_capture
+    from .flux_blocks import ReferenceStack
     from .sweep import add_to_table, sweep
 
     types = a.types or list(codecs.QUANTIZED_TYPE_NAMES)
@@ -185,19 +191,8 @@ def cmd_costs(a: argparse.Namespace) -> int:
         dtype = getattr(torch, a.dtype)
         stack = ReferenceStack(arch, source, device=a.device or "cpu", dtype=dtype)
 
-        def samples():  # (inputs, description): saved captures, else synthetic ones
-            for path in a.inputs or []:
-                inputs, sample = load_capture(path, arch.hidden_size)
-                yield stack.prepare(inputs), {**sample, "capture": Path(path).name, "dtype": a.dtype}
-            for i in range(0 if a.inputs else a.samples):
-                seed = a.seed + i
-                sigma = 0.1 + 0.8 * ((seed * 0.618034) % 1.0)  # spread over the schedule
-                yield (stack.make_inputs(seed, a.resolution, a.resolution, sigma),
-                       {"source": "synthetic", "seed": seed, "sigma": round(sigma, 4),
-                        "resolution": [a.resolution, a.resolution], "dtype": a.dtype})
-
         n_samples = len(a.inputs) if a.inputs else a.samples
-        pending = samples()
+        pending = stack_samples(a, stack, arch, {"dtype": a.dtype})
         with tqdm(total=n_samples * arch.n_blocks * len(types), unit="cost", desc="costs") as bar:
             # a sweep per --batch samples: each (block, type) is quantized once for all of them
             while group := list(itertools.islice(pending, a.batch)):
@@ -209,6 +204,51 @@ def cmd_costs(a: argparse.Namespace) -> int:
                 table.provenance = {"measured_with": "quant.flux_blocks (headless)", "checkpoint": Path(a.src).name}
                 accumulate(a.output, table)  # after every sweep: an interrupt keeps what was measured
     print(f"costs of {len(types)} types x {arch.n_blocks} blocks over {n_samples} sample(s) added to {a.output}")
+    return 0
+
+
+def stack_samples(a: argparse.Namespace, stack, arch, extra: dict) -> Iterator[tuple[object, dict]]:
+    """(inputs, description) for the headless stack: the saved captures given, else synthetic
+    samples (noised random latents at spread-out sigmas, random text states)."""
+    from .flux_blocks import load_capture
+
+    for path in a.inputs or []:
+        inputs, sample = load_capture(path, arch.hidden_size)
+        yield stack.prepare(inputs), {**sample, "capture": Path(path).name, **extra}
+    for i in range(0 if a.inputs else a.samples):
+        seed = a.seed + i
+        sigma = 0.1 + 0.8 * ((seed * 0.618034) % 1.0)  # spread over the schedule
+        yield (stack.make_inputs(seed, a.resolution, a.resolution, sigma),
+               {"source": "synthetic", "seed": seed, "sigma": round(sigma, 4),
+                "resolution": [a.resolution, a.resolution], **extra})
+
+
+def cmd_imatrix(a: argparse.Namespace) -> int:
+    """Collect an importance matrix headless: what enters each block weight, on saved captures
+    (or synthetic samples), added to the file given."""
+    import torch
+
+    from .flux_blocks import ReferenceStack
+    from .imatrix import Imatrix, add_to_file
+
+    check_target(Path(a.output), overwrite=True)  # its folder, before any work; an existing file is added to
+    with open_safetensors(a.src, hash_file=False) as source:
+        arch = detect(source.shapes)
+        stack = ReferenceStack(arch, source, device=a.device or "cpu")
+        collected = Imatrix()
+        n_samples = len(a.inputs) if a.inputs else a.samples
+        with tqdm(total=n_samples, unit="sample", desc="imatrix") as bar, torch.no_grad():
+            for inputs, sample in stack_samples(a, stack, arch, {}):
+                state = stack.start(inputs)
+                for b in range(arch.n_blocks):
+                    state = stack.forward(b, state, inputs, collected.add)
+                collected.chunk_count += 1
+                name = sample.get("capture", "synthetic")
+                if name not in collected.datasets:
+                    collected.datasets.append(name)
+                bar.update(1)
+    total = add_to_file(a.output, collected)
+    print(f"{collected.chunk_count} sample(s) added to {a.output}: {total.describe()}")
     return 0
 
 
@@ -329,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="output .gguf (default: <model>_mxN_N.gguf beside the source)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     c.add_argument("--device", help="torch device for the codecs, e.g. cuda (default cpu)")
+    c.add_argument("--imatrix", metavar="FILE",
+                   help="importance matrix of this model (llama.cpp's GGUF imatrix format; 'python -m quant "
+                        "imatrix' collects one): weights are quantized with ggml's importance-weighted paths")
     c.set_defaults(run=cmd_convert)
     i = sub.add_parser("inspect", help="type per block, size and bits per parameter of a GGUF")
     i.add_argument("file")
@@ -364,6 +407,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "and picks recipes as float32 does, but its own rounding adds to every cost (Q8_0's "
                         "about 2.7x at stock width): predicted costs run high (bench/forwards.py)")
     m.set_defaults(run=cmd_costs)
+    x = sub.add_parser("imatrix", help="collect an importance matrix headless (llama.cpp's GGUF imatrix format)")
+    x.add_argument("src", help="FLUX checkpoint (.safetensors)")
+    x.add_argument("-o", "--output", required=True, help="imatrix GGUF (created, or added to)")
+    x.add_argument("--inputs", nargs="+", metavar="CAPTURE",
+                   help="saved captures (Capture Layer Costs with save_inputs); default: synthetic samples")
+    x.add_argument("--samples", type=_positive, default=1, help="synthetic samples, without --inputs")
+    x.add_argument("--resolution", type=int, default=256, help="synthetic sample width and height in pixels")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--device", help="torch device, e.g. cuda")
+    x.set_defaults(run=cmd_imatrix)
     v = sub.add_parser("speed", help="measure what each type costs per sampling step on a device")
     v.add_argument("-o", "--output", required=True, help="speed profile JSON to write")
     v.add_argument("--overwrite", action="store_true", help="replace an existing profile")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,12 +63,16 @@ def attention(q: Tensor, k: Tensor, v: Tensor, pe: Tensor) -> Tensor:
 
 
 class _Weights:
-    """A block's parameters by their checkpoint names (prefix-free, block-relative)."""
+    """A block's parameters by their checkpoint names (prefix-free, block-relative); ``observe``
+    is shown the input of every linear layer (weight name, input)."""
 
-    def __init__(self, tensors: Mapping[str, Tensor]):
+    def __init__(self, tensors: Mapping[str, Tensor], observe: Callable[[str, Tensor], None] | None = None):
         self.t = dict(tensors)
+        self.observe = observe
 
     def linear(self, name: str, x: Tensor) -> Tensor:
+        if self.observe is not None:
+            self.observe(f"{name}.weight", x)
         return F.linear(x, self.t[f"{name}.weight"].to(x.dtype), self.t[f"{name}.bias"].to(x.dtype))
 
 
@@ -228,8 +232,12 @@ class ReferenceStack:
         cast = lambda x: x.to(self.device, self.dtype)  # noqa: E731
         return StackInputs(cast(inputs.img), cast(inputs.txt), cast(inputs.vec), inputs.pe.to(self.device, torch.float32))
 
-    def forward(self, block: int, state: StackState, inputs: StackInputs) -> StackState:
-        w = _Weights(self._blocks[block])
+    def forward(self, block: int, state: StackState, inputs: StackInputs,
+                observe: Callable[[str, Tensor], None] | None = None) -> StackState:
+        """Block ``block`` on ``state``; ``observe(name, x)`` sees each linear layer's input, the
+        weight named as in a GGUF (``double_blocks.0.img_attn.qkv.weight``)."""
+        prefix = self.arch.block_name(block) + "."
+        w = _Weights(self._blocks[block], None if observe is None else lambda name, x: observe(prefix + name, x))
         if block < self.arch.depth_double:
             img, txt = double_block(w, state.img, state.txt, inputs.vec, inputs.pe, self.heads)
             return StackState(img, txt, state.txt_tokens)

@@ -25,6 +25,7 @@ from . import codecs
 from .arch import GGUF_ARCH, FluxArch
 from .atomic import atomic_output
 from .checkpoint import CheckpointError, Source
+from .imatrix import Imatrix
 from .recipe import Recipe, TensorPlan, average_bpw
 
 PACK_KEY = "mxgguf"  # our metadata namespace
@@ -58,21 +59,37 @@ class WriteResult:
 def write_gguf(source: Source, arch: FluxArch, recipe: Recipe, plan: Sequence[TensorPlan],
                out_path: str | os.PathLike[str], *, overwrite: bool = False,
                progress: ProgressFn | None = None, device: torch.device | str | None = None,
-               extra_metadata: Mapping[str, str] | None = None) -> WriteResult:
+               extra_metadata: Mapping[str, str] | None = None, imatrix: Imatrix | None = None,
+               imatrix_name: str = "") -> WriteResult:
     """Quantize ``source`` per ``plan`` into ``out_path``; return what was written.
 
     ``progress`` is called after each tensor and may raise to cancel; an exception at any
-    point leaves no file behind. ``device`` runs the codecs there (default: CPU).
+    point leaves no file behind. ``device`` runs the codecs there (default: CPU). With an
+    ``imatrix`` (of this model), each weight it covers is quantized with its importance, and
+    the file records it as llama-quantize does (``quantize.imatrix.*``).
     """
-    return write_tensors(source.name, recipe, plan, lambda t: encode_tensor(source, t, device).numpy(), out_path,
-                         source_sha256=source.sha256, overwrite=overwrite, progress=progress,
-                         extra_metadata=extra_metadata)
+    quantize_metadata: dict[str, str | int] = {}
+    if imatrix is not None:
+        imatrix.check_model({t.key: t.shape for t in plan})
+        quantize_metadata = {"quantize.imatrix.file": imatrix_name,
+                             "quantize.imatrix.dataset": imatrix.datasets[0] if imatrix.datasets else "",
+                             "quantize.imatrix.entries_count": len(imatrix.sums),
+                             "quantize.imatrix.chunks_count": imatrix.chunk_count}
+
+    def encode(t: TensorPlan) -> np.ndarray:
+        importance = imatrix.importance(t.key) if imatrix is not None else None
+        return encode_tensor(source, t, device, importance).numpy()
+
+    return write_tensors(source.name, recipe, plan, encode, out_path, source_sha256=source.sha256,
+                         overwrite=overwrite, progress=progress, extra_metadata=extra_metadata,
+                         quantize_metadata=quantize_metadata)
 
 
 def write_tensors(source_name: str, recipe: Recipe, plan: Sequence[TensorPlan],
                   encode: Callable[[TensorPlan], np.ndarray], out_path: str | os.PathLike[str], *,
                   source_sha256: Callable[[], str] | None = None, overwrite: bool = False,
-                  progress: ProgressFn | None = None, extra_metadata: Mapping[str, str] | None = None) -> WriteResult:
+                  progress: ProgressFn | None = None, extra_metadata: Mapping[str, str] | None = None,
+                  quantize_metadata: Mapping[str, str | int] | None = None) -> WriteResult:
     """Write ``plan``'s tensors, each as the bytes ``encode(tensor)`` gives, atomically; read back.
 
     ``source_sha256`` is asked for only once the tensors are written (hashing a large source
@@ -95,6 +112,11 @@ def write_tensors(source_name: str, recipe: Recipe, plan: Sequence[TensorPlan],
             writer.add_string(f"{PACK_KEY}.source.sha256", placeholder)
         for k, v in (extra_metadata or {}).items():
             writer.add_string(f"{PACK_KEY}.{k}", v)
+        for k, v in (quantize_metadata or {}).items():  # llama.cpp's own keys, as they are
+            if isinstance(v, str):
+                writer.add_string(k, v)
+            else:
+                writer.add_int32(k, v)
         for t in plan:
             writer.add_tensor_info(t.key, t.shape, np.dtype(np.float32), t.nbytes,
                                    raw_dtype=gguf.GGMLQuantizationType[t.qtype])
@@ -145,8 +167,10 @@ def _glibc_trim() -> Callable[[], None]:
 release_freed_memory = _glibc_trim()
 
 
-def encode_tensor(source: Source, t: TensorPlan, device: torch.device | str | None = None) -> torch.Tensor:
-    """One planned tensor of ``source`` as the flat uint8 bytes the GGUF holds (on the CPU)."""
+def encode_tensor(source: Source, t: TensorPlan, device: torch.device | str | None = None,
+                  importance: torch.Tensor | None = None) -> torch.Tensor:
+    """One planned tensor of ``source`` as the flat uint8 bytes the GGUF holds (on the CPU),
+    quantized with ``importance`` (one value per input column) where given."""
     x = source.read(t.source_key)
     if tuple(x.shape) != t.shape:
         raise CheckpointError(f"{t.source_key} has shape {tuple(x.shape)}, the header says {t.shape}")
@@ -159,7 +183,7 @@ def encode_tensor(source: Source, t: TensorPlan, device: torch.device | str | No
         bad = int((~torch.isfinite(x)).sum())
         raise CheckpointError(f"{t.source_key} holds {bad} NaN/Inf values; refusing to quantize a broken weight")
     row = x.reshape(-1, t.shape[-1]) if x.dim() else x.reshape(1, 1)
-    return codecs.quantize(row, t.qtype).cpu().reshape(-1)
+    return codecs.quantize(row, t.qtype, imatrix=importance).cpu().reshape(-1)
 
 
 def all_finite(x: torch.Tensor) -> bool:
