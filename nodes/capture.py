@@ -4,9 +4,11 @@ The node returns a clone of the MODEL with two additions, so the sampled image i
 bit-identical to the same graph without it:
 - a ``dit`` replace patch on the first double block that copies the stack's inputs at
   the chosen step(s) and then runs the block unchanged;
-- a sampler wrapper that, once sampling has finished (the model still loaded), runs
-  ``quant.sweep`` on ComfyUI's own blocks for each captured input and adds the costs to
-  the named file, one sample at a time.
+- a sampler wrapper that, while sampling, sums the squares of what enters every block
+  weight at every step (read-only hooks: an importance matrix), and once sampling has
+  finished (the model still loaded) runs ``quant.sweep`` on ComfyUI's own blocks for each
+  captured input; it adds the costs to the named file and the sums to
+  ``<name>.imatrix.gguf`` beside it.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from ..quant import codecs
 from ..quant.atomic import write_new
 from ..quant.costs import CostTable, accumulate
 from ..quant.flux_blocks import StackInputs, StackState, join_inputs, save_capture
+from ..quant.imatrix import Imatrix, add_to_file, linear_inputs
 from ..quant.sweep import add_to_table, sweep
 from .common import CATEGORY, costs_path, diffusion_model, fingerprint, model_source, progress_bar, refuse_quantized
 
@@ -128,8 +131,9 @@ class CaptureSession:
     """Per sampling run: which steps to capture, what was captured, and the sweep after."""
 
     def __init__(self, model, costs_file: Path, types: Sequence[str], step: int, per_run: int, model_fp: dict,
-                 save_inputs: bool = False):
+                 block_weights: Sequence[str], save_inputs: bool = False):
         self.model, self.costs_file, self.types, self.save_inputs = model, costs_file, list(types), save_inputs
+        self.block_weights = list(block_weights)
         self.step, self.per_run, self.model_fp = step, per_run, model_fp
         self.wanted: set[int] = set()
         self.captured: list[Captured] = []
@@ -159,13 +163,20 @@ class CaptureSession:
         n_steps = len(sigmas) - 1
         seed = int(extra_args.get("seed", 0))
         self.wanted, self.captured = self.choose_steps(n_steps, seed), []
+        imatrix = Imatrix(datasets=["ComfyUI sampling"], chunk_count=n_steps)
         try:
-            out = executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
+            with linear_inputs(diffusion_model(self.model), self.block_weights, imatrix):
+                out = executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
             if self.captured:
                 self.measure(self.captured, n_steps, seed, tuple(noise.shape[-2:]))
+            add_to_file(self.imatrix_file, imatrix)  # atomic, after the costs: a Cancel leaves both as they were
         finally:
             self.wanted, self.captured = set(), []
         return out
+
+    @property
+    def imatrix_file(self) -> Path:
+        return self.costs_file.with_name(self.costs_file.stem + ".imatrix.gguf")
 
     def measure(self, captured: Sequence[Captured], n_steps: int, seed: int, latent_hw: tuple[int, int]) -> None:
         """One sweep over every capture of the run: each (block, type) is quantized once for all."""
@@ -212,7 +223,8 @@ class CaptureLayerCosts(io.ComfyNode):
             description="Place on the MODEL line before the sampler. At a chosen step it records what enters "
                         "FLUX's blocks; after sampling it measures, for each block and type, the error of the "
                         "final hidden state with only that block quantized, and adds it to a costs file. "
-                        "The image is unchanged.",
+                        "Every step it also sums what enters each block weight: an importance matrix "
+                        "(<costs_file>.imatrix.gguf) for 'convert --imatrix'. The image is unchanged.",
             inputs=[
                 io.Model.Input("model", tooltip="A full-precision FLUX model (not GGUF or fp8)."),
                 io.String.Input("costs_file", default="flux1-dev-measured",
@@ -241,11 +253,12 @@ class CaptureLayerCosts(io.ComfyNode):
         path = costs_path(costs_file)
         source, arch = model_source(model)
         out = model.clone()
+        block_weights = [k for k, shape in source.shapes.items() if arch.is_quantizable(k, shape)]
         session = CaptureSession(out, path, parse_types(types), step, samples_per_run, fingerprint(source, arch),
-                                 save_inputs)
+                                 block_weights, save_inputs)
         path.parent.mkdir(parents=True, exist_ok=True)
         out.set_model_patch_replace(session.block_patch, "dit", "double_block", 0)
         out.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
                                  session.sampler_wrapper)
-        text = f"costs of {', '.join(session.types)} go to {path}"
+        text = f"costs of {', '.join(session.types)} go to {path}; importance matrix to {session.imatrix_file.name}"
         return io.NodeOutput(out, ui={"text": [text]})

@@ -9,8 +9,9 @@ the mean square of each column (sum / count) as its importance. Files of one mod
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,3 +152,29 @@ def add_to_file(path: str | os.PathLike[str], imatrix: Imatrix) -> Imatrix:
     save_imatrix(total, path, overwrite=True)
     return total
 
+
+
+@contextlib.contextmanager
+def linear_inputs(model: torch.nn.Module, weights: Iterable[str], into: Imatrix) -> Iterator[None]:
+    """While inside, every call of the linear layers owning ``weights`` (``<module>.weight`` names
+    in ``model``) adds its input's rows to ``into``. The hooks only read: outputs are unchanged.
+    Sums stay on the layer's device in float32 until the end (no synchronisation per call)."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name: str, x: torch.Tensor) -> None:
+        rows = x.detach().reshape(-1, x.shape[-1]).float()
+        squares = (rows * rows).sum(dim=0)
+        sums[name] = squares if name not in sums else sums[name] + squares
+        counts[name] = counts.get(name, 0) + rows.shape[0]
+
+    handles = [model.get_submodule(w.removesuffix(".weight")).register_forward_pre_hook(
+        lambda _module, args, name=w: hook(name, args[0])) for w in weights]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+    for name, total in sums.items():
+        into.sums[name] = into.sums.get(name, 0.0) + total.double().cpu().numpy()
+        into.counts[name] = into.counts.get(name, 0) + counts[name]

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from comfyui_rig import PACK_ROOT, ComfyServer, Messages, WorkflowError, loader, sample_workflow, sampling, saved_latent
 from quant.arch import detect
 from quant.costs import load_costs
+from quant.imatrix import load_imatrix
 from quant.optimize import Target, optimize, pareto
 from quant.recipe import Recipe, average_bpw, plan_tensors
 from quant.speed import load_speed
@@ -92,6 +93,22 @@ def test_capture_keeps_latents_identical_and_costs_grow(comfy: ComfyServer, tiny
         assert all(n > 0 for counts in table.count for n in counts)
     costs = table.costs()
     assert all(costs[b]["Q3_K"] > costs[b]["Q8_0"] for b in range(table.n_blocks))
+    # every step of both runs went into the importance matrix beside the costs, for every block weight
+    imatrix = load_imatrix(costs_file(comfy, "tiny-grow.imatrix.gguf"))
+    shapes = flux_shapes(TINY)
+    arch = detect(shapes)
+    assert set(imatrix.sums) == {k for k, s in shapes.items() if arch.is_quantizable(k, s)}
+    assert imatrix.chunk_count == 8 and imatrix.datasets == ["ComfyUI sampling"]
+    tokens = (64 // 16) ** 2  # image tokens of a 64x64 sample
+    assert imatrix.counts["double_blocks.0.img_attn.qkv.weight"] == 8 * tokens
+    assert imatrix.counts["single_blocks.0.linear1.weight"] == 8 * (tokens + 8)  # + the text tokens
+    # convert reads it
+    out = comfy.base / "tiny-imatrix.gguf"
+    r = subprocess.run([sys.executable, "-m", "quant", "convert", str(comfy.models / tiny), "--type", "Q4_K",
+                        "--imatrix", str(costs_file(comfy, "tiny-grow.imatrix.gguf")), "-o", str(out)],
+                       cwd=PACK_ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert load_imatrix(costs_file(comfy, "tiny-grow.imatrix.gguf")).counts == imatrix.counts
 
 
 def test_quantize_output_equals_saved_file_and_file_samples(comfy: ComfyServer, tiny: str, tiny_costs: str) -> None:
