@@ -45,6 +45,26 @@ def costs_choices() -> list[str]:
     return BUILTIN_CHOICES + [n for n in folder_paths.get_filename_list(COSTS_FOLDER) if not n.endswith(SPEED_SUFFIX)]
 
 
+IMATRIX_SUFFIX = ".imatrix.gguf"  # importance matrices Capture writes beside the costs
+
+
+def imatrix_choices() -> list[str]:
+    """"none" and the importance matrices in the costs folders."""
+    found = set()
+    for folder in folder_paths.get_folder_paths(COSTS_FOLDER):
+        if os.path.isdir(folder):
+            found.update(n for n in os.listdir(folder) if n.endswith(IMATRIX_SUFFIX))
+    return ["none"] + sorted(found)
+
+
+def imatrix_path(name: str) -> Path:
+    name = checked_name(name)
+    for folder in folder_paths.get_folder_paths(COSTS_FOLDER):
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    raise FileNotFoundError(f"no importance matrix {name!r} in models/{COSTS_FOLDER}")
+
+
 def speed_profile(model, arch: FluxArch, shapes, types: Sequence[str]) -> SpeedProfile:
     """The speed profile of the model's load device for this model's weights in ``types``: the one
     kept in models/mxgguf_costs/, else measured now with ComfyUI-GGUF's dequantize functions

@@ -14,13 +14,14 @@ from comfy_api.latest import io
 
 from ..quant.atomic import checked_name
 from ..quant.costs import CostError, check_model, resolve_costs
+from ..quant.imatrix import load_imatrix
 from ..quant.mixed import MixedModel, quantize_model
 from ..quant.optimize import GiB, Allocation, Target, optimize
 from ..quant.speed import SpeedProfile
 from .capture import parse_types
 from .chart import block_chart
-from .common import (BUILTIN_CHOICES, CATEGORY, costs_choices, costs_path, fingerprint, model_source,
-                     progress_bar, refuse_patched, refuse_quantized, speed_profile)
+from .common import (BUILTIN_CHOICES, CATEGORY, costs_choices, costs_path, fingerprint, imatrix_choices,
+                     imatrix_path, model_source, progress_bar, refuse_patched, refuse_quantized, speed_profile)
 
 MixedGGUF = io.Custom("MX_GGUF")
 TARGETS = {"bits per parameter": "bpw", "file size (GB)": "size_gb", "card size (GB)": "card_gb"}
@@ -81,6 +82,10 @@ class MixedGGUFQuantize(io.ComfyNode):
                 io.String.Input("types", default="all",
                                 tooltip="Types the optimizer may choose, comma-separated, or 'all' (every type "
                                         "the costs have)."),
+                io.Combo.Input("imatrix", options=imatrix_choices(), default="none", optional=True,
+                               tooltip="Optional: an importance matrix of this model (Capture Layer Costs writes "
+                                       "<costs_file>.imatrix.gguf): quantize with ggml's importance-weighted "
+                                       "paths. The costs were measured without one unless its file says so."),
                 io.AnyType.Input("after", optional=True,
                                  tooltip="Optional: anything this node must wait for. With Capture Layer Costs "
                                          "in the same graph, wire the sampler's LATENT here so the costs of this "
@@ -108,7 +113,7 @@ class MixedGGUFQuantize(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, costs: str, target: str, value: float, max_slowdown: float, types: str,
-                after=None) -> io.NodeOutput:
+                imatrix: str = "none", after=None) -> io.NodeOutput:
         refuse_quantized(model, "quantize the full-precision model")
         refuse_patched(model)
         if target not in TARGETS:
@@ -125,14 +130,17 @@ class MixedGGUFQuantize(io.ComfyNode):
         speed = speed_profile(model, arch, source.shapes, allowed or sorted({t for c in table.costs() for t in c}))
         budget = max_slowdown if max_slowdown > 0 else None
         alloc = optimize(arch, source.shapes, table.costs(), goal, allowed, speed=speed, max_slowdown=budget)
+        importance = None if imatrix == "none" else load_imatrix(imatrix_path(imatrix))
         mixed = quantize_model(source, arch, alloc.recipe, device=model.load_device,
                                progress=progress_bar(sum(math.prod(s) for s in source.shapes.values())),
-                               predicted_cost=alloc.predicted_cost)
+                               predicted_cost=alloc.predicted_cost, imatrix=importance, imatrix_name=imatrix)
         out = model.clone()
         for t in mixed.plan:
             if t.qtype != "F32":
                 out.add_weight_wrapper(f"diffusion_model.{t.key}", DequantizedWeight(mixed, t.key))
         text = summary(alloc, mixed, costs, goal, speed, budget)
+        if importance is not None:
+            text += f"\nimportance matrix: {imatrix} ({importance.describe()})"
         per_block = table.costs()
         step = speed.step_seconds(arch)
         shares = [s / step for s in speed.block_dequant(mixed.plan, arch.n_blocks)]

@@ -190,6 +190,10 @@ def cmd_costs(a: argparse.Namespace) -> int:
         fingerprint = model_fingerprint(arch, lambda k: source.read(arch.prefix + k))
         dtype = getattr(torch, a.dtype)
         stack = ReferenceStack(arch, source, device=a.device or "cpu", dtype=dtype)
+        importance, imatrix = None, load_imatrix(a.imatrix) if a.imatrix else None
+        if imatrix is not None:
+            imatrix.check_model({arch.strip_prefix(k): s for k, s in source.shapes.items()})
+            importance = lambda b, name: imatrix.importance(f"{arch.block_name(b)}.{name}")  # noqa: E731
 
         n_samples = len(a.inputs) if a.inputs else a.samples
         pending = stack_samples(a, stack, arch, {"dtype": a.dtype})
@@ -197,11 +201,13 @@ def cmd_costs(a: argparse.Namespace) -> int:
             # a sweep per --batch samples: each (block, type) is quantized once for all of them
             while group := list(itertools.islice(pending, a.batch)):
                 result = sweep(stack, [inputs for inputs, _ in group], types,
-                               progress=lambda done, _t, n=len(group): bar.update(n))
+                               progress=lambda done, _t, n=len(group): bar.update(n), importance=importance)
                 table = CostTable.empty(fingerprint, arch.n_blocks, types)
                 add_to_table(table, result)
                 table.samples = [sample for _, sample in group]
                 table.provenance = {"measured_with": "quant.flux_blocks (headless)", "checkpoint": Path(a.src).name}
+                if a.imatrix:
+                    table.provenance["imatrix"] = Path(a.imatrix).name
                 accumulate(a.output, table)  # after every sweep: an interrupt keeps what was measured
     print(f"costs of {len(types)} types x {arch.n_blocks} blocks over {n_samples} sample(s) added to {a.output}")
     return 0
@@ -402,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "states are all kept (default 8)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--device", help="torch device, e.g. cuda")
+    m.add_argument("--imatrix", metavar="FILE",
+                   help="quantize with this importance matrix while measuring (the table records it; tables "
+                        "measured with and without one are not merged)")
     m.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="block forwards in this dtype. bfloat16 is many times faster on a GPU and ranks blocks "
                         "and picks recipes as float32 does, but its own rounding adds to every cost (Q8_0's "

@@ -107,6 +107,10 @@ class CostTable:
             raise CostError("a published table holds means without counts; it cannot be merged with measurements")
         if self.n_blocks != other.n_blocks:
             raise CostError(f"cost tables have {self.n_blocks} and {other.n_blocks} blocks")
+        mine, theirs = self.provenance.get("imatrix"), other.provenance.get("imatrix")
+        if mine != theirs:
+            raise CostError(f"cost tables measured with different importance matrices ({mine or 'none'} and "
+                            f"{theirs or 'none'}) cannot be merged: quantizing with one changes every cost")
         types = self.types + [t for t in other.types if t not in self.types]
         out = CostTable.empty({**other.model, **self.model}, self.n_blocks, types)
         for table in (self, other):

@@ -68,13 +68,10 @@ def write_gguf(source: Source, arch: FluxArch, recipe: Recipe, plan: Sequence[Te
     ``imatrix`` (of this model), each weight it covers is quantized with its importance, and
     the file records it as llama-quantize does (``quantize.imatrix.*``).
     """
-    quantize_metadata: dict[str, str | int] = {}
+    quantize_metadata = {}
     if imatrix is not None:
         imatrix.check_model({t.key: t.shape for t in plan})
-        quantize_metadata = {"quantize.imatrix.file": imatrix_name,
-                             "quantize.imatrix.dataset": imatrix.datasets[0] if imatrix.datasets else "",
-                             "quantize.imatrix.entries_count": len(imatrix.sums),
-                             "quantize.imatrix.chunks_count": imatrix.chunk_count}
+        quantize_metadata = imatrix_metadata(imatrix, imatrix_name)
 
     def encode(t: TensorPlan) -> np.ndarray:
         importance = imatrix.importance(t.key) if imatrix is not None else None
@@ -83,6 +80,14 @@ def write_gguf(source: Source, arch: FluxArch, recipe: Recipe, plan: Sequence[Te
     return write_tensors(source.name, recipe, plan, encode, out_path, source_sha256=source.sha256,
                          overwrite=overwrite, progress=progress, extra_metadata=extra_metadata,
                          quantize_metadata=quantize_metadata)
+
+
+def imatrix_metadata(imatrix: Imatrix, file_name: str) -> dict[str, str | int]:
+    """What llama-quantize records of the importance matrix it used."""
+    return {"quantize.imatrix.file": file_name,
+            "quantize.imatrix.dataset": imatrix.datasets[0] if imatrix.datasets else "",
+            "quantize.imatrix.entries_count": len(imatrix.sums),
+            "quantize.imatrix.chunks_count": imatrix.chunk_count}
 
 
 def write_tensors(source_name: str, recipe: Recipe, plan: Sequence[TensorPlan],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -17,7 +17,8 @@ import torch
 from . import codecs
 from .arch import FluxArch
 from .checkpoint import Source
-from .gguf_file import WriteResult, encode_tensor, write_tensors
+from .gguf_file import WriteResult, encode_tensor, imatrix_metadata, write_tensors
+from .imatrix import Imatrix
 from .recipe import Recipe, TensorPlan, average_bpw, plan_tensors
 
 # Called after each tensor with (parameters done, parameters in all); may raise to cancel.
@@ -34,6 +35,7 @@ class MixedModel:
     plan: list[TensorPlan]
     encoded: dict[str, torch.Tensor]  # GGUF tensor name -> flat uint8
     predicted_cost: float | None = None
+    quantize_metadata: dict[str, str | int] = field(default_factory=dict)  # the imatrix used, as llama.cpp says
 
     @property
     def bpw(self) -> float:
@@ -57,18 +59,23 @@ class MixedModel:
         """Write the GGUF (atomic, read back), from the bytes already made; ``name`` is the
         model name it records (default: the source's)."""
         return write_tensors(name or self.source_name, self.recipe, self.plan, lambda t: self.encoded[t.key].numpy(),
-                             out_path, overwrite=overwrite, progress=progress)
+                             out_path, overwrite=overwrite, progress=progress, quantize_metadata=self.quantize_metadata)
 
 
 def quantize_model(source: Source, arch: FluxArch, recipe: Recipe, *, device: torch.device | str | None = None,
-                   progress: QuantizeProgress | None = None, predicted_cost: float | None = None) -> MixedModel:
-    """Quantize every tensor of ``source`` as ``recipe`` says, one at a time."""
+                   progress: QuantizeProgress | None = None, predicted_cost: float | None = None,
+                   imatrix: Imatrix | None = None, imatrix_name: str = "") -> MixedModel:
+    """Quantize every tensor of ``source`` as ``recipe`` says, one at a time; with an
+    ``imatrix`` of this model, each weight it covers with its importance."""
     plan = plan_tensors(arch, source.shapes, recipe)
+    if imatrix is not None:
+        imatrix.check_model({t.key: t.shape for t in plan})
     total, done = sum(t.numel for t in plan), 0
     encoded = {}
     for t in plan:
-        encoded[t.key] = encode_tensor(source, t, device)
+        encoded[t.key] = encode_tensor(source, t, device, imatrix.importance(t.key) if imatrix else None)
         done += t.numel
         if progress:
             progress(done, total)
-    return MixedModel(source.name, arch, recipe, plan, encoded, predicted_cost)
+    metadata = imatrix_metadata(imatrix, imatrix_name) if imatrix is not None else {}
+    return MixedModel(source.name, arch, recipe, plan, encoded, predicted_cost, metadata)

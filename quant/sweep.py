@@ -58,8 +58,10 @@ class SweepResult:
 SweepProgress = Callable[[int, int], None]
 
 
-def quantized_weights(weights: MutableMapping[str, torch.Tensor], qtype: str) -> dict[str, torch.Tensor]:
-    """The block's 2-D weights after a round trip through ``qtype``, as float32 on their device.
+def quantized_weights(weights: MutableMapping[str, torch.Tensor], qtype: str,
+                      importance: Callable[[str], torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
+    """The block's 2-D weights after a round trip through ``qtype``, as float32 on their device;
+    quantized with ``importance(name)`` (an imatrix's column importances) where given.
 
     float32, not the weight's dtype: a bf16 copy would round the dequantized values again
     and measure a type that does not exist. The block casts them as it casts any weight."""
@@ -68,7 +70,8 @@ def quantized_weights(weights: MutableMapping[str, torch.Tensor], qtype: str) ->
         if w.dim() != 2:
             continue
         qtype_here = tensor_type(qtype, w.shape)
-        raw = codecs.quantize(w.detach().to(torch.float32), qtype_here)
+        imatrix = importance(name) if importance is not None else None
+        raw = codecs.quantize(w.detach().to(torch.float32), qtype_here, imatrix=imatrix)
         out[name] = codecs.dequantize(raw, qtype_here, w.shape)
     return out
 
@@ -91,8 +94,10 @@ def _clean_run(stack: BlockStack, inputs: Any) -> _CleanRun:
 
 @torch.no_grad()
 def sweep(stack: BlockStack, samples: Sequence[Any], types: Sequence[str], blocks: Iterable[int] | None = None,
-          progress: SweepProgress | None = None) -> SweepResult:
-    """Costs of ``types`` at ``blocks`` (default all), summed over ``samples`` (the stack's inputs)."""
+          progress: SweepProgress | None = None,
+          importance: Callable[[int, str], torch.Tensor | None] | None = None) -> SweepResult:
+    """Costs of ``types`` at ``blocks`` (default all), summed over ``samples`` (the stack's inputs);
+    each block's weights quantized with ``importance(block, name)`` where given."""
     if not samples:
         raise ValueError("the sweep needs at least one sample")
     blocks = list(range(stack.n_blocks) if blocks is None else blocks)
@@ -104,7 +109,8 @@ def sweep(stack: BlockStack, samples: Sequence[Any], types: Sequence[str], block
         for qtype in types:
             originals = {}
             try:
-                for name, q in quantized_weights(weights, qtype).items():
+                block_importance = None if importance is None else lambda name, b=b: importance(b, name)
+                for name, q in quantized_weights(weights, qtype, block_importance).items():
                     originals[name] = weights[name]
                     weights[name] = q
                 sse, count = 0.0, 0

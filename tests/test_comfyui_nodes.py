@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gguf
+import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from comfyui_rig import PACK_ROOT, ComfyServer, Messages, WorkflowError, loader, sample_workflow, sampling, saved_latent
+from quant import codecs
 from quant.arch import detect
 from quant.costs import load_costs
 from quant.imatrix import load_imatrix
@@ -167,6 +170,28 @@ def test_max_slowdown_in_a_real_graph(comfy: ComfyServer, tiny: str, tiny_costs:
     with pytest.raises(WorkflowError, match="cannot both be met"):
         comfy.run({"load": loader(tiny), "quant": quantize(["load", 0], tiny_costs, bpw, max_slowdown=1.0),
                    "savegguf": save(["quant", 0], "nodes-never")})
+
+
+def test_quantize_with_the_imatrix_capture_wrote(comfy: ComfyServer, tiny: str, tiny_costs: str) -> None:
+    name = tiny_costs.replace(".json", ".imatrix.gguf")  # Capture wrote it beside the costs
+    options = comfy.object_info(QUANTIZE)[QUANTIZE]["input"]["optional"]["imatrix"][1]["options"]
+    assert options[0] == "none" and name in options
+    bpw = midway_bpw(TINY, "Q4_K", "Q8_0")
+    wf = {"load": loader(tiny), "quant": quantize(["load", 0], tiny_costs, bpw, TINY_TYPES),
+          "savegguf": save(["quant", 0], "nodes-imatrix")}
+    wf["quant"]["inputs"]["imatrix"] = name
+    entry = comfy.run(wf)
+    assert f"importance matrix: {name}" in entry["outputs"]["quant"]["text"][0]
+    written = Path(entry["outputs"]["savegguf"]["text"][0].splitlines()[0])
+    reader = gguf.GGUFReader(written)
+    assert reader.get_field("quantize.imatrix.file").contents() == name
+    imatrix = load_imatrix(costs_file(comfy, name))
+    tensors = {t.name: t for t in reader.tensors}
+    key = "double_blocks.0.img_attn.qkv.weight"
+    qtype = tensors[key].tensor_type.name
+    weight = load_file(str(comfy.models / tiny))[key].float()
+    want = codecs.quantize(weight, qtype, imatrix=imatrix.importance(key)).reshape(-1).numpy()
+    assert np.array_equal(np.asarray(tensors[key].data).reshape(-1), want)
 
 
 @pytest.mark.parametrize("name", ["../escape", "/tmp/abs", "sub/dir", "..", ".hidden"])

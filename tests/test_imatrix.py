@@ -154,3 +154,32 @@ def test_imatrix_of_another_model_is_refused(tiny_checkpoint: Path, tmp_path: Pa
     out = tmp_path / "q.gguf"
     r = run("convert", str(tiny_checkpoint), "--type", "Q4_K", "--imatrix", str(im), "-o", str(out))
     assert r.returncode == 2 and "collected on another model" in r.stderr and not out.exists()
+
+
+def test_costs_with_an_imatrix_are_kept_apart(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    im = tmp_path / "tiny.imatrix.gguf"
+    assert run("imatrix", str(tiny_checkpoint), "-o", str(im), "--resolution", "64").returncode == 0
+    common = ("costs", str(tiny_checkpoint), "--types", "Q4_K", "Q2_K", "--resolution", "64")
+    r = run(*common, "-o", str(tmp_path / "with.json"), "--imatrix", str(im))
+    assert r.returncode == 0, r.stderr
+    r = run(*common, "-o", str(tmp_path / "without.json"))
+    assert r.returncode == 0, r.stderr
+    from quant.costs import CostError, load_costs
+
+    with_im, without = load_costs(tmp_path / "with.json"), load_costs(tmp_path / "without.json")
+    assert with_im.provenance["imatrix"] == im.name and "imatrix" not in without.provenance
+    assert with_im.costs() != without.costs()  # the same sample, quantized otherwise
+    with pytest.raises(CostError, match="different importance matrices"):
+        with_im.merged(without)
+    r = run(*common, "-o", str(tmp_path / "with.json"))  # adding a run without it to the file
+    assert r.returncode == 2 and "different importance matrices" in r.stderr
+
+
+def test_sweep_quantizes_with_importance() -> None:
+    from quant.sweep import quantized_weights
+
+    w = {"a.weight": torch.randn(8, 256)}
+    imp = torch.rand(256)
+    got = quantized_weights(w, "Q4_K", lambda name: imp)["a.weight"]
+    want = codecs.dequantize(codecs.quantize(w["a.weight"], "Q4_K", imatrix=imp), "Q4_K", (8, 256))
+    assert torch.equal(got, want) and not torch.equal(got, quantized_weights(w, "Q4_K")["a.weight"])
