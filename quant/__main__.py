@@ -258,6 +258,17 @@ def cmd_imatrix(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_imatrix_convert(a: argparse.Namespace) -> int:
+    """An importance matrix from one format to the other: llama.cpp's GGUF, stable-diffusion.cpp's .dat."""
+    from .imatrix import save_imatrix, save_imatrix_dat
+
+    imatrix = load_imatrix(a.file)
+    save = save_imatrix_dat if a.output.endswith(".dat") else save_imatrix
+    save(imatrix, a.output, a.overwrite)
+    print(f"{a.file} -> {a.output}: {imatrix.describe()}")
+    return 0
+
+
 def cmd_speed(a: argparse.Namespace) -> int:
     """Measure a speed profile: per type, what dequantizing each weight costs per step on a device."""
     from .speed import find_comfyui_gguf, comfyui_gguf_dequantizer, measure, save_speed
@@ -426,6 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--device", help="torch device, e.g. cuda")
     x.set_defaults(run=cmd_imatrix)
+    xc = sub.add_parser("imatrix-convert", help="an importance matrix to the other format (GGUF <-> .dat)")
+    xc.add_argument("file", help="importance matrix: llama.cpp's GGUF or stable-diffusion.cpp's .dat")
+    xc.add_argument("-o", "--output", required=True, help="*.dat: stable-diffusion.cpp's format; else GGUF")
+    xc.add_argument("--overwrite", action="store_true")
+    xc.set_defaults(run=cmd_imatrix_convert)
     v = sub.add_parser("speed", help="measure what each type costs per sampling step on a device")
     v.add_argument("-o", "--output", required=True, help="speed profile JSON to write")
     v.add_argument("--overwrite", action="store_true", help="replace an existing profile")

@@ -6,11 +6,19 @@ column) and ``<tensor>.counts`` (float32, the rows summed), under the tensor nam
 pack's GGUF files (``double_blocks.0.img_attn.qkv.weight``), with ``general.type = imatrix``,
 ``imatrix.datasets``, ``imatrix.chunk_count`` and ``imatrix.chunk_size``. The quantizers take
 the mean square of each column (sum / count) as its importance. Files of one model add up.
+
+stable-diffusion.cpp (and llama.cpp before its GGUF format) writes the legacy ``.dat``
+layout instead: int32 entry count; per entry its name (int32 length + bytes), ``ncall``
+(int32) and its values (int32 count + float32 each, the mean square times ``ncall``); then
+the call count and the dataset name. Importers divide by ``ncall``: stored here as sums
+with count ``ncall``, which gives the same means. stable-diffusion.cpp names a FLUX weight
+``model.diffusion_model.<name>``: that prefix is dropped on import and added on export.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,9 +96,17 @@ class Imatrix:
                 + (f" ({', '.join(self.datasets)})" if self.datasets else ""))
 
 
+DAT_PREFIX = "model.diffusion_model."  # stable-diffusion.cpp's names of a FLUX model's weights
+
+
 def load_imatrix(path: str | os.PathLike[str]) -> Imatrix:
-    """Read a llama.cpp GGUF imatrix; ImatrixError (one line) for anything else."""
+    """Read an importance matrix: llama.cpp's GGUF format, or the legacy ``.dat`` one (by its
+    first bytes); ImatrixError (one line) for anything else."""
     name = Path(path).name
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        return _load_dat(Path(path))
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, OSError, KeyError, IndexError) as e:
@@ -178,3 +194,53 @@ def linear_inputs(model: torch.nn.Module, weights: Iterable[str], into: Imatrix)
     for name, total in sums.items():
         into.sums[name] = into.sums.get(name, 0.0) + total.double().cpu().numpy()
         into.counts[name] = into.counts.get(name, 0) + counts[name]
+
+
+def _load_dat(path: Path) -> Imatrix:
+    data = path.read_bytes()
+    pos = 0
+
+    def take(fmt: str) -> tuple:
+        nonlocal pos
+        size = struct.calcsize(fmt)
+        if pos + size > len(data):
+            raise ImatrixError(f"{path.name}: not an importance matrix (neither GGUF nor a complete .dat file)")
+        pos += size
+        return struct.unpack_from(fmt, data, pos - size)
+
+    (n_entries,) = take("<i")
+    if not 0 < n_entries < 1_000_000:
+        raise ImatrixError(f"{path.name}: not an importance matrix (neither GGUF nor a .dat file)")
+    out = Imatrix()
+    for _ in range(n_entries):
+        (length,) = take("<i")
+        if not 0 < length < 4096:
+            raise ImatrixError(f"{path.name}: not an importance matrix (a name of {length} bytes)")
+        name = bytes(take(f"<{length}s")[0]).decode("utf-8", errors="replace").removeprefix(DAT_PREFIX)
+        ncall, nval = take("<ii")
+        values = np.asarray(take(f"<{nval}f"), dtype=np.float64)
+        if ncall < 0 or not np.isfinite(values).all() or (values < 0).any():
+            raise ImatrixError(f"{path.name}: {name} holds NaN, infinite or negative values")
+        out.sums[name], out.counts[name] = values, ncall
+    if pos + 4 <= len(data):
+        (out.chunk_count,) = take("<i")
+        if pos + 4 <= len(data):
+            (length,) = take("<i")
+            if 0 < length <= len(data) - pos:
+                out.datasets = [bytes(take(f"<{length}s")[0]).decode("utf-8", errors="replace")]
+    return out
+
+
+def save_imatrix_dat(imatrix: Imatrix, path: str | os.PathLike[str], overwrite: bool = False) -> None:
+    """Write ``imatrix`` in the legacy ``.dat`` layout stable-diffusion.cpp reads, atomically."""
+    parts = [struct.pack("<i", len(imatrix.sums))]
+    for name in sorted(imatrix.sums):
+        encoded = (DAT_PREFIX + name).encode()
+        values = imatrix.sums[name].astype(np.float32)
+        parts += [struct.pack("<i", len(encoded)), encoded,
+                  struct.pack("<ii", imatrix.counts[name], values.size), values.tobytes()]
+    dataset = (imatrix.datasets[0] if imatrix.datasets else "").encode()
+    parts += [struct.pack("<i", imatrix.chunk_count), struct.pack("<i", len(dataset)), dataset]
+    with atomic_output(path, overwrite) as tmp:
+        tmp.write_bytes(b"".join(parts))
+    _load_dat(Path(path))  # read back

@@ -183,3 +183,25 @@ def test_sweep_quantizes_with_importance() -> None:
     got = quantized_weights(w, "Q4_K", lambda name: imp)["a.weight"]
     want = codecs.dequantize(codecs.quantize(w["a.weight"], "Q4_K", imatrix=imp), "Q4_K", (8, 256))
     assert torch.equal(got, want) and not torch.equal(got, quantized_weights(w, "Q4_K")["a.weight"])
+
+
+def test_dat_format_round_trip(tmp_path: Path) -> None:
+    a = Imatrix(datasets=["prompts.txt"], chunk_count=3)
+    a.add(WEIGHT, torch.randn(6, 256))
+    a.add("single_blocks.0.linear2.weight", torch.randn(4, 1280))
+    save_imatrix(a, tmp_path / "a.imatrix.gguf")
+    r = run("imatrix-convert", str(tmp_path / "a.imatrix.gguf"), "-o", str(tmp_path / "a.dat"))
+    assert r.returncode == 0, r.stderr
+    raw = (tmp_path / "a.dat").read_bytes()
+    assert int.from_bytes(raw[:4], "little") == 2
+    name_len = int.from_bytes(raw[4:8], "little")
+    assert raw[8:8 + name_len] == b"model.diffusion_model." + WEIGHT.encode()  # stable-diffusion.cpp's names
+    r = run("imatrix-convert", str(tmp_path / "a.dat"), "-o", str(tmp_path / "b.imatrix.gguf"))
+    assert r.returncode == 0, r.stderr
+    b = load_imatrix(tmp_path / "b.imatrix.gguf")
+    assert b.chunk_count == 3 and b.datasets == ["prompts.txt"] and set(b.sums) == set(a.sums)
+    for name in a.sums:
+        torch.testing.assert_close(b.importance(name), a.importance(name))
+    (tmp_path / "bad.dat").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ImatrixError, match="bad.dat: not an importance matrix"):
+        load_imatrix(tmp_path / "bad.dat")

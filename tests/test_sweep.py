@@ -80,7 +80,7 @@ def test_samples_share_one_quantization_and_cost_the_same_as_one_by_one(
     one_by_one = [sweep(stack, [s], types) for s in samples]
     calls = []
     real = quant.sweep.quantized_weights
-    monkeypatch.setattr(quant.sweep, "quantized_weights", lambda w, q: calls.append(q) or real(w, q))
+    monkeypatch.setattr(quant.sweep, "quantized_weights", lambda w, q, imp: calls.append(q) or real(w, q, imp))
     together = sweep(stack, samples, types)
     assert len(calls) == stack.n_blocks * len(types)
     n = stack.n_blocks
