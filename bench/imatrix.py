@@ -1,11 +1,13 @@
 """What an importance matrix buys: final-state error per type with and without one, and mixed
 recipes at equal size, on a stock-width model with inputs captured in a real ComfyUI run.
 
-    python bench/imatrix.py [--depth 1 1] [--types Q2_K Q3_K Q4_K Q4_0 IQ4_XS] [--runs 2] [--steps 4]
+    python bench/imatrix.py [--depth 1 1] [--types Q2_K Q3_K Q4_K Q4_0 IQ4_XS] [--runs 2] [--steps 6]
 
 A random stock-width FLUX (hidden 3072) is sampled in a real ComfyUI with Capture Layer Costs
 (``save_inputs``): every step of every run goes into the importance matrix, and one step per
-run is saved as the stack's inputs. Headless, on those inputs and the pack's reference blocks,
+run is saved as the stack's inputs. Each capture run follows the same run without Capture:
+their step times (ComfyUI's progress messages; the sweep comes after the last step) give the
+overhead of collecting the importance matrix. Headless, on those inputs and the pack's reference blocks,
 the sweep then measures each block's cost per type with and without the imatrix (final-state
 MSE with only that block quantized), and for a few sizes the optimizer picks a recipe from
 each table; each recipe is quantized whole (every block at once, with or without the imatrix,
@@ -25,7 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from comfyui_rig import ComfyServer, find_comfyui, loader, sampling  # noqa: E402
+from comfyui_rig import ComfyServer, find_comfyui, loader, sampling, step_seconds  # noqa: E402
 from quant.arch import detect  # noqa: E402
 from quant.checkpoint import open_safetensors  # noqa: E402
 from quant.costs import CostTable  # noqa: E402
@@ -46,15 +48,22 @@ def capture(folder: Path, cfg, runs: int, steps: int) -> tuple[Path, list[Path],
     ckpt = server.models / "bench-imatrix.safetensors"
     save_file(random_state_dict(cfg, seed=21), str(ckpt))
     server.start()
+    plain_s, capture_s = [], []
     try:
-        for seed in range(runs):
+        step_seconds(server, {"load": loader(ckpt.name), **sampling(["load", 0], 1, "bench/warm", steps=2, size=256)})
+        for seed in range(runs):  # alternating: a plain run, then the same with Capture
+            plain = {"load": loader(ckpt.name), **sampling(["load", 0], 100 + seed, "bench/plain", steps=steps,
+                                                           size=256)}
+            plain_s.append(step_seconds(server, plain))
             node = {"class_type": "MxCaptureLayerCosts", "inputs": {
                 "model": ["load", 0], "costs_file": "bench", "step": -1, "samples_per_run": 1, "types": "Q8_0",
                 "save_inputs": True}}
-            server.run({"load": loader(ckpt.name), "capture": node,
-                        **sampling(["capture", 0], 100 + seed, "bench/imatrix", steps=steps, size=256)}, timeout=3600)
+            capture_s.append(step_seconds(server, {"load": loader(ckpt.name), "capture": node, **sampling(
+                ["capture", 0], 100 + seed, "bench/imatrix", steps=steps, size=256)}))
     finally:
         server.stop()
+    p, c = min(plain_s), min(capture_s)
+    print(f"a sampling step: plain {p:.2f} s, with Capture (its importance hooks) {c:.2f} s: {c / p - 1:+.1%}")
     costs = folder / "models" / "mxgguf_costs"
     return ckpt, sorted((costs / "bench.inputs").glob("*.safetensors")), costs / "bench.imatrix.gguf"
 
@@ -94,7 +103,7 @@ def main() -> None:
     ap.add_argument("--depth", type=int, nargs=2, default=[1, 1], metavar=("DOUBLE", "SINGLE"))
     ap.add_argument("--types", nargs="+", default=["Q2_K", "Q3_K", "Q4_K", "Q4_0", "IQ4_XS"])
     ap.add_argument("--runs", type=int, default=2, help="ComfyUI sampling runs (one saved input each)")
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--bpw", type=float, nargs="+",
                     help="recipe targets (default: a third and two thirds of the way between the smallest and "
                          "largest of the types, uniform, on this model)")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from safetensors.torch import save_file  # noqa: E402
 
-from comfyui_rig import ComfyServer, Messages, find_comfyui, loader, sampling  # noqa: E402
+from comfyui_rig import ComfyServer, find_comfyui, loader, sampling, step_seconds  # noqa: E402
 from quant.__main__ import convert  # noqa: E402
 from quant.arch import detect  # noqa: E402
 from quant.costs import resolve_costs  # noqa: E402
@@ -39,27 +38,6 @@ from quant.optimize import Target, optimize, pareto  # noqa: E402
 from quant.recipe import plan_tensors  # noqa: E402
 from quant.speed import load_speed  # noqa: E402
 from quant.synthetic import STOCK, flux_shapes, random_state_dict  # noqa: E402
-
-
-def step_seconds(server: ComfyServer, workflow: dict) -> float:
-    """Median seconds between the sampler's consecutive progress messages, after its first step."""
-    messages = Messages(server)
-    try:
-        prompt = server.queue(workflow, messages.client_id)
-        stamps = []
-        while True:
-            m = messages.next()
-            if m is None:
-                continue
-            if m["type"] == "progress" and m["data"].get("node") == "sample":
-                stamps.append(time.perf_counter())
-            if m["type"] in ("execution_success", "execution_error", "execution_interrupted"):
-                break
-    finally:
-        messages.close()
-    server.wait(prompt)
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    return statistics.median(gaps)
 
 
 def allocations(arch, shapes, costs, bpw: float, speed) -> dict:

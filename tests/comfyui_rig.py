@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import time
 import urllib.error
@@ -245,6 +246,28 @@ def sampling(model: list, seed: int, prefix: str, steps: int = 4, size: int = 64
             "latent_image": ["latent", 0], "denoise": 1.0}},
         "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0], "filename_prefix": prefix}},
     }
+
+
+def step_seconds(server: ComfyServer, workflow: dict, node: str = "sample") -> float:
+    """Median seconds between the sampler's consecutive progress messages (node ``node``), after
+    its first step: a step's time without loading or the first step's allocations."""
+    messages = Messages(server)
+    try:
+        prompt = server.queue(workflow, messages.client_id)
+        stamps = []
+        while True:
+            m = messages.next()
+            if m is None:
+                continue
+            if m["type"] == "progress" and m["data"].get("node") == node:
+                stamps.append(time.perf_counter())
+            if m["type"] in ("execution_success", "execution_error", "execution_interrupted"):
+                break
+    finally:
+        messages.close()
+    server.wait(prompt)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    return statistics.median(gaps)
 
 
 def sample_workflow(unet_name: str, kind: str, seed: int, prefix: str, **kw: Any) -> dict:

@@ -65,7 +65,7 @@ def test_written_as_llama_cpp_reads_it(tmp_path: Path) -> None:
 
 def test_bad_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf at all" * 10)
-    with pytest.raises(ImatrixError, match="junk.gguf: not a readable GGUF"):
+    with pytest.raises(ImatrixError, match="junk.gguf: not an importance matrix"):
         load_imatrix(tmp_path / "junk.gguf")
     a = Imatrix(chunk_count=1)
     a.add(WEIGHT, torch.randn(4, 256))
