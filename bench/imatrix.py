@@ -137,12 +137,12 @@ def main() -> None:
             print("|---|---|---|---|")
             uniform = [average_bpw(plan_tensors(arch, source.shapes, Recipe.uniform(arch, t))) for t in a.types]
             lo, hi = min(uniform), max(uniform)
-            for bpw in a.bpw or [round(lo + (hi - lo) / 3, 2), round(lo + 2 * (hi - lo) / 3, 2)]:
+            for bpw in a.bpw or [lo + (hi - lo) / 3, lo + 2 * (hi - lo) / 3]:
                 row = []
                 for label, im in (("without", None), ("with", imatrix)):
                     alloc = optimize(arch, source.shapes, tables[label], Target(bpw=bpw))
                     row.append((whole_model_mse(stack, samples, alloc.types, im), " ".join(alloc.types)))
-                print(f"| {bpw} | {row[0][0]:.4g} ({row[0][1]}) | {row[1][0]:.4g} ({row[1][1]}) | "
+                print(f"| {bpw:.2f} | {row[0][0]:.4g} ({row[0][1]}) | {row[1][0]:.4g} ({row[1][1]}) | "
                       f"{row[1][0] / row[0][0]:.3f} |")
 
 
