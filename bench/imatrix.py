@@ -78,11 +78,11 @@ def whole_model_mse(stack: ReferenceStack, samples: list, types: tuple[str, ...]
                 state = stack.forward(b, state, inputs)
             clean.append(stack.output(state).float())
         originals = {}
+        lookup = None if imatrix is None else imatrix.block_importance(stack.arch.block_name)
         try:
             for b, qtype in enumerate(types):
                 weights = stack.weights(b)
-                importance = None if imatrix is None else (
-                    lambda name, b=b: imatrix.importance(f"{stack.arch.block_name(b)}.{name}"))
+                importance = None if lookup is None else lambda name, b=b: lookup(b, name)
                 for name, q in quantized_weights(weights, qtype, importance).items():
                     originals[(b, name)] = weights[name]
                     weights[name] = q
@@ -120,8 +120,7 @@ def main() -> None:
             samples = [stack.prepare(load_capture(p, arch.hidden_size)[0]) for p in captures]
             tables = {}
             for label, im in (("without", None), ("with", imatrix)):
-                importance = None if im is None else (
-                    lambda b, name, im=im: im.importance(f"{arch.block_name(b)}.{name}"))
+                importance = None if im is None else im.block_importance(arch.block_name)
                 with torch.no_grad():
                     result = sweep(stack, samples, a.types, importance=importance)
                 table = CostTable.empty({}, arch.n_blocks, a.types)

@@ -127,9 +127,10 @@ class MixedGGUFQuantize(io.ComfyNode):
         table = resolve_costs(spec)
         check_model(table, fingerprint(source, arch))
         allowed = None if types.strip().lower() == "all" else parse_types(types)
-        speed = speed_profile(model, arch, source.shapes, allowed or sorted({t for c in table.costs() for t in c}))
+        per_block = table.costs()
+        speed = speed_profile(model, arch, source.shapes, allowed or sorted({t for c in per_block for t in c}))
         budget = max_slowdown if max_slowdown > 0 else None
-        alloc = optimize(arch, source.shapes, table.costs(), goal, allowed, speed=speed, max_slowdown=budget)
+        alloc = optimize(arch, source.shapes, per_block, goal, allowed, speed=speed, max_slowdown=budget)
         importance = None if imatrix == "none" else load_imatrix(imatrix_path(imatrix))
         mixed = quantize_model(source, arch, alloc.recipe, device=model.load_device,
                                progress=progress_bar(sum(math.prod(s) for s in source.shapes.values())),
@@ -141,7 +142,6 @@ class MixedGGUFQuantize(io.ComfyNode):
         text = summary(alloc, mixed, costs, goal, speed, budget)
         if importance is not None:
             text += f"\nimportance matrix: {imatrix} ({importance.describe()})"
-        per_block = table.costs()
         step = speed.step_seconds(arch)
         shares = [s / step for s in speed.block_dequant(mixed.plan, arch.n_blocks)]
         chart = block_chart(alloc.types, [per_block[b].get(t) for b, t in enumerate(alloc.types)],

@@ -190,10 +190,11 @@ def cmd_costs(a: argparse.Namespace) -> int:
         fingerprint = model_fingerprint(arch, lambda k: source.read(arch.prefix + k))
         dtype = getattr(torch, a.dtype)
         stack = ReferenceStack(arch, source, device=a.device or "cpu", dtype=dtype)
-        importance, imatrix = None, load_imatrix(a.imatrix) if a.imatrix else None
-        if imatrix is not None:
+        importance = None
+        if a.imatrix:
+            imatrix = load_imatrix(a.imatrix)
             imatrix.check_model({arch.strip_prefix(k): s for k, s in source.shapes.items()})
-            importance = lambda b, name: imatrix.importance(f"{arch.block_name(b)}.{name}")  # noqa: E731
+            importance = imatrix.block_importance(arch.block_name)
 
         n_samples = len(a.inputs) if a.inputs else a.samples
         pending = stack_samples(a, stack, arch, {"dtype": a.dtype})

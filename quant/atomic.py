@@ -1,12 +1,14 @@
-"""Writes that either complete or leave nothing: a temp file beside the target, then rename."""
+"""Safe files: writes that either complete or leave nothing (a temp file beside the target, then
+rename), names that stay names, and JSON reads that fail in one line naming the file."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -97,3 +99,17 @@ def write_new(path: Path, write: Callable[[Path], T], tries: int = 999) -> T:
         except FileExistsError:
             continue
     raise FileExistsError(f"{path.parent} already holds {path.name} and {tries - 1} numbered copies")
+
+
+def load_json(path: str | os.PathLike[str], build: Callable[[Any], T], error: type[Exception]) -> T:
+    """``build`` of the JSON document at ``path``; ``error``, in one line naming the file, where it is
+    not JSON or ``build`` refuses it. NaN and Infinity parse as floats: ``build`` judges them."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not JSON ({e})") from None
+    try:
+        return build(data)
+    except error as e:
+        raise error(f"{Path(path).name}: {e}") from None

@@ -21,7 +21,7 @@ import torch
 
 from . import codecs
 from .arch import FluxArch
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, load_json
 
 COSTS_FORMAT = "mxgguf-costs/1"
 # Published tables shipped with the pack: used for any model of their shape (finetunes share
@@ -155,15 +155,7 @@ class CostTable:
 
 
 def load_costs(path: str | os.PathLike[str]) -> CostTable:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f, parse_constant=lambda c: float(c))  # NaN/Infinity reach validate()
-    except json.JSONDecodeError as e:
-        raise CostError(f"{path}: not JSON ({e})") from None
-    try:
-        return CostTable.from_dict(data)
-    except CostError as e:
-        raise CostError(f"{Path(path).name}: {e}") from None
+    return load_json(path, CostTable.from_dict, CostError)  # NaN/Infinity reach validate()
 
 
 def save_costs(table: CostTable, path: str | os.PathLike[str]) -> None:

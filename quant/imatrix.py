@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +66,11 @@ class Imatrix:
         if name not in self.sums or count == 0:
             return None
         return torch.from_numpy((self.sums[name] / count).astype(np.float32))
+
+    def block_importance(self, block_name: Callable[[int], str]) -> Callable[[int, str], torch.Tensor | None]:
+        """``importance`` by block index and block-relative weight name (as the sweep and the
+        stacks name them), ``block_name`` giving a block's prefix (``FluxArch.block_name``)."""
+        return lambda block, name: self.importance(f"{block_name(block)}.{name}")
 
     def merged(self, other: Imatrix) -> Imatrix:
         out = Imatrix({k: v.copy() for k, v in self.sums.items()}, dict(self.counts),

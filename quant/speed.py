@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from . import codecs
 from .arch import FluxArch
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, load_json
 from .recipe import TensorPlan
 
 SPEED_FORMAT = "mxgguf-speed/1"
@@ -112,15 +112,7 @@ class SpeedProfile:
 
 
 def load_speed(path: str | os.PathLike[str]) -> SpeedProfile:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise SpeedError(f"{path}: not JSON ({e})") from None
-    try:
-        return SpeedProfile.from_dict(data)
-    except SpeedError as e:
-        raise SpeedError(f"{Path(path).name}: {e}") from None
+    return load_json(path, SpeedProfile.from_dict, SpeedError)
 
 
 def save_speed(profile: SpeedProfile, path: str | os.PathLike[str], overwrite: bool = False) -> None:

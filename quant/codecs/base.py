@@ -156,6 +156,11 @@ def importance_weights(x: torch.Tensor, qw: torch.Tensor, factor: float) -> torc
     return qw * sqrt_f32(sigma2[:, None] + x * x)
 
 
+def sub_block_weights(weights: torch.Tensor, sub: int) -> torch.Tensor:
+    """Each sub-block's total weight, summed in order from 0: (nb, n) -> (nb, n/sub)."""
+    return seq_sum(weights.reshape(-1, sub).T).reshape(weights.shape[0], -1)
+
+
 def fp16_bytes(x: torch.Tensor) -> torch.Tensor:
     """float32 ``(n,)`` or ``(n, k)`` -> little-endian fp16 bytes ``(n, 2k)``."""
     return x.to(torch.float16).reshape(x.shape[0], -1).contiguous().view(torch.uint8)

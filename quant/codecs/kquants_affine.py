@@ -18,7 +18,7 @@ import torch
 
 from . import triton_search
 from .base import Codec, QType, div_by, fp16_bytes, fp16_from_bytes, fp16_round, importance_weights, inverse_or_zero, \
-    nearest_int, rdiv, seq_sum, sqrt_f32
+    nearest_int, rdiv, seq_sum, sqrt_f32, sub_block_weights
 from .fused import cpu_fused
 
 QK_K = 256
@@ -165,12 +165,6 @@ def make_qp_quants(x: torch.Tensor, nmax: int, w: torch.Tensor) -> tuple[torch.T
 def _qp_error(xt: torch.Tensor, wt: torch.Tensor, scale: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     diff = xt - scale * levels
     return seq_sum(wt * diff * diff)
-
-
-def sub_block_weights(weights: torch.Tensor, sub: int) -> torch.Tensor:
-    """Each sub-block's total weight, summed in order from 0: (nb, 256) -> (nb, 256/sub)."""
-    nb = weights.shape[0]
-    return seq_sum(_position_first(weights, sub)).reshape(nb, -1)
 
 
 def _scan_min(x: torch.Tensor) -> torch.Tensor:

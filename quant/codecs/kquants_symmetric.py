@@ -13,7 +13,7 @@ import torch
 
 from . import triton_search
 from .base import Codec, QType, Workspace, fp16_bytes, fp16_from_bytes, fp16_round, nearest_int, put_fp16, rdiv, \
-    importance_weights, seq_sum, signed_absmax
+    importance_weights, seq_sum, signed_absmax, sub_block_weights
 from .fused import cpu_fused
 
 QK_K = 256
@@ -150,7 +150,7 @@ def _q3_k_weighted_scales(x: torch.Tensor, qw: torch.Tensor) -> tuple[torch.Tens
     weight = importance_weights(x, qw, 2.0)
     sub_w = weight.reshape(-1, 16)
     scales, levels = make_qx_quants(x.reshape(-1, 16), 4, sub_w)
-    sw = seq_sum(sub_w.T).reshape(nb, 16)
+    sw = sub_block_weights(weight, 16)
     d, ls = make_qx_quants(scales.reshape(nb, 16), 32, sw)
     return ls.T.to(torch.int32), fp16_round(d), levels
 
