@@ -16,6 +16,7 @@ from quant import codecs
 from quant.codecs import fused
 from tests.corpus import ROW_LENGTHS, corpus_rows, imatrix_vectors
 from tests.ggml_reference import ggml_quantize, gguf_dequantize
+from tests.interpreted_searches import PLAIN_KERNEL_TYPES
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
@@ -101,21 +102,18 @@ def test_plain_steps_equal_ggml(qtype: str, monkeypatch: pytest.MonkeyPatch) -> 
             assert np.array_equal(ours, ggml_quantize(rows, qtype)), f"{qtype} n={n} {name}"
 
 
-TRITON_TYPES = ("Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_NL", "IQ4_XS")
-
-
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton: the GPU's search kernels cannot run here")
 def test_gpu_search_kernels_equal_ggml_interpreted() -> None:
     """On a GPU the K-quant and IQ4 searches run as Triton kernels; Triton's interpreter runs
     the same kernels on this CPU (numpy's float32 arithmetic: no contraction, IEEE division,
     as the kernels ask of the GPU). A fresh process: the interpreter is chosen when Triton loads."""
     root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, str(root / "tests" / "interpreted_searches.py"), *TRITON_TYPES],
+    r = subprocess.run([sys.executable, str(root / "tests" / "interpreted_searches.py"), *IMATRIX_TYPES],
                        cwd=root, env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)},
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
-    assert r.stdout.count("rows equal ggml") == 2 * len(TRITON_TYPES) + 2
-    assert r.stdout.count("with an imatrix:") == 2  # Q6_K, Q3_K: the weighted qx kernel
+    assert r.stdout.count("rows equal ggml") == 2 * len(PLAIN_KERNEL_TYPES) + len(IMATRIX_TYPES)
+    assert r.stdout.count("with an imatrix:") == len(IMATRIX_TYPES)
 
 
 @pytest.mark.skipif(not shutil.which("g++"), reason="no C++ compiler: the searches run op by op")

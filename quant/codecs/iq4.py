@@ -41,8 +41,9 @@ def best_index(x: torch.Tensor) -> torch.Tensor:
 def block_scales(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """The least-squares scale of each 32-value block x: (m, 32), after the ntry search,
     weighted by ``weights`` (m, 32) or x^2."""
-    if weights is None and triton_search.applies(x):
-        return triton_search.iq4_scales(x.T.contiguous(), KVALUES[0], TRIES, MIDPOINTS, STEPS)
+    if triton_search.applies(x):
+        wt = None if weights is None else weights.T.contiguous()
+        return triton_search.iq4_scales(x.T.contiguous(), KVALUES[0], TRIES, MIDPOINTS, STEPS, wt)
     peak = signed_absmax(x)[:, 0]
     zero = x.abs().amax(dim=1) < GROUP_MAX_EPS
     peak = torch.where(zero, 1.0, peak)

@@ -88,7 +88,7 @@ def make_qkx2_quants(x: torch.Tensor, weights: str | torch.Tensor, nmax: int, rm
     next ones start from.
     """
     numerators = [_f32_numerator(rmin, rdelta, step, nmax) for step in range(nstep + 1)]
-    if isinstance(weights, str) and triton_search.applies(x):
+    if triton_search.applies(x):
         return triton_search.qkx2(x, nmax, numerators, weights, use_mad)
     w = qkx2_weights(x, weights)
     hi = x.amax(dim=0)
@@ -127,6 +127,10 @@ def make_qp_quants(x: torch.Tensor, nmax: int, w: torch.Tensor) -> tuple[torch.T
     C stores levels as uint8 (a negative one wraps) and leaves a row once a pass changes
     nothing in it; passing again over a settled row changes nothing, so all passes run."""
     xt, wt = x.T.contiguous(), w.T.contiguous()  # position-first: in-order sums
+    numerators = [_f32_numerator(0.0, 0.1, step, nmax) for step in (-4, -3, -2, -1, 1, 2, 3, 4)]  # (0.1f*is + nmax)
+    if triton_search.applies(xt):
+        scale, levels = triton_search.qp(xt, wt, nmax, numerators)
+        return scale, levels.T.contiguous()
     top = xt.amax(dim=0).clamp(min=0.0)  # C scans MAX(max, x) from 0
     zero = top < GROUP_MAX_EPS
     top = torch.where(zero, 1.0, top)
@@ -134,8 +138,8 @@ def make_qp_quants(x: torch.Tensor, nmax: int, w: torch.Tensor) -> tuple[torch.T
     first = (nearest_int(iscale * xt) & 0xFF).to(torch.float32)  # no clamp here
     scale = rdiv(1.0, iscale)
     best = _qp_error(xt, wt, scale, first)
-    for step in (-4, -3, -2, -1, 1, 2, 3, 4):
-        cand = rdiv(_f32_numerator(0.0, 0.1, step, nmax), top)  # (0.1f*is + nmax)/max
+    for numerator in numerators:
+        cand = rdiv(numerator, top)
         cand_scale = rdiv(1.0, cand)
         err = _qp_error(xt, wt, cand_scale, nearest_int(cand * xt).clamp_(max=nmax).to(torch.float32))
         better = err < best

@@ -1,6 +1,6 @@
 """Triton kernels of the scale searches (see ``triton_search`` for why they give ggml's bytes).
 
-Every kernel takes sub-blocks position-first, ``(N, m)`` contiguous: position ``j`` of
+Every kernel takes sub-blocks (or rows) position-first, ``(N, m)`` contiguous: position ``j`` of
 sub-blocks ``offs`` is ``ptr + j*m + offs``, so each load of a warp is one contiguous run.
 Each program owns ``LANES`` sub-blocks and walks their positions in order; the operations
 mirror the torch steps of ``kquants_affine``, ``kquants_symmetric`` and ``iq4`` one for one.
@@ -40,17 +40,25 @@ def _signed_absmax(x_ptr, offs, mask, m, N: tl.constexpr):
 
 # --- make_qkx2_quants: Q4_K, Q5_K, Q2_K --------------------------------------------------
 
+# how make_qkx2_quants' caller weighs each value
+ABS_WEIGHTS: tl.constexpr = tl.constexpr(0)  # |x| (Q2_K)
+RMS_WEIGHTS: tl.constexpr = tl.constexpr(1)  # the sub-block's rms + |x| (Q4_K, Q5_K)
+GIVEN_WEIGHTS: tl.constexpr = tl.constexpr(2)  # loaded from w_ptr (every importance path)
+
+
 @triton.jit
-def _qkx2_weight(xj, rms, RMS_WEIGHTS: tl.constexpr):
-    if RMS_WEIGHTS:
+def _qkx2_weight(w_ptr, j, offs, mask, m, xj, rms, WEIGHTS: tl.constexpr):
+    if WEIGHTS == GIVEN_WEIGHTS:
+        return tl.load(w_ptr + j * m + offs, mask=mask, other=0.0)
+    elif WEIGHTS == RMS_WEIGHTS:
         return rms + tl.abs(xj)
     else:
         return tl.abs(xj)
 
 
 @triton.jit
-def _qkx2_error(x_ptr, offs, mask, m, rms, scale, offset, iscale, level_offset,
-                N: tl.constexpr, NMAX: tl.constexpr, RMS_WEIGHTS: tl.constexpr, USE_MAD: tl.constexpr):
+def _qkx2_error(x_ptr, w_ptr, offs, mask, m, rms, scale, offset, iscale, level_offset,
+                N: tl.constexpr, NMAX: tl.constexpr, WEIGHTS: tl.constexpr, USE_MAD: tl.constexpr):
     """Weighted error of the levels ``iscale*(x - level_offset)`` dequantized as ``scale*l + offset``."""
     err = tl.zeros(offs.shape, tl.float32)
     for j in tl.static_range(N):
@@ -58,19 +66,19 @@ def _qkx2_error(x_ptr, offs, mask, m, rms, scale, offset, iscale, level_offset,
         level = _clamped_level(iscale * (xj - level_offset), 0.0, NMAX)
         diff = scale * level + offset - xj
         if USE_MAD:
-            err = err + _qkx2_weight(xj, rms, RMS_WEIGHTS) * tl.abs(diff)
+            err = err + _qkx2_weight(w_ptr, j, offs, mask, m, xj, rms, WEIGHTS) * tl.abs(diff)
         else:
-            err = err + _qkx2_weight(xj, rms, RMS_WEIGHTS) * (diff * diff)
+            err = err + _qkx2_weight(w_ptr, j, offs, mask, m, xj, rms, WEIGHTS) * (diff * diff)
     return err
 
 
 @triton.jit
-def qkx2_kernel(x_ptr, numerator_ptr, scale_ptr, min_ptr, levels_ptr, m, N_STEPS: tl.constexpr, LANES: tl.constexpr,
-                N: tl.constexpr, NMAX: tl.constexpr, RMS_WEIGHTS: tl.constexpr, USE_MAD: tl.constexpr):
+def qkx2_kernel(x_ptr, w_ptr, numerator_ptr, scale_ptr, min_ptr, levels_ptr, m, N_STEPS: tl.constexpr,
+                LANES: tl.constexpr, N: tl.constexpr, NMAX: tl.constexpr, WEIGHTS: tl.constexpr, USE_MAD: tl.constexpr):
     offs = tl.program_id(0) * LANES + tl.arange(0, LANES)
     mask = offs < m
     rms = tl.zeros(offs.shape, tl.float32)
-    if RMS_WEIGHTS:  # sqrtf(sum x^2 / 32), the sum from 0
+    if WEIGHTS == RMS_WEIGHTS:  # sqrtf(sum x^2 / 32), the sum from 0
         for j in tl.static_range(N):
             xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
             rms = rms + xj * xj
@@ -78,21 +86,21 @@ def qkx2_kernel(x_ptr, numerator_ptr, scale_ptr, min_ptr, levels_ptr, m, N_STEPS
     x0 = tl.load(x_ptr + offs, mask=mask, other=0.0)
     hi = x0
     lo = x0
-    sum_w = _qkx2_weight(x0, rms, RMS_WEIGHTS)
+    sum_w = _qkx2_weight(w_ptr, 0, offs, mask, m, x0, rms, WEIGHTS)
     sum_x = sum_w * x0
     for j in tl.static_range(1, N):
         xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
-        wj = _qkx2_weight(xj, rms, RMS_WEIGHTS)
-        hi = tl.maximum(hi, xj)
-        lo = tl.minimum(lo, xj)
+        wj = _qkx2_weight(w_ptr, j, offs, mask, m, xj, rms, WEIGHTS)
+        hi = tl.where(xj > hi, xj, hi)  # C's scans: of -0 and +0 the first met stays (Q4_1's stored min)
+        lo = tl.where(xj < lo, xj, lo)
         sum_w = sum_w + wj
         sum_x = sum_x + wj * xj
-    lo = tl.minimum(lo, 0.0)
+    lo = tl.where(lo > 0, 0.0, lo)
     flat = hi == lo
     hi = tl.where(flat, lo + 1.0, hi)
     iscale = tl.div_rn(tl.full(offs.shape, NMAX, tl.float32), hi - lo)
     scale = tl.div_rn(tl.full(offs.shape, 1.0, tl.float32), iscale)
-    best_error = _qkx2_error(x_ptr, offs, mask, m, rms, scale, lo, iscale, lo, N, NMAX, RMS_WEIGHTS, USE_MAD)
+    best_error = _qkx2_error(x_ptr, w_ptr, offs, mask, m, rms, scale, lo, iscale, lo, N, NMAX, WEIGHTS, USE_MAD)
     best_error = tl.where(flat, -float("inf"), best_error)
     offset = lo
     best_iscale = iscale
@@ -105,7 +113,7 @@ def qkx2_kernel(x_ptr, numerator_ptr, scale_ptr, min_ptr, levels_ptr, m, N_STEPS
         for j in tl.static_range(N):
             xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
             level = _clamped_level(cand_iscale * (xj - offset), 0.0, NMAX)
-            wl = _qkx2_weight(xj, rms, RMS_WEIGHTS) * level
+            wl = _qkx2_weight(w_ptr, j, offs, mask, m, xj, rms, WEIGHTS) * level
             sum_l = sum_l + wl
             sum_l2 = sum_l2 + wl * level
             sum_xl = sum_xl + wl * xj
@@ -117,8 +125,8 @@ def qkx2_kernel(x_ptr, numerator_ptr, scale_ptr, min_ptr, levels_ptr, m, N_STEPS
         clip = this_min > 0
         this_scale = tl.where(clip, tl.div_rn(sum_xl, tl.where(clip, sum_l2, 1.0)), this_scale)
         this_min = tl.where(clip, 0.0, this_min)
-        cand_error = _qkx2_error(x_ptr, offs, mask, m, rms, this_scale, this_min, cand_iscale, offset,
-                                 N, NMAX, RMS_WEIGHTS, USE_MAD)
+        cand_error = _qkx2_error(x_ptr, w_ptr, offs, mask, m, rms, this_scale, this_min, cand_iscale, offset,
+                                 N, NMAX, WEIGHTS, USE_MAD)
         better = ok & (cand_error < best_error)
         scale = tl.where(better, this_scale, scale)
         best_error = tl.where(better, cand_error, best_error)
@@ -130,7 +138,7 @@ def qkx2_kernel(x_ptr, numerator_ptr, scale_ptr, min_ptr, levels_ptr, m, N_STEPS
         level = _clamped_level(best_iscale * (xj - best_offset), 0.0, NMAX)
         tl.store(levels_ptr + j * m + offs, tl.where(flat, 0.0, level).to(tl.int32), mask=mask)
     tl.store(scale_ptr + offs, tl.where(flat, 0.0, scale), mask=mask)
-    tl.store(min_ptr + offs, -offset, mask=mask)
+    tl.store(min_ptr + offs, offset * -1.0, mask=mask)  # Triton's -x is 0 - x: +0 would stay +0
 
 
 # --- make_qx_quants (rmse_type 1): Q6_K; with importance weights also Q3_K, Q4_0, Q5_0 ---------
@@ -224,6 +232,89 @@ def q3_kernel(x_ptr, scale_ptr, levels_ptr, m, LANES: tl.constexpr, N: tl.conste
     tl.store(scale_ptr + offs, tl.where(zero, 0.0, scale), mask=mask)
 
 
+# --- make_qp_quants: the super-block scales of every K-quant importance path --------------
+
+@triton.jit
+def _qp_level(v, NMAX: tl.constexpr, FIRST: tl.constexpr):
+    """The integer level of v: C's first guess keeps ``nearest_int`` as a uint8 (a negative one
+    wraps), the later ones clamp it to at most NMAX."""
+    level = _nearest_int(v).to(tl.int32)
+    if FIRST:
+        return level & 0xFF
+    else:
+        return tl.minimum(level, NMAX)
+
+
+@triton.jit
+def _qp_error(x_ptr, w_ptr, offs, mask, m, iscale, scale, N: tl.constexpr, NMAX: tl.constexpr, FIRST: tl.constexpr):
+    err = tl.zeros(offs.shape, tl.float32)
+    for j in tl.static_range(N):
+        xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
+        wj = tl.load(w_ptr + j * m + offs, mask=mask, other=0.0)
+        diff = xj - scale * _qp_level(iscale * xj, NMAX, FIRST).to(tl.float32)
+        err = err + (wj * diff) * diff
+    return err
+
+
+@triton.jit
+def qp_kernel(x_ptr, w_ptr, numerator_ptr, scale_ptr, levels_ptr, m, N_CANDIDATES: tl.constexpr,
+              LANES: tl.constexpr, N: tl.constexpr, NMAX: tl.constexpr):
+    """A scale from the largest value, the best of the candidates by weighted error, then five
+    in-order passes that move single levels (as ``q3_kernel``: a settled row stays settled).
+    The levels, stored as C's uint8 would hold them, live in ``levels_ptr`` meanwhile."""
+    offs = tl.program_id(0) * LANES + tl.arange(0, LANES)
+    mask = offs < m
+    top = tl.zeros(offs.shape, tl.float32)
+    for j in tl.static_range(N):
+        xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
+        top = tl.where(top > xj, top, xj)  # C's MAX(max, x) from 0
+    zero = top < GROUP_MAX_EPS
+    top = tl.where(zero, 1.0, top)
+    iscale = tl.div_rn(tl.full(offs.shape, NMAX, tl.float32), top)
+    best = _qp_error(x_ptr, w_ptr, offs, mask, m, iscale, tl.div_rn(tl.full(offs.shape, 1.0, tl.float32), iscale),
+                     N, NMAX, True)
+    for s in range(N_CANDIDATES):
+        cand = tl.div_rn(tl.full(offs.shape, 0.0, tl.float32) + tl.load(numerator_ptr + s), top)
+        err = _qp_error(x_ptr, w_ptr, offs, mask, m, cand, tl.div_rn(tl.full(offs.shape, 1.0, tl.float32), cand),
+                        N, NMAX, False)
+        better = err < best
+        best = tl.where(better, err, best)
+        iscale = tl.where(better, cand, iscale)
+    sum_lx = tl.zeros(offs.shape, tl.float32)
+    sum_l2 = tl.zeros(offs.shape, tl.float32)
+    for j in tl.static_range(N):
+        xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
+        wj = tl.load(w_ptr + j * m + offs, mask=mask, other=0.0)
+        level = _qp_level(iscale * xj, NMAX, False)
+        tl.store(levels_ptr + j * m + offs, level & 0xFF, mask=mask)
+        lf = level.to(tl.float32)  # the sums take the unwrapped level
+        sum_lx = sum_lx + (wj * xj) * lf
+        sum_l2 = sum_l2 + (wj * lf) * lf
+    for _ in range(5):
+        for i in tl.static_range(N):
+            xi = tl.load(x_ptr + i * m + offs, mask=mask, other=0.0)
+            wi = tl.load(w_ptr + i * m + offs, mask=mask, other=0.0)
+            li = tl.load(levels_ptr + i * m + offs, mask=mask, other=0)
+            lf = li.to(tl.float32)
+            slx = sum_lx - (wi * xi) * lf
+            sl2 = sum_l2 - (wi * lf) * lf
+            ok = (slx > 0) & (sl2 > 0)
+            new_l = _qp_level(tl.div_rn(xi * sl2, tl.where(ok, slx, 1.0)), NMAX, False)
+            ok = ok & (new_l != li)
+            nf = new_l.to(tl.float32)
+            slx = slx + (wi * xi) * nf
+            sl2 = sl2 + (wi * nf) * nf
+            accept = ok & ((slx * slx) * sum_l2 > (sum_lx * sum_lx) * sl2)
+            tl.store(levels_ptr + i * m + offs, tl.where(accept, new_l & 0xFF, li), mask=mask)
+            sum_lx = tl.where(accept, slx, sum_lx)
+            sum_l2 = tl.where(accept, sl2, sum_l2)
+    for j in tl.static_range(N):
+        level = tl.load(levels_ptr + j * m + offs, mask=mask, other=0)
+        tl.store(levels_ptr + j * m + offs, tl.where(zero, 0, level), mask=mask)
+    scale = tl.where(sum_l2 > 0, tl.div_rn(sum_lx, tl.where(sum_l2 > 0, sum_l2, 1.0)), 0.0)
+    tl.store(scale_ptr + offs, tl.where(zero, 0.0, scale), mask=mask)
+
+
 # --- IQ4_NL / IQ4_XS block scales ----------------------------------------------------------
 
 @triton.jit
@@ -236,34 +327,37 @@ def _iq4_level(v, mid_ptr, step_ptr, FIRST: tl.constexpr, N_MIDPOINTS: tl.conste
 
 
 @triton.jit
-def _iq4_sums(x_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N: tl.constexpr, FIRST: tl.constexpr,
-              N_MIDPOINTS: tl.constexpr):
+def _iq4_sums(x_ptr, w_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N: tl.constexpr, FIRST: tl.constexpr,
+              N_MIDPOINTS: tl.constexpr, HAS_W: tl.constexpr):
     sum_qx = tl.zeros(offs.shape, tl.float32)
     sum_q2 = tl.zeros(offs.shape, tl.float32)
     for j in tl.static_range(N):
         xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
         q = _iq4_level(inv * xj, mid_ptr, step_ptr, FIRST, N_MIDPOINTS)
-        wq = (xj * xj) * q
+        if HAS_W:
+            wq = tl.load(w_ptr + j * m + offs, mask=mask, other=0.0) * q
+        else:
+            wq = (xj * xj) * q
         sum_qx = sum_qx + wq * xj
         sum_q2 = sum_q2 + wq * q
     return sum_qx, sum_q2
 
 
 @triton.jit
-def iq4_kernel(x_ptr, tries_ptr, mid_ptr, step_ptr, d_ptr, m, N_TRIES: tl.constexpr, LANES: tl.constexpr,
-               N: tl.constexpr, FIRST: tl.constexpr, N_MIDPOINTS: tl.constexpr):
+def iq4_kernel(x_ptr, w_ptr, tries_ptr, mid_ptr, step_ptr, d_ptr, m, N_TRIES: tl.constexpr, LANES: tl.constexpr,
+               N: tl.constexpr, FIRST: tl.constexpr, N_MIDPOINTS: tl.constexpr, HAS_W: tl.constexpr):
     offs = tl.program_id(0) * LANES + tl.arange(0, LANES)
     mask = offs < m
     peak, amax = _signed_absmax(x_ptr, offs, mask, m, N)
     zero = amax < GROUP_MAX_EPS
     peak = tl.where(zero, 1.0, peak)
     inv = tl.div_rn(tl.full(offs.shape, 1.0, tl.float32), tl.div_rn(-peak, tl.full(offs.shape, FIRST, tl.float32)))
-    sum_qx, sum_q2 = _iq4_sums(x_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N, FIRST, N_MIDPOINTS)
+    sum_qx, sum_q2 = _iq4_sums(x_ptr, w_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N, FIRST, N_MIDPOINTS, HAS_W)
     d = tl.where(sum_q2 > 0, tl.div_rn(sum_qx, tl.where(sum_q2 > 0, sum_q2, 1.0)), 0.0)
     best = d * sum_qx
     for t in range(N_TRIES):
         inv = tl.div_rn(tl.full(offs.shape, 0.0, tl.float32) + tl.load(tries_ptr + t), peak)
-        sum_qx, sum_q2 = _iq4_sums(x_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N, FIRST, N_MIDPOINTS)
+        sum_qx, sum_q2 = _iq4_sums(x_ptr, w_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N, FIRST, N_MIDPOINTS, HAS_W)
         better = (sum_q2 > 0) & (sum_qx * sum_qx > best * sum_q2)
         d = tl.where(better, tl.div_rn(sum_qx, tl.where(better, sum_q2, 1.0)), d)
         best = tl.where(better, d * sum_qx, best)

@@ -1,4 +1,6 @@
-"""The scale searches of the K-quants and IQ4 as Triton kernels, for tensors on a GPU.
+"""The scale searches of the K-quants and IQ4 as Triton kernels, for tensors on a GPU, with
+and without an importance matrix (which adds ``make_qp_quants``, the super-block fit, and
+gives the legacy types a search too).
 
 Run as torch ops, each search is hundreds of small kernels per chunk: on a GPU that is
 launch-bound, 1-5 % of the legacy types' speed. Here one program handles a vector of
@@ -70,17 +72,21 @@ def _f32_table(values: Sequence[float], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 
-def qkx2(xs: torch.Tensor, nmax: int, numerators: Sequence[float], weights: str, use_mad: bool
+def qkx2(xs: torch.Tensor, nmax: int, numerators: Sequence[float], weights: str | torch.Tensor, use_mad: bool
          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``make_qkx2_quants`` over position-first sub-blocks ``xs`` (n, m), with the weights
-    ggml gives them: ``"rms+abs"`` (Q4_K, Q5_K: rms of the sub-block + |x|) or ``"abs"`` (Q2_K).
+    ggml gives them: ``"rms+abs"`` (Q4_K, Q5_K: rms of the sub-block + |x|), ``"abs"`` (Q2_K)
+    or importance weights given, position-first (n, m).
     -> (scale (m,), the_min (m,), levels (n, m) int32)."""
     n, m = xs.shape
+    k = _kernels()
+    given = isinstance(weights, torch.Tensor)
+    mode = k.GIVEN_WEIGHTS if given else k.RMS_WEIGHTS if weights == "rms+abs" else k.ABS_WEIGHTS
     scale = torch.empty(m, dtype=torch.float32, device=xs.device)
     the_min = torch.empty_like(scale)
     levels = torch.empty((n, m), dtype=torch.int32, device=xs.device)
-    _launch(_kernels().qkx2_kernel, m, xs, _f32_table(numerators, xs.device), scale, the_min, levels,
-            N_STEPS=len(numerators), N=n, NMAX=nmax, RMS_WEIGHTS=weights == "rms+abs", USE_MAD=use_mad)
+    _launch(k.qkx2_kernel, m, xs, weights if given else xs, _f32_table(numerators, xs.device), scale, the_min, levels,
+            N_STEPS=len(numerators), N=n, NMAX=nmax, WEIGHTS=mode.value, USE_MAD=use_mad)
     return scale, the_min, levels
 
 
@@ -107,14 +113,25 @@ def q3(xt: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, levels
 
 
+def qp(xt: torch.Tensor, wt: torch.Tensor, nmax: int, numerators: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make_qp_quants`` over position-first rows ``xt`` (n, m) weighted by ``wt`` (n, m); candidate
+    ``s`` is ``numerators[s] / max``. -> (scale (m,), levels (n, m) int32 as C's uint8 holds them)."""
+    n, m = xt.shape
+    scale = torch.empty(m, dtype=torch.float32, device=xt.device)
+    levels = torch.empty((n, m), dtype=torch.int32, device=xt.device)
+    _launch(_kernels().qp_kernel, m, xt, wt, _f32_table(numerators, xt.device), scale, levels,
+            N_CANDIDATES=len(numerators), N=n, NMAX=nmax)
+    return scale, levels
+
+
 def iq4_scales(xt: torch.Tensor, first_value: int, tries: Sequence[float], midpoints: Sequence[float],
-               steps: Sequence[float]) -> torch.Tensor:
-    """The IQ4 scale search over position-first 32-value blocks ``xt`` (32, m): the first
-    guess ``-max/first_value``, then ``tries[t] / max``; the table value of x is
-    ``first_value`` plus ``steps[k]`` for each of ``midpoints[k] <= x``. -> d (m,)."""
+               steps: Sequence[float], wt: torch.Tensor | None = None) -> torch.Tensor:
+    """The IQ4 scale search over position-first 32-value blocks ``xt`` (32, m), weighted by
+    ``wt`` (32, m) or x^2: the first guess ``-max/first_value``, then ``tries[t] / max``; the
+    table value of x is ``first_value`` plus ``steps[k]`` for each of ``midpoints[k] <= x``. -> d (m,)."""
     n, m = xt.shape
     d = torch.empty(m, dtype=torch.float32, device=xt.device)
-    _launch(_kernels().iq4_kernel, m, xt, _f32_table(tries, xt.device), _f32_table(midpoints, xt.device),
-            _f32_table(steps, xt.device), d, N_TRIES=len(tries), N=n, FIRST=float(first_value),
-            N_MIDPOINTS=len(midpoints))
+    _launch(_kernels().iq4_kernel, m, xt, xt if wt is None else wt, _f32_table(tries, xt.device),
+            _f32_table(midpoints, xt.device), _f32_table(steps, xt.device), d, N_TRIES=len(tries), N=n,
+            FIRST=float(first_value), N_MIDPOINTS=len(midpoints), HAS_W=wt is not None)
     return d
