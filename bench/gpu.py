@@ -4,7 +4,8 @@
 
 1. codecs: Mparams/s of every type on a bf16 weight on the GPU (first call untimed: it
    builds the Triton kernels), against ggml's ``ggml_quantize_chunk`` on the same values
-   with one thread and with all cores (threads over rows); bytes compared with ggml's.
+   with one thread and with all cores (threads over rows); bytes compared with ggml's. The
+   same with an importance vector for the types that take one: its rate against the plain one.
 2. convert: a random checkpoint of FLUX.1-dev's exact shape (11.9 B parameters, bf16, made
    on the GPU), then ``python -m quant convert --bpw 6.9 --device cuda``: wall time and the
    process's peak resident memory.
@@ -46,8 +47,10 @@ def synchronized_seconds(fn) -> float:
     return time.perf_counter() - t
 
 
-def ggml_quantize_rows(x: np.ndarray, qtype: str, threads: int) -> tuple[np.ndarray, float]:
-    """ggml's bytes for float32 rows x and the seconds it took, rows split over ``threads``."""
+def ggml_quantize_rows(x: np.ndarray, qtype: str, threads: int, imatrix: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, float]:
+    """ggml's bytes for float32 rows x (with an importance vector where given) and the seconds
+    it took, rows split over ``threads``."""
     import ggml
 
     t = getattr(ggml, f"GGML_TYPE_{qtype}")
@@ -56,11 +59,12 @@ def ggml_quantize_rows(x: np.ndarray, qtype: str, threads: int) -> tuple[np.ndar
     rows, n = x.shape
     out = np.zeros((rows, n // block * size), np.uint8)
     per = -(-rows // threads)
+    weights = None if imatrix is None else imatrix.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
 
     def part(r: int) -> None:
         k = min(per, rows - r)
         ggml.ggml_quantize_chunk(t, x[r:].ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-                                 out[r:].ctypes.data_as(ctypes.c_void_p), 0, k, n, None)
+                                 out[r:].ctypes.data_as(ctypes.c_void_p), 0, k, n, weights)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:  # ctypes lets go of the GIL: the C code runs in parallel
@@ -69,13 +73,18 @@ def ggml_quantize_rows(x: np.ndarray, qtype: str, threads: int) -> tuple[np.ndar
 
 
 def bench_codecs(rows: int, cols: int, types: list[str]) -> dict:
+    """Every type plain and, where it takes one, with an importance vector (issue 10: the same
+    speed class as the plain path)."""
     x = (torch.randn(rows, cols, device="cuda") * 0.02).to(torch.bfloat16)
     xf = x.float().cpu().numpy()
+    imatrix = (torch.randn(64, cols, device="cuda") ** 2).mean(dim=0)
+    imatrix_np = imatrix.cpu().numpy()
     one_rows = max(1, rows // 8)  # one C thread on an eighth of the rows: same rate, an eighth of the wait
     mp = x.numel() / 1e6
     cores = os.cpu_count() or 1
     out = {}
-    print(f"{'type':7} {'GPU Mp/s':>9} {'C 1 thread':>10} {f'C {cores} thr':>10} {'x 1 thr':>8} {'x all':>7} {'bytes':>6}")
+    print(f"{'type':7} {'GPU Mp/s':>9} {'C 1 thread':>10} {f'C {cores} thr':>10} {'x 1 thr':>8} {'x all':>7} {'bytes':>6}"
+          f" {'imatrix GPU Mp/s':>16} {'x plain':>7} {'bytes':>6}")
     for qtype in types:
         first = synchronized_seconds(lambda: codecs.quantize(x, qtype))
         buf = codecs.quantize(x, qtype)
@@ -86,8 +95,17 @@ def bench_codecs(rows: int, cols: int, types: list[str]) -> dict:
         same = bool(np.array_equal(buf.cpu().numpy(), ref))
         out[qtype] = {"gpu_mps": mp / gpu_s, "c1_mps": mp / one_s, "call_mps": mp / all_s, "same": same,
                       "first_s": first}
-        print(f"{qtype:7} {mp / gpu_s:9.0f} {mp / one_s:10.1f} {mp / all_s:10.1f} {one_s / gpu_s:8.0f} "
-              f"{all_s / gpu_s:7.1f} {'same' if same else 'DIFF':>6}", flush=True)
+        line = (f"{qtype:7} {mp / gpu_s:9.0f} {mp / one_s:10.1f} {mp / all_s:10.1f} {one_s / gpu_s:8.0f} "
+                f"{all_s / gpu_s:7.1f} {'same' if same else 'DIFF':>6}")
+        if codecs.get_codec(qtype).supports_imatrix:
+            out[qtype]["imatrix_first_s"] = synchronized_seconds(lambda: codecs.quantize(x, qtype, imatrix=imatrix))
+            im_s = min(synchronized_seconds(lambda: codecs.quantize(x, qtype, imatrix=imatrix, out=buf))
+                       for _ in range(3))
+            im_ref, _ = ggml_quantize_rows(xf, qtype, cores, imatrix_np)
+            im_same = bool(np.array_equal(buf.cpu().numpy(), im_ref))
+            out[qtype].update(imatrix_gpu_mps=mp / im_s, imatrix_same=im_same)
+            line += f" {mp / im_s:16.0f} {gpu_s / im_s:7.2f} {'same' if im_same else 'DIFF':>6}"
+        print(line, flush=True)
     return out
 
 
@@ -127,10 +145,10 @@ def bench_sweep(src: Path) -> dict:
         for label, types in (("3_types", THREE), ("12_types", list(codecs.QUANTIZED_TYPE_NAMES))):
             spent = [0.0]
 
-            def timed(weights, qtype, spent=spent):
+            def timed(weights, qtype, importance=None, spent=spent):
                 torch.cuda.synchronize()
                 t = time.perf_counter()
-                result = real(weights, qtype)
+                result = real(weights, qtype, importance)
                 torch.cuda.synchronize()
                 spent[0] += time.perf_counter() - t
                 return result
