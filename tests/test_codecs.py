@@ -182,6 +182,20 @@ def test_cuda_odd_shapes_and_chunk_ends(qtype: str, monkeypatch: pytest.MonkeyPa
         assert torch.equal(codecs.quantize(x.cuda(), qtype).cpu(), codecs.quantize(x, qtype)), f"{qtype} {shape}"
 
 
+def test_sqrt_is_correctly_rounded_both_ways() -> None:
+    """ggml's importance weights take sqrtf: numpy's IEEE root on a CPU, the float64 root
+    rounded elsewhere (run here on the CPU too). torch's own float32 root is off for ~17 %."""
+    from quant.codecs import base
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1 << 20, generator=gen) * torch.exp(torch.randn(1 << 20, generator=gen) * 10)
+    x[:5] = torch.tensor([0.0, -0.0, float("inf"), 1e-45, 3.4e38])
+    exact = torch.from_numpy(np.sqrt(x.numpy()))
+    assert not torch.equal(torch.sqrt(x), exact)  # what the care is for
+    assert torch.equal(base.sqrt_f32(x), exact)
+    assert torch.equal(base._float64_sqrt(x), exact)
+
+
 def test_unknown_type_is_named() -> None:
     with pytest.raises(ValueError, match="unknown GGUF type 'Q7_K'"):
         codecs.get_codec("Q7_K")
