@@ -77,15 +77,18 @@ def test_dequantize_equals_gguf_py(qtype: str) -> None:
 def small_chunks(qtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(codecs, "CHUNK_ELEMENTS", 512 * 3)
     monkeypatch.setattr(codecs.get_codec(qtype), "chunk_elements", None)
+    monkeypatch.setattr(codecs.get_codec(qtype), "imatrix_chunk_elements", None)
 
 
 @pytest.mark.parametrize("qtype", codecs.TYPE_NAMES)
 def test_chunking_does_not_change_bytes(qtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MXGGUF_COMPILE", "0")  # compiled steps are built per chunk shape: not this test's point
     rows = torch.from_numpy(corpus_rows(512, seed=2)["gaussian"])
-    whole = codecs.quantize(rows, qtype)
+    imatrix = torch.from_numpy(imatrix_vectors(512)["mean_square"])  # legacy types: a row's sigma spans chunks
+    whole, weighted = codecs.quantize(rows, qtype), codecs.quantize(rows, qtype, imatrix=imatrix)
     small_chunks(qtype, monkeypatch)
     assert torch.equal(codecs.quantize(rows, qtype), whole)
+    assert torch.equal(codecs.quantize(rows, qtype, imatrix=imatrix), weighted)
 
 
 SEARCH_TYPES = ("Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K")

@@ -6,6 +6,7 @@ search-based types (K-quants, IQ4) stay within a bounded working set on any tens
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import floats, fused, iq4, kquants_affine, kquants_symmetric, legacy
@@ -78,7 +79,7 @@ def quantize(x: torch.Tensor, qtype: str | QType, imatrix: torch.Tensor | None =
     blocks_per_row = n // codec.block_size
     weights = _importance(codec, imatrix, n, x.device)
     row_sigma2 = _row_sigma2(rows) if weights is not None and codec.imatrix_row_sigma else None
-    limit = codec.chunk_elements or CHUNK_ELEMENTS
+    limit = (weights is not None and codec.imatrix_chunk_elements) or codec.chunk_elements or CHUNK_ELEMENTS
     if x.is_cuda:  # chunks sized for a CPU's cache leave a GPU waiting on kernel launches
         limit *= GPU_CHUNK_FACTOR
     chunk = max(1, limit // codec.block_size)  # blocks per chunk, across row ends
@@ -116,13 +117,21 @@ def _importance(codec: Codec, imatrix: torch.Tensor | None, n: int, device: torc
 
 def _row_sigma2(rows: torch.Tensor) -> torch.Tensor:
     """Each row's mean square as ggml's legacy importance paths take it: x*x summed in order
-    from 0 in float32, over the row's length. Position-first slices of a few million values."""
+    from 0 in float32, over the row's length. Slices of a few million values; on a CPU numpy's
+    ``add.accumulate`` (strictly in order, in float32) sums each row in one pass, elsewhere
+    the positions are walked across all rows at once."""
     n = rows.shape[1]
     out = torch.empty(rows.shape[0], dtype=torch.float32, device=rows.device)
     step = max(1, (1 << 22) // n)
     for r in range(0, rows.shape[0], step):
-        xt = rows[r : r + step].T.to(torch.float32)
-        out[r : r + step] = div_by(seq_sum(xt * xt), n)
+        part = rows[r : r + step].to(torch.float32)
+        if rows.device.type == "cpu":
+            squares = np.square(part.numpy())
+            sums = torch.from_numpy(np.add.accumulate(squares, axis=1, out=squares)[:, -1].copy())
+        else:
+            xt = part.T
+            sums = seq_sum(xt * xt)
+        out[r : r + step] = div_by(sums, n)
     return out
 
 

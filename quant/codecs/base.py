@@ -48,6 +48,8 @@ class Codec:
     ignores_imatrix: bool = False
     # Values per quantize_blocks call; None: the registry's default, sized for the search types.
     chunk_elements: int | None = None
+    # The same with an importance matrix, where that path searches and the plain one does not.
+    imatrix_chunk_elements: int | None = None
 
     @property
     def name(self) -> str:

@@ -51,7 +51,7 @@ def make_qx_quants(x: torch.Tensor, nmax: int,
         return triton_search.qx(xt, nmax, _qx_numerators(nmax), wt)
     peak, zero, _ = _first_guess(xt.T, nmax)  # reduced over xt's rows: contiguous, fast
     numerators = torch.tensor(_qx_numerators(nmax), dtype=torch.float32, device=x.device)
-    iscale = numerators / torch.where(zero, 1.0, peak)[:, None]
+    iscale = numerators[:, None] / torch.where(zero, 1.0, peak)  # (S, m): the blocks run along the vector lanes
     scale, chosen = _qx_search(xt, xt * xt if wt is None else wt, iscale, nmax)
     levels = torch.round(chosen * xt).clamp_(-nmax, nmax - 1)  # the accepted candidate's levels
     scale = torch.where(zero, 0.0, scale)
@@ -60,27 +60,27 @@ def make_qx_quants(x: torch.Tensor, nmax: int,
 
 @cpu_fused
 def _qx_search(xt: torch.Tensor, w: torch.Tensor, iscale: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fits of all candidate scales ``iscale`` (m, S) of sub-blocks ``xt`` (n, m) weighted
+    """The fits of all candidate scales ``iscale`` (S, m) of sub-blocks ``xt`` (n, m) weighted
     by ``w`` (n, m), and the in-order acceptance: -> (scale (m,), the accepted iscale (m,))."""
     wx = w * xt
-    # in-order sums over the positions, one (m, S) slice at a time (cache-sized)
+    # in-order sums over the positions, one (S, m) slice at a time (cache-sized)
     sumlx = torch.zeros_like(iscale)
     suml2 = torch.zeros_like(iscale)
     for j in range(xt.shape[0]):
-        level = torch.round(iscale * xt[j, :, None]).clamp_(-nmax, nmax - 1)
-        sumlx += wx[j, :, None] * level
-        level *= w[j, :, None] * level
+        level = torch.round(iscale * xt[j]).clamp_(-nmax, nmax - 1)
+        sumlx += wx[j] * level
+        level *= w[j] * level
         suml2 += level
-    scale = torch.where(suml2[:, 0] != 0, sumlx[:, 0] / torch.where(suml2[:, 0] != 0, suml2[:, 0], 1.0), 0.0)
-    best = scale * sumlx[:, 0]
-    chosen = iscale[:, 0]
-    for s in range(1, iscale.shape[1]):
-        lx, l2 = sumlx[:, s], suml2[:, s]
+    scale = torch.where(suml2[0] != 0, sumlx[0] / torch.where(suml2[0] != 0, suml2[0], 1.0), 0.0)
+    best = scale * sumlx[0]
+    chosen = iscale[0]
+    for s in range(1, iscale.shape[0]):
+        lx, l2 = sumlx[s], suml2[s]
         better = (l2 > 0) & (lx * lx > best * l2)
         new_scale = lx / torch.where(better, l2, 1.0)
         scale = torch.where(better, new_scale, scale)
         best = torch.where(better, new_scale * lx, best)
-        chosen = torch.where(better, iscale[:, s], chosen)
+        chosen = torch.where(better, iscale[s], chosen)
     return scale, chosen
 
 

@@ -106,6 +106,7 @@ class _LegacyCodec(Codec):
     memory, so the copies a ``torch.cat`` makes would be a large part of the work."""
 
     chunk_elements = 1 << 22  # few passes per value: large chunks amortise torch's per-op cost
+    imatrix_chunk_elements = 1 << 19  # a search's passes over x and w stay in a CPU's cache: 2x faster
 
 
 class Q8_0(_LegacyCodec):
