@@ -83,8 +83,8 @@ def bench_codecs(rows: int, cols: int, types: list[str]) -> dict:
     mp = x.numel() / 1e6
     cores = os.cpu_count() or 1
     out = {}
-    print(f"{'type':7} {'GPU Mp/s':>9} {'C 1 thread':>10} {f'C {cores} thr':>10} {'x 1 thr':>8} {'x all':>7} {'bytes':>6}"
-          f" {'imatrix GPU Mp/s':>16} {'x plain':>7} {'bytes':>6}")
+    print(f"{'type':7} {'GPU Mp/s':>9} {'C 1 thread':>10} {f'C {cores} thr':>10} {'x 1 thr':>8} {'x all':>7} "
+          f"{'bytes':>6} {'imatrix GPU Mp/s':>16} {'x plain':>7} {'bytes':>6}")
     for qtype in types:
         first = synchronized_seconds(lambda: codecs.quantize(x, qtype))
         buf = codecs.quantize(x, qtype)

@@ -204,15 +204,6 @@ class CaptureSession:
         write_new(folder / f"{stem}.safetensors", lambda path: save_capture(path, c.inputs, sample))
 
 
-def parse_types(text: str) -> list[str]:
-    types = [t.strip().upper() for t in text.replace(";", ",").split(",") if t.strip()]
-    if unknown := [t for t in types if t not in codecs.TYPE_NAMES]:
-        raise ValueError(f"unknown type(s) {unknown}; known: {', '.join(codecs.TYPE_NAMES)}")
-    if not types:
-        raise ValueError("no types given")
-    return list(dict.fromkeys(types))
-
-
 class CaptureLayerCosts(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -254,8 +245,8 @@ class CaptureLayerCosts(io.ComfyNode):
         source, arch = model_source(model)
         out = model.clone()
         block_weights = [k for k, shape in source.shapes.items() if arch.is_quantizable(k, shape)]
-        session = CaptureSession(out, path, parse_types(types), step, samples_per_run, fingerprint(source, arch),
-                                 block_weights, save_inputs)
+        session = CaptureSession(out, path, codecs.parse_type_list(types), step, samples_per_run,
+                                 fingerprint(source, arch), block_weights, save_inputs)
         path.parent.mkdir(parents=True, exist_ok=True)
         out.set_model_patch_replace(session.block_patch, "dit", "double_block", 0)
         out.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,

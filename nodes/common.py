@@ -14,7 +14,7 @@ import folder_paths
 from ..quant.arch import FluxArch, detect
 from ..quant.atomic import checked_name
 from ..quant.checkpoint import Source, state_dict_source
-from ..quant.costs import BUILTIN, model_fingerprint
+from ..quant.costs import BUILTIN, CostError, CostTable, model_fingerprint, resolve_costs
 from ..quant.recipe import tensor_type
 from ..quant.speed import (PROFILED_TYPES, SpeedError, SpeedProfile, comfyui_gguf_dequantizer, covers, device_name,
                            find_comfyui_gguf, load_speed, measure, save_speed, weight_shapes)
@@ -41,6 +41,15 @@ def costs_path(name: str) -> Path:
     return Path(found) if found else Path(folder_paths.get_folder_paths(COSTS_FOLDER)[0]) / name
 
 
+def cost_table(name: str) -> CostTable:
+    """The cost table a costs choice names: a built-in one, or a file in models/mxgguf_costs."""
+    spec = name if name.startswith("builtin:") else costs_path(name)
+    if isinstance(spec, Path) and not spec.exists():
+        raise CostError(f"costs file {name!r} does not exist yet in models/{COSTS_FOLDER}; run Capture Layer "
+                        f"Costs first (and wire the sampler's LATENT into 'after' when both are in one graph)")
+    return resolve_costs(spec)
+
+
 def costs_choices() -> list[str]:
     return BUILTIN_CHOICES + [n for n in folder_paths.get_filename_list(COSTS_FOLDER) if not n.endswith(SPEED_SUFFIX)]
 
@@ -63,6 +72,15 @@ def imatrix_path(name: str) -> Path:
         if (Path(folder) / name).is_file():
             return Path(folder) / name
     raise FileNotFoundError(f"no importance matrix {name!r} in models/{COSTS_FOLDER}")
+
+
+def file_state(path: Callable[[], Path]) -> tuple[int, int] | str:
+    """What ComfyUI compares to tell a changed input file: its (mtime_ns, size), or why there is none."""
+    try:
+        st = path().stat()
+    except (OSError, ValueError) as e:  # missing, or a name checked_name refuses
+        return f"unreadable: {e}"
+    return st.st_mtime_ns, st.st_size
 
 
 def speed_profile(model, arch: FluxArch, shapes, types: Sequence[str]) -> SpeedProfile:

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from pathlib import Path
 
 from comfy_api.latest import io
 
+from ..quant import codecs
 from ..quant.atomic import checked_name
-from ..quant.costs import CostError, check_model, resolve_costs
+from ..quant.costs import check_model
 from ..quant.imatrix import load_imatrix
 from ..quant.mixed import MixedModel, quantize_model
 from ..quant.optimize import GiB, Allocation, Target, optimize
 from ..quant.speed import SpeedProfile
-from .capture import parse_types
 from .chart import block_chart
-from .common import (BUILTIN_CHOICES, CATEGORY, costs_choices, costs_path, fingerprint, imatrix_choices,
-                     imatrix_path, model_source, progress_bar, refuse_patched, refuse_quantized, speed_profile)
+from .common import (BUILTIN_CHOICES, CATEGORY, cost_table, costs_choices, costs_path, file_state, fingerprint,
+                     imatrix_choices, imatrix_path, model_source, progress_bar, refuse_patched, refuse_quantized,
+                     speed_profile)
 
 MixedGGUF = io.Custom("MX_GGUF")
 TARGETS = {"bits per parameter": "bpw", "file size (GB)": "size_gb", "card size (GB)": "card_gb"}
@@ -112,6 +112,14 @@ class MixedGGUFQuantize(io.ComfyNode):
         return True
 
     @classmethod
+    def fingerprint_inputs(cls, costs: str, imatrix: str = "none", **_: object) -> tuple:
+        """Run again when the costs file or the importance matrix changed on disk (a new capture,
+        ``quant costs merge``), though the graph did not: ComfyUI would reuse the old outputs."""
+        costs_state = costs if costs.startswith("builtin:") else file_state(lambda: costs_path(costs))
+        imatrix_state = imatrix if imatrix == "none" else file_state(lambda: imatrix_path(imatrix))
+        return costs_state, imatrix_state
+
+    @classmethod
     def execute(cls, model, costs: str, target: str, value: float, max_slowdown: float, types: str,
                 imatrix: str = "none", after=None) -> io.NodeOutput:
         refuse_quantized(model, "quantize the full-precision model")
@@ -120,13 +128,9 @@ class MixedGGUFQuantize(io.ComfyNode):
             raise ValueError(f"unknown target {target!r}; one of {list(TARGETS)}")
         goal = Target.of(**{TARGETS[target]: value})
         source, arch = model_source(model)
-        spec = costs if costs.startswith("builtin:") else costs_path(costs)
-        if isinstance(spec, Path) and not spec.exists():
-            raise CostError(f"costs file {costs!r} does not exist yet in models/mxgguf_costs; run Capture Layer "
-                            f"Costs first (and wire the sampler's LATENT into 'after' when both are in one graph)")
-        table = resolve_costs(spec)
+        table = cost_table(costs)
         check_model(table, fingerprint(source, arch))
-        allowed = None if types.strip().lower() == "all" else parse_types(types)
+        allowed = None if types.strip().lower() == "all" else codecs.parse_type_list(types)
         per_block = table.costs()
         speed = speed_profile(model, arch, source.shapes, allowed or sorted({t for c in per_block for t in c}))
         budget = max_slowdown if max_slowdown > 0 else None

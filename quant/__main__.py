@@ -19,6 +19,7 @@ from .checkpoint import CheckpointError, open_safetensors
 from .gguf_file import GGUFWriteError, WriteResult, read_summary, write_gguf
 from .costs import CostError, CostTable, accumulate, check_model, default_costs, model_fingerprint, resolve_costs
 from .optimize import CARD_HEADROOM_GIB, Allocation, Target, TargetError, optimize, pareto
+from .plan import allocation_json, table_model_shapes
 from .recipe import Recipe, RecipeError, average_bpw, load_recipe, output_name, plan_tensors, save_recipe
 from .imatrix import ImatrixError, load_imatrix
 from .speed import SpeedError, SpeedProfile, load_speed
@@ -124,18 +125,14 @@ def cmd_optimize(a: argparse.Namespace) -> int:
             arch, shapes = detect(source.shapes), dict(source.shapes)
             check_model(table, model_fingerprint(arch, lambda k: source.read(arch.prefix + k)))
     else:
-        arch, shapes = flux1_shapes(table.model)
+        arch, shapes = table_model_shapes(table.model)
     if a.pareto:
         return print_frontier(arch, shapes, table, target, a)
     alloc = allocate(arch, shapes, table, target, a, a.name or "")
     if a.output:
         save_recipe(alloc.recipe, a.output)
     if a.json:
-        result = {"bpw": alloc.bpw, "size_bytes": alloc.data_bytes, "predicted_cost": alloc.predicted_cost,
-                  "blocks": list(alloc.types)}
-        if alloc.predicted_slowdown is not None:
-            result["predicted_slowdown"] = alloc.predicted_slowdown
-        print(json.dumps(result))
+        print(json.dumps(allocation_json(alloc)))
     else:
         print(f"{target.describe()}: {describe_allocation(alloc)}, {alloc.data_bytes / 2**30:.2f} GiB of tensor data"
               + (f"; recipe written to {a.output}" if a.output else ""))
@@ -163,18 +160,6 @@ def print_frontier(arch, shapes, table: CostTable, target: Target, a: argparse.N
         print(f" {f.predicted_slowdown:7.3f}x  {(f.predicted_slowdown - 1) / (free.predicted_slowdown - 1):11.0%}  "
               f"{f.predicted_cost:8.4g}  {f.predicted_cost / free.predicted_cost - 1:+17.1%}  {f.bpw:10.3f}  {mix}")
     return 0
-
-
-def flux1_shapes(model: dict) -> tuple:
-    """A cost table's model, at FLUX.1's widths (for tables measured without a checkpoint at hand)."""
-    from .synthetic import FluxConfig, flux_shapes
-
-    hidden = int(model["hidden_size"])
-    cfg = FluxConfig(hidden=hidden, heads=hidden // 128, context_in_dim=4096,
-                     depth_double=int(model["depth_double"]), depth_single=int(model["depth_single"]),
-                     guidance=bool(model.get("guidance", True)))
-    shapes = flux_shapes(cfg)
-    return detect(shapes), shapes
 
 
 def cmd_costs(a: argparse.Namespace) -> int:

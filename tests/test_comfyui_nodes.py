@@ -2,8 +2,13 @@
 capture during sampling, quantize + save at a target, load the file with ComfyUI-GGUF."""
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import subprocess
 import sys
+import urllib.error
+import urllib.parse
 from pathlib import Path
 
 import gguf
@@ -14,8 +19,9 @@ from safetensors.torch import load_file, save_file
 
 from comfyui_rig import PACK_ROOT, ComfyServer, Messages, WorkflowError, loader, sample_workflow, sampling, saved_latent
 from quant import codecs
+from quant.__main__ import main as cli_main
 from quant.arch import detect
-from quant.costs import load_costs
+from quant.costs import accumulate, load_costs
 from quant.imatrix import load_imatrix
 from quant.optimize import Target, optimize, pareto
 from quant.recipe import Recipe, average_bpw, plan_tensors
@@ -357,3 +363,96 @@ def test_lora_patched_model_is_refused_by_quantize(comfy: ComfyServer, tiny: str
           "quant": quantize(["lora", 0], tiny_costs, 11.0, "Q8_0"), "savegguf": save(["quant", 0], "nodes-lora")}
     with pytest.raises(WorkflowError, match="weight patches on 1 tensors"):
         comfy.run(wf)
+
+
+def http_json(comfy: ComfyServer, path: str, **query: object) -> tuple[int, dict]:
+    """GET ``path?query`` -> (status, JSON body), 4xx answers included."""
+    url = path + ("?" + urllib.parse.urlencode(query) if query else "")
+    try:
+        return 200, comfy.get(url)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def optimize_json(costs: str, target: str, value: float, types: str) -> dict:
+    """``python -m quant optimize --json`` for the same question, in this process."""
+    argv = ["optimize", "--costs", costs, f"--{target.replace('_', '-')}", str(value), "--json"]
+    if types != "all":
+        argv += ["--types", *codecs.parse_type_list(types)]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli_main(argv) == 0
+    return json.loads(out.getvalue())
+
+
+PLAN_TARGETS = [("bpw", 2.9, "all"), ("bpw", 4.5, "all"), ("bpw", 6.9, "all"), ("bpw", 5.2, "Q8_0, Q5_K, Q4_K"),
+                ("size_gb", 6.5, "all"), ("size_gb", 9.5, "all"), ("card_gb", 8, "all"), ("card_gb", 12, "all"),
+                ("card_gb", 16, "Q8_0,Q6_K")]
+
+
+def test_plan_route_equals_optimize_json(comfy: ComfyServer, tiny_costs: str) -> None:
+    """The Quantize node's panel asks the server what a target means; the answer is the CLI's."""
+    for target, value, types in PLAN_TARGETS:
+        status, answer = http_json(comfy, "/mxgguf/plan", costs="builtin:flux1-dev", target=target, value=value,
+                                   types=types)
+        assert status == 200, answer
+        cli = optimize_json("builtin:flux1-dev", target, value, types)
+        assert {k: answer[k] for k in cli} == cli, (target, value, types)
+        assert len(answer["block_costs"]) == len(cli["blocks"]) == 57
+        assert answer["size_gib"] == cli["size_bytes"] / 2**30
+        assert "FLUX.1 tensor shapes" in answer["shapes"]
+    _, small = http_json(comfy, "/mxgguf/plan", costs="builtin:flux1-dev", target="bpw", value=4.5)
+    assert 8 not in small["fits_cards_gb"] and 12 in small["fits_cards_gb"]  # 6.7 GB of data: over 6 GiB
+    bpw = midway_bpw(TINY, "Q4_K", "Q8_0")
+    status, answer = http_json(comfy, "/mxgguf/plan", costs=tiny_costs, target="bpw", value=bpw)
+    assert status == 200, answer
+    assert {k: answer[k] for k in ("bpw", "size_bytes", "blocks")} == \
+        {k: v for k, v in optimize_json(str(costs_file(comfy, tiny_costs)), "bpw", bpw, "all").items()
+         if k in ("bpw", "size_bytes", "blocks")}
+
+
+@pytest.mark.parametrize("query, message", [
+    ({"costs": "builtin:flux1-dev", "target": "bits", "value": 4}, "target must be one of"),
+    ({"costs": "builtin:flux1-dev", "target": "bpw", "value": "four"}, "value must be a number"),
+    ({"costs": "builtin:flux1-dev", "target": "bpw"}, "missing parameter(s): value"),
+    ({"costs": "builtin:flux1-dev", "target": "bpw", "value": 0.8}, "bits per parameter"),
+    ({"costs": "builtin:flux1-dev", "target": "bpw", "value": 4, "types": "Q4_K, Q9_Z"}, "unknown type(s) ['Q9_Z']"),
+    ({"costs": "no-such-costs.json", "target": "bpw", "value": 4}, "does not exist yet"),
+    ({"costs": "../../etc/passwd", "target": "bpw", "value": 4}, "passwd"),
+])
+def test_plan_route_refuses_bad_questions_with_400(comfy: ComfyServer, query: dict, message: str) -> None:
+    status, answer = http_json(comfy, "/mxgguf/plan", **query)
+    assert status == 400 and message in answer["error"], answer
+
+
+def test_costs_route_lists_files_with_samples(comfy: ComfyServer, tiny_costs: str) -> None:
+    status, listed = http_json(comfy, "/mxgguf/costs")
+    assert status == 200
+    by_name = {e["name"]: e for e in listed}
+    assert by_name["builtin:flux1-dev"]["samples"] >= 1 and "modified" not in by_name["builtin:flux1-dev"]
+    tiny = by_name[tiny_costs]
+    assert tiny["samples"] == len(load_costs(costs_file(comfy, tiny_costs)).samples)
+    assert tiny["modified"].startswith("20")
+
+
+def executed_nodes(comfy: ComfyServer, workflow: dict) -> set[str]:
+    """The nodes a run executed (not taken from ComfyUI's cache)."""
+    entry = comfy.run(workflow)
+    cached: set[str] = set()
+    for kind, data in entry["status"]["messages"]:
+        if kind == "execution_cached":
+            cached.update(data["nodes"])
+    return set(workflow) - cached
+
+
+def test_quantize_runs_again_when_its_costs_file_changed(comfy: ComfyServer, tiny: str, tiny_costs: str) -> None:
+    """Same graph, same inputs: ComfyUI reuses Quantize's outputs, unless the costs file changed
+    (no other graph runs in between: that alone would drop the cached outputs)."""
+    path = costs_file(comfy, "tiny-cache.json")
+    path.write_bytes(costs_file(comfy, tiny_costs).read_bytes())
+    wf = {"load": loader(tiny), "quant": quantize(["load", 0], "tiny-cache.json", midway_bpw(TINY, "Q4_K", "Q8_0")),
+          "show": {"class_type": "PreviewAny", "inputs": {"source": ["quant", 2]}}}  # an output: the summary
+    assert "quant" in executed_nodes(comfy, wf)
+    assert "quant" not in executed_nodes(comfy, wf)
+    accumulate(path, load_costs(path))  # as a merge of more samples does: the same costs, a changed file
+    assert "quant" in executed_nodes(comfy, wf)

@@ -31,6 +31,16 @@ CHUNK_ELEMENTS = 1 << 20
 GPU_CHUNK_FACTOR = 16
 
 
+def parse_type_list(text: str) -> list[str]:
+    """Type names as users type them ("q4_k, Q8_0; Q5_K"), checked and in order, each once."""
+    types = [t.strip().upper() for t in text.replace(";", ",").split(",") if t.strip()]
+    if unknown := [t for t in types if t not in TYPE_NAMES]:
+        raise ValueError(f"unknown type(s) {unknown}; known: {', '.join(TYPE_NAMES)}")
+    if not types:
+        raise ValueError("no types given")
+    return list(dict.fromkeys(types))
+
+
 def get_codec(qtype: str | QType) -> Codec:
     """The codec for a type name ("Q4_K") or a ``GGMLQuantizationType``."""
     if isinstance(qtype, str):
@@ -167,6 +177,6 @@ def dequantize(raw: torch.Tensor, qtype: str | QType, shape: tuple[int, ...] | t
 
 
 __all__ = [
-    "CODECS", "TYPE_NAMES", "QUANTIZED_TYPE_NAMES", "Codec", "QType", "get_codec",
+    "CODECS", "TYPE_NAMES", "QUANTIZED_TYPE_NAMES", "Codec", "QType", "get_codec", "parse_type_list",
     "bits_per_weight", "row_bytes", "quantize", "dequantize",
 ]
