@@ -24,6 +24,8 @@ COSTS_FOLDER = "mxgguf_costs"  # models/mxgguf_costs/*.json
 SPEED_SUFFIX = ".speed.json"  # speed profiles kept beside the costs, one per device and model width
 REFERENCE_TOKENS = 4608  # 1024x1024 with 512 text tokens: the step the slowdown is predicted for
 BUILTIN_CHOICES = [f"builtin:{name}" for name in BUILTIN]
+# Quantize's target choices -> Target.of's keywords
+TARGETS = {"bits per parameter": "bpw", "file size (GB)": "size_gb", "card size (GB)": "card_gb"}
 
 
 def register_costs_folder() -> None:

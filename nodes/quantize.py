@@ -19,12 +19,11 @@ from ..quant.mixed import MixedModel, quantize_model
 from ..quant.optimize import GiB, Allocation, Target, optimize
 from ..quant.speed import SpeedProfile
 from .chart import block_chart
-from .common import (BUILTIN_CHOICES, CATEGORY, cost_table, costs_choices, costs_path, file_state, fingerprint,
-                     imatrix_choices, imatrix_path, model_source, progress_bar, refuse_patched, refuse_quantized,
-                     speed_profile)
+from .common import (BUILTIN_CHOICES, CATEGORY, TARGETS, cost_table, costs_choices, costs_path, file_state,
+                     fingerprint, imatrix_choices, imatrix_path, model_source, progress_bar, refuse_patched,
+                     refuse_quantized, speed_profile)
 
 MixedGGUF = io.Custom("MX_GGUF")
-TARGETS = {"bits per parameter": "bpw", "file size (GB)": "size_gb", "card size (GB)": "card_gb"}
 
 
 class DequantizedWeight:

@@ -18,26 +18,28 @@ from aiohttp import web
 from ..quant import codecs
 from ..quant.optimize import Target
 from ..quant.plan import plan
-from .common import BUILTIN_CHOICES, cost_table, costs_choices, costs_path
+from .common import BUILTIN_CHOICES, TARGETS, cost_table, costs_choices, costs_path
 
-TARGET_KEYS = ("bpw", "size_gb", "card_gb")
 _registered = False
 
 
 def plan_for(query: Mapping[str, str]) -> dict[str, Any]:
-    """The plan ``?costs=&target=bpw|size_gb|card_gb&value=&types=`` asks for."""
+    """The plan ``?costs=&target=bpw|size_gb|card_gb&value=&types=`` asks for (``target`` may also
+    be the Quantize node's label of it)."""
     missing = [k for k in ("costs", "target", "value") if not query.get(k)]
     if missing:
         raise ValueError(f"missing parameter(s): {', '.join(missing)}")
-    if query["target"] not in TARGET_KEYS:
-        raise ValueError(f"target must be one of {', '.join(TARGET_KEYS)}, got {query['target']!r}")
+    target = TARGETS.get(query["target"], query["target"])  # the node's label or the keyword
+    if target not in TARGETS.values():
+        raise ValueError(f"target must be one of {', '.join(TARGETS.values())} (or {', '.join(TARGETS)}), "
+                         f"got {query['target']!r}")
     try:
         value = float(query["value"])
     except ValueError:
         raise ValueError(f"value must be a number, got {query['value']!r}") from None
     types = query.get("types", "all").strip()
     allowed = None if types.lower() in ("", "all") else codecs.parse_type_list(types)
-    return plan(cost_table(query["costs"]), Target.of(**{query["target"]: value}), allowed)
+    return plan(cost_table(query["costs"]), Target.of(**{target: value}), allowed)
 
 
 def costs_files() -> list[dict[str, Any]]:

@@ -1,26 +1,167 @@
-// Shows the text a node of this pack returns (summary, saved path) in a read-only box on the node.
+// The pack's canvas panels, on every node of its category:
+// - Mixed GGUF Quantize: the plan its inputs mean (GET /mxgguf/plan), live as they change:
+//   bits per parameter, size, the cards it fits, the predicted cost, one bar per block by type.
+// - Capture Layer Costs: how many samples its costs file holds (GET /mxgguf/costs).
+// - every node: the text it returned when it ran (summary, saved path), kept in the workflow.
+// Public extension API only; a panel never shrinks a node the user enlarged.
 import { app } from "../../scripts/app.js";
-import { ComfyWidgets } from "../../scripts/widgets.js";
+import { api } from "../../scripts/api.js";
 
-const NODES = ["MxCaptureLayerCosts", "MxMixedGGUFQuantize", "MxSaveMxGGUF"];
+const CATEGORY = "mxgguf";
+const DEBOUNCE_MS = 300;
+const PLAN_INPUTS = ["costs", "target", "value", "types"];
+// bars by type: warm for few bits, cool for many
+const TYPE_COLORS = {
+  F32: "#5b6c8f", BF16: "#4a7fb5", F16: "#4a7fb5", Q8_0: "#2f9e9e", Q6_K: "#3aa76d", Q5_K: "#7bb33a",
+  Q5_1: "#94b83a", Q5_0: "#a7b83a", Q4_K: "#d0b52a", IQ4_XS: "#d9a02a", IQ4_NL: "#dd902a", Q4_1: "#e07d2a",
+  Q4_0: "#e36a2a", Q3_K: "#d9482f", Q2_K: "#b02e4a",
+};
+
+function widget(node, name) {
+  return node.widgets?.find((w) => w.name === name);
+}
+
+// Grow the node to fit its panel; never shrink what the user made larger.
+function fit(node) {
+  const want = node.computeSize();
+  node.setSize([Math.max(node.size[0], want[0]), Math.max(node.size[1], want[1])]);
+  node.setDirtyCanvas?.(true, true);
+}
+
+// A read-only panel under the node's widgets; its text lives in node.properties so that it
+// survives saving and reopening the workflow.
+function panel(node) {
+  if (node.mxgguf) return node.mxgguf;
+  const el = document.createElement("div");
+  el.className = "mxgguf-panel";
+  Object.assign(el.style, { font: "11px monospace", color: "var(--input-text, #ddd)", whiteSpace: "pre-wrap",
+    overflow: "hidden", padding: "2px 4px" });
+  const plan = document.createElement("div");
+  const text = document.createElement("div");
+  el.append(plan, text);
+  node.addDOMWidget("mxgguf_panel", "mxgguf", el, { serialize: false, getMinHeight: () => el.scrollHeight + 4 });
+  node.mxgguf = { el, plan, text };
+  return node.mxgguf;
+}
+
+function showText(node, text) {
+  node.properties = node.properties || {};
+  node.properties.mxgguf_text = text;
+  panel(node).text.textContent = text;
+  fit(node);
+}
+
+function gb(bytes) {
+  return `${(bytes / 1e9).toFixed(2)} GB (${(bytes / 2 ** 30).toFixed(2)} GiB)`;
+}
+
+function planView(target, plan) {
+  const view = document.createElement("div");
+  const cards = plan.fits_cards_gb.length ? `fits ${plan.fits_cards_gb.map((c) => `${c}`).join("/")} GB cards`
+    : "fits none of 6-80 GB cards";
+  view.append(`${plan.bpw.toFixed(3)} bits per parameter, ${gb(plan.size_bytes)}\n${cards}\n`
+    + `predicted cost ${plan.predicted_cost.toPrecision(4)}\n`);
+  const bars = document.createElement("div");
+  bars.className = "mxgguf-bars";
+  Object.assign(bars.style, { display: "flex", height: "18px", gap: "1px", margin: "2px 0" });
+  plan.blocks.forEach((t, b) => {
+    const bar = document.createElement("div");
+    bar.title = `block ${b}${b < plan.depth_double ? " (double)" : " (single)"}: ${t}, cost ${plan.block_costs[b].toPrecision(3)}`;
+    Object.assign(bar.style, { flex: "1", background: TYPE_COLORS[t] || "#888" });
+    bars.append(bar);
+  });
+  const legend = document.createElement("div");
+  const counts = {};
+  plan.blocks.forEach((t) => { counts[t] = (counts[t] || 0) + 1; });
+  for (const [t, n] of Object.entries(counts)) {
+    const key = document.createElement("span");
+    key.textContent = `■ ${t} x${n}  `;
+    key.style.color = TYPE_COLORS[t] || "#888";
+    legend.append(key);
+  }
+  view.append(bars, legend);
+  view.title = `${target}; ${plan.shapes}`;
+  return view;
+}
+
+async function refreshPlan(node) {
+  const query = new URLSearchParams();
+  for (const name of PLAN_INPUTS) query.set(name, String(widget(node, name)?.value ?? ""));
+  const asked = query.toString();
+  node.mxggufAsked = asked;
+  let answer;
+  try {
+    const r = await api.fetchApi(`/mxgguf/plan?${asked}`);
+    answer = await r.json();
+    if (!r.ok) answer = { error: answer.error || `HTTP ${r.status}` };
+  } catch (e) {
+    answer = { error: String(e) };
+  }
+  if (node.mxggufAsked !== asked) return; // a newer question is on its way
+  node.mxggufPlan = answer;
+  const view = panel(node).plan;
+  view.replaceChildren(answer.error ? `plan: ${answer.error}` : planView(query.get("target"), answer));
+  fit(node);
+}
+
+async function refreshSamples(node) {
+  const name = String(widget(node, "costs_file")?.value ?? "");
+  let line;
+  try {
+    const listed = await (await api.fetchApi("/mxgguf/costs")).json();
+    const entry = listed.find((e) => e.name === name || e.name === `${name}.json`);
+    line = entry ? `${entry.name}: ${entry.samples ?? "?"} samples` : `${name}: no samples yet`;
+  } catch (e) {
+    line = `costs: ${e}`;
+  }
+  panel(node).plan.textContent = line;
+  fit(node);
+}
+
+// Call refresh after the last change to any of the inputs settles.
+function watch(node, names, refresh) {
+  let timer;
+  const later = () => { clearTimeout(timer); timer = setTimeout(() => refresh(node), DEBOUNCE_MS); };
+  for (const name of names) {
+    const w = widget(node, name);
+    if (!w) continue;
+    const callback = w.callback;
+    w.callback = function () {
+      const r = callback?.apply(this, arguments);
+      later();
+      return r;
+    };
+  }
+  later();
+}
 
 app.registerExtension({
-  name: "mxgguf.summary",
+  name: "mxgguf.panels",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!NODES.includes(nodeData.name)) return;
+    if (nodeData.category !== CATEGORY) return;
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const r = onNodeCreated?.apply(this, arguments);
+      panel(this);
+      if (nodeData.name === "MxMixedGGUFQuantize") watch(this, PLAN_INPUTS, refreshPlan);
+      if (nodeData.name === "MxCaptureLayerCosts") watch(this, ["costs_file"], refreshSamples);
+      return r;
+    };
+    const onConfigure = nodeType.prototype.onConfigure;
+    nodeType.prototype.onConfigure = function () {
+      const r = onConfigure?.apply(this, arguments);
+      const text = this.properties?.mxgguf_text;
+      if (text) showText(this, text);
+      if (nodeData.name === "MxMixedGGUFQuantize") refreshPlan(this); // the widgets now hold the saved values
+      if (nodeData.name === "MxCaptureLayerCosts") refreshSamples(this);
+      return r;
+    };
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
       const text = (message?.text ?? []).join("\n");
-      if (!text) return;
-      let widget = this.widgets?.find((w) => w.name === "mxgguf_info");
-      if (!widget) {
-        widget = ComfyWidgets.STRING(this, "mxgguf_info", ["STRING", { multiline: true }], app).widget;
-        widget.inputEl.readOnly = true;
-        widget.serialize = false;
-      }
-      widget.value = text;
-      this.setSize?.(this.computeSize());
+      if (text) showText(this, text);
+      if (nodeData.name === "MxCaptureLayerCosts") refreshSamples(this);
     };
   },
 });

@@ -1,0 +1,57 @@
+"""The pack's canvas panels in the real ComfyUI page, in headless Chromium (``browser_panels.js``
+drives it through playwright-core). Skipped, saying why, where ComfyUI, Chromium, Node or
+playwright-core is missing (``MXH_WITH_CHROMIUM=1`` in the rig's setup.sh installs the last two)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from comfyui_rig import ComfyServer
+from quant import codecs
+from quant.costs import resolve_costs
+from quant.optimize import Target
+from quant.plan import plan
+
+pytestmark = pytest.mark.comfy
+
+SCRIPT = Path(__file__).resolve().parent / "browser_panels.js"
+PLAYWRIGHT_DIRS = [os.environ.get("MXGGUF_PLAYWRIGHT_CORE", ""),
+                   str(Path.home() / ".cache" / "mxh" / "ui" / "node_modules" / "playwright-core")]
+
+
+def browser_tools() -> tuple[str, str, str]:
+    """(node, chromium, playwright-core folder), or skip naming what is missing."""
+    node, chromium = shutil.which("node"), os.environ.get("MXGGUF_CHROMIUM") or shutil.which("chromium")
+    playwright = next((d for d in PLAYWRIGHT_DIRS if d and Path(d, "package.json").is_file()), None)
+    missing = [what for what, found in (("node", node), ("chromium", chromium), ("playwright-core", playwright))
+               if not found]
+    if missing:
+        pytest.skip(f"browser test skipped: {', '.join(missing)} not found (run the rig's setup.sh with "
+                    f"MXH_WITH_CHROMIUM=1, or set MXGGUF_PLAYWRIGHT_CORE / MXGGUF_CHROMIUM)")
+    return node, chromium, playwright
+
+
+def test_quantize_panel_shows_the_plan_the_cli_computes(comfy: ComfyServer) -> None:
+    node, chromium, playwright = browser_tools()
+    (comfy.base / "models" / "mxgguf_costs").mkdir(parents=True, exist_ok=True)
+    question = {"costs": "builtin:flux1-dev", "target": "bits per parameter", "value": 4.5,
+                "types": "Q8_0, Q6_K, Q5_K, Q4_K, Q3_K", "capture_costs": "browser-costs"}
+    r = subprocess.run([node, str(SCRIPT), comfy.url, playwright, json.dumps(question)], capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "MXGGUF_CHROMIUM": chromium})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    expected = plan(resolve_costs("builtin:flux1-dev"), Target.of(bpw=4.5), codecs.parse_type_list(question["types"]))
+    shown = seen["first"]
+    assert shown["plan"]["blocks"] == expected["blocks"] and shown["bars"] == 57
+    assert f"{expected['bpw']:.3f} bits per parameter" in shown["text"]
+    assert f"{expected['size_bytes'] / 1e9:.2f} GB ({expected['size_bytes'] / 2**30:.2f} GiB)" in shown["text"]
+    assert f"predicted cost {expected['predicted_cost']:.4g}"[:20] in shown["text"]
+    assert "fits " + "/".join(str(c) for c in expected["fits_cards_gb"]) + " GB cards" in shown["text"]
+    assert seen["after_change"][0] >= seen["enlarged"][0] and seen["after_change"][1] >= seen["enlarged"][1]
+    assert "example_mx4_5.gguf" in seen["reopened_text"] and "bits per parameter" in seen["reopened_plan"]
+    assert "no samples yet" in seen["capture_text"]
