@@ -101,7 +101,10 @@ class MixedGGUFQuantize(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, costs: str) -> bool | str:
+    def validate_inputs(cls, costs: str, target: str) -> bool | str:
+        # ComfyUI checks no V3 combo against its options at /prompt: a bad target would pass
+        if target not in TARGETS:
+            return f"unknown target {target!r}; one of {list(TARGETS)}"
         if costs.startswith("builtin:"):
             return True if costs in BUILTIN_CHOICES else f"no built-in cost table {costs!r}"
         try:

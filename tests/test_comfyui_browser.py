@@ -3,6 +3,7 @@ drives it through playwright-core). Skipped, saying why, where ComfyUI, Chromium
 playwright-core is missing (``MXH_WITH_CHROMIUM=1`` in the rig's setup.sh installs the last two)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,12 +11,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from safetensors.torch import save_file
 
-from comfyui_rig import ComfyServer
+from comfyui_rig import ComfyServer, WorkflowError
 from quant import codecs
 from quant.costs import resolve_costs
 from quant.optimize import Target
 from quant.plan import plan
+from quant.synthetic import TINY, random_state_dict
 
 pytestmark = pytest.mark.comfy
 
@@ -55,3 +58,29 @@ def test_quantize_panel_shows_the_plan_the_cli_computes(comfy: ComfyServer) -> N
     assert seen["after_change"][0] >= seen["enlarged"][0] and seen["after_change"][1] >= seen["enlarged"][1]
     assert "example_mx4_5.gguf" in seen["reopened_text"] and "bits per parameter" in seen["reopened_plan"]
     assert "no samples yet" in seen["capture_text"]
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "example_workflows").glob("*.json"))
+
+
+def test_example_workflows_validate_against_the_server(comfy: ComfyServer) -> None:
+    """Each example, opened in the page and turned into the prompt Run sends, is accepted by
+    /prompt with a FLUX model (random, stock layout names) and its companion files in place."""
+    node, chromium, playwright = browser_tools()
+    assert [p.name for p in EXAMPLES] == ["capture_quantize_save.json", "quantize_flux_builtin_costs.json"]
+    save_file(random_state_dict(TINY, seed=3), str(comfy.models / "flux1-dev.safetensors"))
+    for folder, name in (("text_encoders", "clip_l.safetensors"), ("text_encoders", "t5xxl_fp16.safetensors"),
+                         ("vae", "ae.safetensors")):  # validation lists names; nothing here loads them
+        (comfy.base / "models" / folder).mkdir(parents=True, exist_ok=True)
+        (comfy.base / "models" / folder / name).touch()
+    r = subprocess.run([node, str(SCRIPT.parent / "browser_examples.js"), comfy.url, playwright, "prompts",
+                        *map(str, EXAMPLES)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "MXGGUF_CHROMIUM": chromium})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    prompts = json.loads(r.stdout.strip().splitlines()[-1])
+    for name, prompt in prompts.items():
+        types = sorted(n["class_type"] for n in prompt.values())
+        assert "MxMixedGGUFQuantize" in types and "MxSaveMxGGUF" in types, name
+        prompt_id = comfy.queue(prompt)  # WorkflowError with ComfyUI's message if refused
+        with contextlib.suppress(WorkflowError):  # runs into the placeholder files: not this test's point
+            comfy.wait(prompt_id)

@@ -39,7 +39,8 @@ function panel(node) {
   const plan = document.createElement("div");
   const text = document.createElement("div");
   el.append(plan, text);
-  node.addDOMWidget("mxgguf_panel", "mxgguf", el, { serialize: false, getMinHeight: () => el.scrollHeight + 4 });
+  const w = node.addDOMWidget("mxgguf_panel", "mxgguf", el, { serialize: false, getMinHeight: () => el.scrollHeight + 4 });
+  w.serialize = false; // no slot in widgets_values: the panel is redrawn, its text kept in properties
   node.mxgguf = { el, plan, text };
   return node.mxgguf;
 }
