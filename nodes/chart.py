@@ -19,7 +19,8 @@ _W_BAR, _H_PLOT, _TOP, _LEFT, _BOTTOM = 10, 220, 40, 48, 70
 _H_SHARES = 60  # the step-time strip
 
 
-def _colours(types: Sequence[str]) -> dict[str, str]:
+def type_colours(types: Sequence[str]) -> dict[str, str]:
+    """The colour of each type in a plan: by bits, most first (the canvas panel uses the same)."""
     order = sorted(set(types), key=lambda t: -codecs.bits_per_weight(t))
     return {t: _PALETTE[i % len(_PALETTE)] for i, t in enumerate(order)}
 
@@ -35,7 +36,7 @@ def block_chart(types: Sequence[str], costs: Sequence[float | None], depth_doubl
     draw = ImageDraw.Draw(img)
     draw.text((8, 8), title, fill="black")
     max_bits = max(codecs.bits_per_weight(t) for t in types)
-    colours = _colours(types)
+    colours = type_colours(types)
     base = _TOP + _H_PLOT
     known = [c for c in costs if c is not None and c > 0]
     lo, hi = (math.log10(min(known)), math.log10(max(known))) if known else (0.0, 1.0)

@@ -18,6 +18,7 @@ from aiohttp import web
 from ..quant import codecs
 from ..quant.optimize import Target
 from ..quant.plan import plan
+from .chart import type_colours
 from .common import BUILTIN_CHOICES, TARGETS, cost_table, costs_choices, costs_path
 
 _registered = False
@@ -39,7 +40,8 @@ def plan_for(query: Mapping[str, str]) -> dict[str, Any]:
         raise ValueError(f"value must be a number, got {query['value']!r}") from None
     types = query.get("types", "all").strip()
     allowed = None if types.lower() in ("", "all") else codecs.parse_type_list(types)
-    return plan(cost_table(query["costs"]), Target.of(**{target: value}), allowed)
+    answer = plan(cost_table(query["costs"]), Target.of(**{target: value}), allowed)
+    return {**answer, "type_colors": type_colours(answer["blocks"])}  # as the node's chart draws them
 
 
 def costs_files() -> list[dict[str, Any]]:

@@ -4,6 +4,8 @@
 //   node browser_examples.js URL PLAYWRIGHT_CORE_DIR make OUT_DIR   (re)build example_workflows/*.json
 //   node browser_examples.js URL PLAYWRIGHT_CORE_DIR prompts FILE... each loaded onto the canvas and
 //                                                                    turned into the API prompt Run would send
+//   node browser_examples.js URL PLAYWRIGHT_CORE_DIR screenshot OUT.png FILE   the canvas with FILE open,
+//                                                                    once Quantize's plan is drawn
 // "make" builds the graphs with the frontend's own nodes and links, so the files are in the
 // format ComfyUI's template browser opens. Prints one JSON line.
 const path = require("path");
@@ -88,6 +90,17 @@ const WORKFLOWS = {
         fs.writeFileSync(path.join(outDir, name), JSON.stringify(graph, null, 1) + "\n");
       }
       console.log(JSON.stringify({ made: Object.keys(WORKFLOWS) }));
+    } else if (mode === "screenshot") {
+      const [out, file] = rest;
+      await page.evaluate(async (g) => {
+        await window.app.loadGraphData(g);
+        const quantize = window.app.graph._nodes.find((n) => n.type === "MxMixedGGUFQuantize");
+        for (let t = 0; t < 300 && !quantize.mxggufPlan; t++) await new Promise((r) => setTimeout(r, 100));
+      }, JSON.parse(fs.readFileSync(file, "utf8")));
+      await page.keyboard.press("Escape"); // the templates dialog, if it opened late
+      await page.waitForTimeout(800);
+      await page.screenshot({ path: out, clip: { x: 0, y: 80, width: 1400, height: 520 } });
+      console.log(JSON.stringify({ screenshot: out }));
     } else {
       const prompts = {};
       for (const file of rest) {

@@ -210,7 +210,8 @@ def test_hostile_names_are_refused(comfy: ComfyServer, tiny: str, tiny_costs: st
         comfy.run({"load": loader(tiny), "quant": quantize(["load", 0], tiny_costs, midway_bpw(TINY, "Q4_K", "Q8_0")),
                    "savegguf": save(["quant", 0], name)})
     after = sorted(p.relative_to(comfy.base) for p in comfy.base.rglob("*") if p.is_file())
-    assert [p for p in after if p not in before and p.parts[0] != "output"] == []
+    new = [p for p in after if p not in before and p.parts[0] != "output"]
+    assert [p for p in new if not p.name.endswith(".speed.json")] == []  # a first Quantize measures the device
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,6 @@ import { api } from "../../scripts/api.js";
 const CATEGORY = "mxgguf";
 const DEBOUNCE_MS = 300;
 const PLAN_INPUTS = ["costs", "target", "value", "types"];
-// bars by type: warm for few bits, cool for many
-const TYPE_COLORS = {
-  F32: "#5b6c8f", BF16: "#4a7fb5", F16: "#4a7fb5", Q8_0: "#2f9e9e", Q6_K: "#3aa76d", Q5_K: "#7bb33a",
-  Q5_1: "#94b83a", Q5_0: "#a7b83a", Q4_K: "#d0b52a", IQ4_XS: "#d9a02a", IQ4_NL: "#dd902a", Q4_1: "#e07d2a",
-  Q4_0: "#e36a2a", Q3_K: "#d9482f", Q2_K: "#b02e4a",
-};
 
 function widget(node, name) {
   return node.widgets?.find((w) => w.name === name);
@@ -68,7 +62,7 @@ function planView(target, plan) {
   plan.blocks.forEach((t, b) => {
     const bar = document.createElement("div");
     bar.title = `block ${b}${b < plan.depth_double ? " (double)" : " (single)"}: ${t}, cost ${plan.block_costs[b].toPrecision(3)}`;
-    Object.assign(bar.style, { flex: "1", background: TYPE_COLORS[t] || "#888" });
+    Object.assign(bar.style, { flex: "1", background: plan.type_colors[t] });
     bars.append(bar);
   });
   const legend = document.createElement("div");
@@ -77,7 +71,7 @@ function planView(target, plan) {
   for (const [t, n] of Object.entries(counts)) {
     const key = document.createElement("span");
     key.textContent = `■ ${t} x${n}  `;
-    key.style.color = TYPE_COLORS[t] || "#888";
+    key.style.color = plan.type_colors[t];
     legend.append(key);
   }
   view.append(bars, legend);
