@@ -119,8 +119,9 @@ def diffusion_model(model) -> torch.nn.Module:
 def refuse_quantized(model, why: str) -> None:
     """Costs and quantization start from full-precision weights: refuse GGUF and fp8 models."""
     for name, p in diffusion_model(model).named_parameters():
-        if getattr(p, "tensor_type", None) is not None or getattr(p.data, "tensor_type", None) is not None:
-            raise ValueError(f"this MODEL is already GGUF-quantized ({name} is {p.tensor_type.name}); {why}. "
+        qtype = getattr(p, "tensor_type", None) or getattr(p.data, "tensor_type", None)
+        if qtype is not None:  # ComfyUI-GGUF marks the parameter or, on some paths, only its data
+            raise ValueError(f"this MODEL is already GGUF-quantized ({name} is {qtype.name}); {why}. "
                              f"Load the full-precision checkpoint with 'Load Diffusion Model' instead")
         if p.is_floating_point() and p.dtype.itemsize == 1:
             raise ValueError(f"this MODEL holds {p.dtype} weights ({name}); {why}. Load the checkpoint with "

@@ -199,6 +199,13 @@ def test_sqrt_is_correctly_rounded_both_ways() -> None:
     assert torch.equal(base._float64_sqrt(x), exact)
 
 
+def test_a_codec_must_implement_one_quantize_method() -> None:
+    """quantize_blocks and quantize_blocks_into default to each other: a codec with neither
+    would recurse without end at its first use; it is refused when defined."""
+    with pytest.raises(TypeError, match="implements neither"):
+        type("Broken", (codecs.Codec,), {"qtype": codecs.QType.Q8_0})
+
+
 def test_unknown_type_is_named() -> None:
     with pytest.raises(ValueError, match="unknown GGUF type 'Q7_K'"):
         codecs.get_codec("Q7_K")

@@ -51,6 +51,13 @@ class Codec:
     # The same with an importance matrix, where that path searches and the plain one does not.
     imatrix_chunk_elements: int | None = None
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """A type's codec must implement one of the two quantize methods: each defaults to the other."""
+        super().__init_subclass__(**kwargs)
+        if ("qtype" in cls.__dict__ and cls.quantize_blocks is Codec.quantize_blocks
+                and cls.quantize_blocks_into is Codec.quantize_blocks_into):
+            raise TypeError(f"{cls.__name__} implements neither quantize_blocks nor quantize_blocks_into")
+
     @property
     def name(self) -> str:
         return self.qtype.name
