@@ -54,17 +54,26 @@ def test_sweep_equals_whole_stack_reruns_and_restores_weights(stack: ReferenceSt
     assert all(c8 < c4 < c2 for c8, c4, c2 in zip(costs["Q8_0"], costs["Q4_K"], costs["Q2_K"]))
 
 
-def test_cancel_restores_weights(stack: ReferenceStack) -> None:
+def test_cancel_restores_weights(stack: ReferenceStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancel (or any error) while a block's weights are swapped for their quantized values
+    leaves every weight as it was: raised from inside a forward, where the swap is in place."""
     inputs = stack.make_inputs(seed=2, width=64, height=64)
-    before = {k: v.clone() for k, v in stack.weights(2).items()}
+    before = {b: {k: v.clone() for k, v in stack.weights(b).items()} for b in range(stack.n_blocks)}
+    real, calls, swapped = stack.forward, [0], []
 
-    def cancel(done: int, total: int) -> None:
-        if done == 5:
+    def forward(block: int, state, inputs):
+        calls[0] += 1
+        if calls[0] == stack.n_blocks + 3:  # the clean run is done: block 0 runs quantized
+            swapped.append(any(not torch.equal(v, before[0][k]) for k, v in stack.weights(0).items()))
             raise KeyboardInterrupt
+        return real(block, state, inputs)
 
+    monkeypatch.setattr(stack, "forward", forward)
     with pytest.raises(KeyboardInterrupt):
-        sweep(stack, [inputs], ["Q4_K", "Q3_K"], progress=cancel)
-    assert all(torch.equal(v, before[k]) for k, v in stack.weights(2).items())
+        sweep(stack, [inputs], ["Q4_K", "Q3_K"])
+    assert swapped == [True]
+    for b in range(stack.n_blocks):
+        assert all(torch.equal(v, before[b][k]) for k, v in stack.weights(b).items()), f"block {b}"
 
 
 def test_samples_share_one_quantization_and_cost_the_same_as_one_by_one(

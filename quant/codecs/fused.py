@@ -94,4 +94,5 @@ def cpu_fused(step: F | None = None, *, dynamic: bool = False) -> F:
                         step.__name__, str(e).splitlines()[0] if str(e) else type(e).__name__)
             return step(*args, **kwargs)
 
+    run.runs_compiled = lambda: bool(compiled) and not broken  # type: ignore[attr-defined]
     return run  # type: ignore[return-value]
