@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import gguf
@@ -19,13 +17,11 @@ from quant.checkpoint import state_dict_source
 from quant.flux_blocks import ReferenceStack
 from quant.imatrix import Imatrix, ImatrixError, add_to_file, load_imatrix, save_imatrix
 from quant.synthetic import TINY, FluxConfig, flux_shapes, random_state_dict
+from tests.cli_runner import run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 WEIGHT = "double_blocks.0.img_attn.qkv.weight"
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "quant", *args], cwd=ROOT, capture_output=True, text=True)
 
 
 def test_round_trip_add_and_merge(tmp_path: Path) -> None:
@@ -121,14 +117,14 @@ def test_stack_observes_every_block_weight() -> None:
 
 def test_collect_then_convert_with_it(tiny_checkpoint: Path, tmp_path: Path) -> None:
     im = tmp_path / "tiny.imatrix.gguf"
-    r = run("imatrix", str(tiny_checkpoint), "-o", str(im), "--resolution", "64")
+    r = run_cli("imatrix", str(tiny_checkpoint), "-o", str(im), "--resolution", "64")
     assert r.returncode == 0, r.stderr
-    r = run("imatrix", str(tiny_checkpoint), "-o", str(im), "--resolution", "64", "--seed", "1")
+    r = run_cli("imatrix", str(tiny_checkpoint), "-o", str(im), "--resolution", "64", "--seed", "1")
     assert r.returncode == 0, r.stderr
     collected = load_imatrix(im)
     assert collected.chunk_count == 2
     out = tmp_path / "q.gguf"
-    r = run("convert", str(tiny_checkpoint), "--type", "Q4_K", "--imatrix", str(im), "-o", str(out))
+    r = run_cli("convert", str(tiny_checkpoint), "--type", "Q4_K", "--imatrix", str(im), "-o", str(out))
     assert r.returncode == 0, r.stderr
     reader = gguf.GGUFReader(out)
     assert reader.get_field("quantize.imatrix.file").contents() == im.name
@@ -141,7 +137,7 @@ def test_collect_then_convert_with_it(tiny_checkpoint: Path, tmp_path: Path) -> 
     want = codecs.quantize(weight, "Q4_K", imatrix=collected.importance(WEIGHT)).reshape(-1).numpy()
     assert np.array_equal(stored[WEIGHT], want)
     assert not np.array_equal(want, codecs.quantize(weight, "Q4_K").reshape(-1).numpy())
-    summary = json.loads(run("inspect", str(out), "--json").stdout)
+    summary = json.loads(run_cli("inspect", str(out), "--json").stdout)
     assert summary["blocks"] == ["Q4_K"] * 6
 
 
@@ -150,19 +146,19 @@ def test_imatrix_of_another_model_is_refused(tiny_checkpoint: Path, tmp_path: Pa
     other = tmp_path / "wide.safetensors"
     save_file(random_state_dict(wide), str(other))
     im = tmp_path / "wide.imatrix.gguf"
-    assert run("imatrix", str(other), "-o", str(im), "--resolution", "64").returncode == 0
+    assert run_cli("imatrix", str(other), "-o", str(im), "--resolution", "64").returncode == 0
     out = tmp_path / "q.gguf"
-    r = run("convert", str(tiny_checkpoint), "--type", "Q4_K", "--imatrix", str(im), "-o", str(out))
+    r = run_cli("convert", str(tiny_checkpoint), "--type", "Q4_K", "--imatrix", str(im), "-o", str(out))
     assert r.returncode == 2 and "collected on another model" in r.stderr and not out.exists()
 
 
 def test_costs_with_an_imatrix_are_kept_apart(tiny_checkpoint: Path, tmp_path: Path) -> None:
     im = tmp_path / "tiny.imatrix.gguf"
-    assert run("imatrix", str(tiny_checkpoint), "-o", str(im), "--resolution", "64").returncode == 0
+    assert run_cli("imatrix", str(tiny_checkpoint), "-o", str(im), "--resolution", "64").returncode == 0
     common = ("costs", str(tiny_checkpoint), "--types", "Q4_K", "Q2_K", "--resolution", "64")
-    r = run(*common, "-o", str(tmp_path / "with.json"), "--imatrix", str(im))
+    r = run_cli(*common, "-o", str(tmp_path / "with.json"), "--imatrix", str(im))
     assert r.returncode == 0, r.stderr
-    r = run(*common, "-o", str(tmp_path / "without.json"))
+    r = run_cli(*common, "-o", str(tmp_path / "without.json"))
     assert r.returncode == 0, r.stderr
     from quant.costs import CostError, load_costs
 
@@ -171,7 +167,7 @@ def test_costs_with_an_imatrix_are_kept_apart(tiny_checkpoint: Path, tmp_path: P
     assert with_im.costs() != without.costs()  # the same sample, quantized otherwise
     with pytest.raises(CostError, match="different importance matrices"):
         with_im.merged(without)
-    r = run(*common, "-o", str(tmp_path / "with.json"))  # adding a run without it to the file
+    r = run_cli(*common, "-o", str(tmp_path / "with.json"))  # adding a run without it to the file
     assert r.returncode == 2 and "different importance matrices" in r.stderr
 
 
@@ -190,13 +186,13 @@ def test_dat_format_round_trip(tmp_path: Path) -> None:
     a.add(WEIGHT, torch.randn(6, 256))
     a.add("single_blocks.0.linear2.weight", torch.randn(4, 1280))
     save_imatrix(a, tmp_path / "a.imatrix.gguf")
-    r = run("imatrix-convert", str(tmp_path / "a.imatrix.gguf"), "-o", str(tmp_path / "a.dat"))
+    r = run_cli("imatrix-convert", str(tmp_path / "a.imatrix.gguf"), "-o", str(tmp_path / "a.dat"))
     assert r.returncode == 0, r.stderr
     raw = (tmp_path / "a.dat").read_bytes()
     assert int.from_bytes(raw[:4], "little") == 2
     name_len = int.from_bytes(raw[4:8], "little")
     assert raw[8:8 + name_len] == b"model.diffusion_model." + WEIGHT.encode()  # stable-diffusion.cpp's names
-    r = run("imatrix-convert", str(tmp_path / "a.dat"), "-o", str(tmp_path / "b.imatrix.gguf"))
+    r = run_cli("imatrix-convert", str(tmp_path / "a.dat"), "-o", str(tmp_path / "b.imatrix.gguf"))
     assert r.returncode == 0, r.stderr
     b = load_imatrix(tmp_path / "b.imatrix.gguf")
     assert b.chunk_count == 3 and b.datasets == ["prompts.txt"] and set(b.sums) == set(a.sums)
