@@ -9,11 +9,10 @@
 // "make" builds the graphs with the frontend's own nodes and links, so the files are in the
 // format ComfyUI's template browser opens. Prints one JSON line.
 const path = require("path");
-const os = require("os");
 const fs = require("fs");
+const { openComfyPage } = require("./browser_page.js");
 
 const [url, playwrightDir, mode, ...rest] = process.argv.slice(2);
-const { chromium } = require(path.resolve(playwrightDir));
 
 // Node specs: [id, type, [x, y], {widget: value}, {input: [from id, output slot]}]
 const FLUX = { unet_name: "flux1-dev.safetensors", weight_dtype: "default" };
@@ -45,18 +44,10 @@ const WORKFLOWS = {
 };
 
 (async () => {
-  const userDir = fs.mkdtempSync(path.join(os.tmpdir(), "mxgguf-examples-"));
-  const ctx = await chromium.launchPersistentContext(userDir, {
-    executablePath: process.env.MXGGUF_CHROMIUM || "/usr/bin/chromium", headless: true,
-    viewport: { width: 1600, height: 900 },
-    args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-sync"],
-  });
+  let opened;
   try {
-    const page = ctx.pages()[0] || (await ctx.newPage());
-    await page.goto(url, { waitUntil: "load", timeout: 120000 });
-    await page.waitForFunction(() => window.app?.graph && window.LiteGraph?.registered_node_types?.MxMixedGGUFQuantize,
-      null, { timeout: 120000 });
-    await page.keyboard.press("Escape");
+    opened = await openComfyPage(url, playwrightDir, [], { width: 1600, height: 900 });
+    const { page } = opened;
     if (mode === "make") {
       const [outDir] = rest;
       for (const [name, specs] of Object.entries(WORKFLOWS)) {
@@ -116,7 +107,6 @@ const WORKFLOWS = {
     console.log(JSON.stringify({ error: String(e.stack || e).slice(0, 2000) }));
     process.exitCode = 1;
   } finally {
-    await ctx.close();
-    fs.rmSync(userDir, { recursive: true, force: true });
+    await opened?.close();
   }
 })();

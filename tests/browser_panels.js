@@ -8,29 +8,17 @@
 // the panel; enlarges the node and changes the value (it must not shrink); shows a run's text,
 // saves and reopens the workflow (text and plan must come back); adds Capture Layer Costs.
 // Prints one JSON line of what it read; exits 1 on an error from this pack's script.
-const path = require("path");
-const os = require("os");
-const fs = require("fs");
+const { openComfyPage } = require("./browser_page.js");
 
 const [url, playwrightDir, questionJson] = process.argv.slice(2);
-const { chromium } = require(path.resolve(playwrightDir));
 const question = JSON.parse(questionJson);
 
 (async () => {
-  const userDir = fs.mkdtempSync(path.join(os.tmpdir(), "mxgguf-browser-"));
-  const ctx = await chromium.launchPersistentContext(userDir, {
-    executablePath: process.env.MXGGUF_CHROMIUM || "/usr/bin/chromium", headless: true,
-    viewport: { width: 1400, height: 900 },
-    args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-sync"],
-  });
   const pageErrors = [];
+  let opened;
   try {
-    const page = ctx.pages()[0] || (await ctx.newPage());
-    page.on("pageerror", (e) => pageErrors.push(String(e.stack || e).slice(0, 600)));
-    await page.goto(url, { waitUntil: "load", timeout: 120000 });
-    await page.waitForFunction(() => window.app?.graph && window.LiteGraph?.registered_node_types?.MxMixedGGUFQuantize,
-      null, { timeout: 120000 });
-    await page.keyboard.press("Escape"); // the templates dialog of a first visit
+    opened = await openComfyPage(url, playwrightDir, pageErrors);
+    const { page } = opened;
     const result = await page.evaluate(async (q) => {
       const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
       const until = async (ok, what) => {
@@ -82,7 +70,6 @@ const question = JSON.parse(questionJson);
     console.log(JSON.stringify({ error: String(e).slice(0, 2000), page_errors: pageErrors }));
     process.exitCode = 1;
   } finally {
-    await ctx.close();
-    fs.rmSync(userDir, { recursive: true, force: true });
+    await opened?.close();
   }
 })();
