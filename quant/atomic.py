@@ -1,5 +1,5 @@
 """Safe files: writes that either complete or leave nothing (a temp file beside the target, then
-rename), names that stay names, and JSON reads that fail in one line naming the file."""
+rename), names that stay names, and document reads that fail in one line naming the file."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +8,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 T = TypeVar("T")
 
@@ -101,15 +101,22 @@ def write_new(path: Path, write: Callable[[Path], T], tries: int = 999) -> T:
     raise FileExistsError(f"{path.parent} already holds {path.name} and {tries - 1} numbered copies")
 
 
-def load_json(path: str | os.PathLike[str], build: Callable[[Any], T], error: type[Exception]) -> T:
-    """``build`` of the JSON document at ``path``; ``error``, in one line naming the file, where it is
-    not JSON or ``build`` refuses it. NaN and Infinity parse as floats: ``build`` judges them."""
+def load_document(path: str | os.PathLike[str], parse: Callable[[IO[str]], Any],
+                  syntax_error: type[Exception] | tuple[type[Exception], ...], not_parsed: str,
+                  build: Callable[[Any], T], error: type[Exception]) -> T:
+    """``build`` of the document ``parse`` reads at ``path``; ``error``, in one line naming the file,
+    where ``parse`` raises ``syntax_error`` (``not_parsed`` says what it is not) or ``build`` refuses it."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise error(f"{path}: not JSON ({e})") from None
+            data = parse(f)
+    except syntax_error as e:
+        raise error(f"{path}: {not_parsed} ({e})") from None
     try:
         return build(data)
     except error as e:
         raise error(f"{Path(path).name}: {e}") from None
+
+
+def load_json(path: str | os.PathLike[str], build: Callable[[Any], T], error: type[Exception]) -> T:
+    """``load_document`` for JSON. NaN and Infinity parse as floats: ``build`` judges them."""
+    return load_document(path, json.load, json.JSONDecodeError, "not JSON", build, error)

@@ -19,7 +19,7 @@ import yaml
 
 from . import codecs
 from .arch import FluxArch
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, load_document
 
 RECIPE_FORMAT = "mxgguf-recipe/1"
 # Where a row does not fill the type's blocks, take the type llama.cpp falls back to.
@@ -116,15 +116,7 @@ def recipe_from_dict(d: Mapping[str, Any]) -> Recipe:
 
 
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
-    try:
-        return recipe_from_dict(data)
-    except RecipeError as e:
-        raise RecipeError(f"{path}: {e}") from None
+    return load_document(path, yaml.safe_load, yaml.YAMLError, "not valid YAML", recipe_from_dict, RecipeError)
 
 
 def save_recipe(recipe: Recipe, path: str | os.PathLike[str]) -> None:
