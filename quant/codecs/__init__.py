@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import floats, fused, iq4, kquants_affine, kquants_symmetric, legacy
-from .base import Codec, QType, Workspace, div_by, seq_sum, sqrt_f32
+from .base import Codec, QType, Workspace, div_by, seq_sum, value_weights
 
 CODECS: dict[QType, Codec] = {
     c.qtype: c
@@ -104,9 +104,8 @@ def quantize(x: torch.Tensor, qtype: str | QType, imatrix: torch.Tensor | None =
             if weights is not None:
                 index = torch.arange(start, start + part.shape[0], device=x.device)
                 w = weights[index % blocks_per_row]
-                if row_sigma2 is not None:  # ggml: qw * sqrtf(sigma2 + x*x), in float32
-                    xf = part.to(torch.float32)
-                    w = w * sqrt_f32(row_sigma2[index // blocks_per_row, None] + xf * xf)
+                if row_sigma2 is not None:  # sigma2: the whole row's, which one chunk cannot see
+                    w = value_weights(w, row_sigma2[index // blocks_per_row, None], part.to(torch.float32))
             if padded and part.shape[0] < chunk:
                 _quantize_padded(codec, part, out_blocks[start:], w, chunk, work)
             else:  # float32 one chunk at a time: a bf16 weight is never held twice over

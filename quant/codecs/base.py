@@ -163,12 +163,18 @@ def seq_sum(x: torch.Tensor, from_zero: bool = True) -> torch.Tensor:
     return acc
 
 
+def value_weights(qw: torch.Tensor, sigma2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The weight ggml's importance paths give each value x: its column's importance qw times
+    sqrtf(sigma2 + x*x), sigma2 a mean square around it (broadcast to x's shape)."""
+    return qw * sqrt_f32(sigma2 + x * x)
+
+
 def importance_weights(x: torch.Tensor, qw: torch.Tensor, factor: float) -> torch.Tensor:
-    """The weights ggml's importance paths give each value: qw * sqrtf(sigma2 + x*x), sigma2 =
-    factor * sum(x*x) / n over each super-block x (blocks, n), the sum in order from 0 in float32."""
+    """``value_weights`` with sigma2 = factor * sum(x*x) / n over each super-block x (blocks, n),
+    the sum in order from 0 in float32 (the K-quants and IQ4)."""
     xt = x.T
     sigma2 = div_by(factor * seq_sum(xt * xt), x.shape[1])
-    return qw * sqrt_f32(sigma2[:, None] + x * x)
+    return value_weights(qw, sigma2[:, None], x)
 
 
 def sub_block_weights(weights: torch.Tensor, sub: int) -> torch.Tensor:
