@@ -111,8 +111,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     elif args.speed or args.max_slowdown is not None:
         raise ValueError("--speed and --max-slowdown steer the optimizer: give a target (--bpw, --size-gb, --card-gb)")
     r = convert(Path(args.src), Path(args.output) if args.output else None, recipe, args.type, args.overwrite,
-                args.device,
-                imatrix=Path(args.imatrix) if args.imatrix else None)
+                args.device, imatrix=Path(args.imatrix) if args.imatrix else None)
     print(f"wrote {r.path} ({r.size_bytes / 2**20:.1f} MiB, {r.bpw:.3f} bits/param, {r.n_tensors} tensors)")
     return 0
 
@@ -378,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert_cmd.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     convert_cmd.add_argument("--device", help="torch device for the codecs, e.g. cuda (default cpu)")
     convert_cmd.add_argument("--imatrix", metavar="FILE",
-                   help="importance matrix of this model (llama.cpp's GGUF imatrix format; 'python -m quant "
-                        "imatrix' collects one): weights are quantized with ggml's importance-weighted paths")
+                             help="importance matrix of this model (llama.cpp's GGUF imatrix format; 'python -m quant "
+                                  "imatrix' collects one): weights are quantized with ggml's importance-weighted paths")
     convert_cmd.set_defaults(run=cmd_convert)
     inspect_cmd = sub.add_parser("inspect", help="type per block, size and bits per parameter of a GGUF")
     inspect_cmd.add_argument("file")
@@ -392,39 +391,40 @@ def build_parser() -> argparse.ArgumentParser:
     optimize_cmd.add_argument("--name", help="recipe name")
     optimize_cmd.add_argument("-o", "--output", help="write the recipe YAML here")
     optimize_cmd.add_argument("--json", action="store_true",
-                   help="print bpw, size_bytes, predicted_cost, blocks (and predicted_slowdown with --speed) as JSON")
+                              help="print bpw, size_bytes, predicted_cost, blocks (and predicted_slowdown with "
+                                   "--speed) as JSON")
     optimize_cmd.add_argument("--pareto", type=_positive, nargs="?", const=10, metavar="N",
-                   help="print, for the size target, the least cost at N slowdowns (default 10) from the fastest "
-                        "reachable to the unbudgeted optimum's (needs --speed)")
+                              help="print, for the size target, the least cost at N slowdowns (default 10) from the "
+                                   "fastest reachable to the unbudgeted optimum's (needs --speed)")
     optimize_cmd.set_defaults(run=cmd_optimize)
     costs_cmd = sub.add_parser("costs", help="measure per-block costs headless and add them to a costs file")
     costs_cmd.add_argument("src", help="FLUX checkpoint (.safetensors)")
     costs_cmd.add_argument("-o", "--output", required=True, help="costs JSON (created, or added to)")
     costs_cmd.add_argument("--samples", type=_positive, default=1, help="synthetic samples to measure on")
     costs_cmd.add_argument("--inputs", nargs="+", metavar="CAPTURE",
-                   help="measure on these saved captures (Capture Layer Costs with save_inputs) instead")
+                           help="measure on these saved captures (Capture Layer Costs with save_inputs) instead")
     costs_cmd.add_argument("--types", nargs="+", choices=codecs.QUANTIZED_TYPE_NAMES,
                            help="default: every quantized type")
     costs_cmd.add_argument("--resolution", type=int, default=256, help="sample width and height in pixels")
     costs_cmd.add_argument("--batch", type=_positive, default=8,
-                   help="samples measured together: each block is quantized once per batch; their hidden "
-                        "states are all kept (default 8)")
+                           help="samples measured together: each block is quantized once per batch; their hidden "
+                                "states are all kept (default 8)")
     costs_cmd.add_argument("--seed", type=int, default=0)
     costs_cmd.add_argument("--device", help="torch device, e.g. cuda")
     costs_cmd.add_argument("--imatrix", metavar="FILE",
-                   help="quantize with this importance matrix while measuring (the table records it; tables "
-                        "measured with and without one are not merged)")
+                           help="quantize with this importance matrix while measuring (the table records it; tables "
+                                "measured with and without one are not merged)")
     costs_cmd.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="block forwards in this dtype. bfloat16 is many times faster on a GPU and ranks blocks "
-                        "and picks recipes as float32 does, but its own rounding adds to every cost (Q8_0's "
-                        "about 2.7x at stock width): predicted costs run high (bench/forwards.py)")
+                           help="block forwards in this dtype. bfloat16 is many times faster on a GPU and ranks blocks "
+                                "and picks recipes as float32 does, but its own rounding adds to every cost (Q8_0's "
+                                "about 2.7x at stock width): predicted costs run high (bench/forwards.py)")
     costs_cmd.set_defaults(run=cmd_costs)
     imatrix_cmd = sub.add_parser("imatrix",
                                  help="collect an importance matrix headless (llama.cpp's GGUF imatrix format)")
     imatrix_cmd.add_argument("src", help="FLUX checkpoint (.safetensors)")
     imatrix_cmd.add_argument("-o", "--output", required=True, help="imatrix GGUF (created, or added to)")
     imatrix_cmd.add_argument("--inputs", nargs="+", metavar="CAPTURE",
-                   help="saved captures (Capture Layer Costs with save_inputs); default: synthetic samples")
+                             help="saved captures (Capture Layer Costs with save_inputs); default: synthetic samples")
     imatrix_cmd.add_argument("--samples", type=_positive, default=1, help="synthetic samples, without --inputs")
     imatrix_cmd.add_argument("--resolution", type=int, default=256, help="synthetic sample width and height in pixels")
     imatrix_cmd.add_argument("--seed", type=int, default=0)
@@ -442,11 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     speed_cmd.add_argument("--overwrite", action="store_true", help="replace an existing profile")
     speed_cmd.add_argument("--device", help="torch device, e.g. cuda (default cpu)")
     speed_cmd.add_argument("--tokens", type=_positive, default=4608,
-                   help="tokens per sample the blocks see (4608: 1024x1024 with 512 text tokens)")
+                           help="tokens per sample the blocks see (4608: 1024x1024 with 512 text tokens)")
     speed_cmd.add_argument("--model", help="checkpoint whose weight shapes to measure (default: FLUX.1-dev's)")
     speed_cmd.add_argument("--comfyui-gguf", metavar="FOLDER",
-                   help="folder holding ComfyUI-GGUF, whose dequantize functions are timed (default: the "
-                        "folder this pack sits in, if it has ComfyUI-GGUF; else this pack's own)")
+                           help="folder holding ComfyUI-GGUF, whose dequantize functions are timed (default: the "
+                                "folder this pack sits in, if it has ComfyUI-GGUF; else this pack's own)")
     speed_cmd.set_defaults(run=cmd_speed)
     merge_cmd = sub.add_parser("merge", help="sum cost files from several runs or machines (same model)")
     merge_cmd.add_argument("files", nargs="+", help="costs JSON files")
