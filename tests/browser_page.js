@@ -22,6 +22,9 @@ async function openComfyPage(url, playwrightDir, pageErrors = [], viewport = { w
     await page.goto(url, { waitUntil: "load", timeout: 120000 });
     await page.waitForFunction(() => window.app?.graph && window.LiteGraph?.registered_node_types?.MxMixedGGUFQuantize,
       null, { timeout: 120000 });
+    // the frontend sets up its first workflow after the page answers (a blank one on a first
+    // visit clears the graph late): let its requests settle before touching the graph
+    await page.waitForLoadState("networkidle", { timeout: 60000 });
     await page.keyboard.press("Escape"); // the templates dialog of a first visit
     return { page, close };
   } catch (e) {
