@@ -8,7 +8,7 @@ second), so the server keeps serving meanwhile.
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -54,8 +54,9 @@ def costs_files() -> list[dict[str, Any]]:
         except (OSError, ValueError) as e:
             entry["error"] = str(e)
         if name not in BUILTIN_CHOICES:
-            mtime = os.stat(costs_path(name)).st_mtime
-            entry["modified"] = datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec="seconds")
+            with contextlib.suppress(OSError):  # gone since it was listed: the error above says so
+                mtime = costs_path(name).stat().st_mtime
+                entry["modified"] = datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec="seconds")
         listed.append(entry)
     return listed
 

@@ -2,8 +2,6 @@
 capture during sampling, quantize + save at a target, load the file with ComfyUI-GGUF."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -19,7 +17,6 @@ from safetensors.torch import load_file, save_file
 
 from comfyui_rig import PACK_ROOT, ComfyServer, Messages, WorkflowError, loader, sample_workflow, sampling, saved_latent
 from quant import codecs
-from quant.__main__ import main as cli_main
 from quant.arch import detect
 from quant.costs import accumulate, load_costs
 from quant.imatrix import load_imatrix
@@ -27,6 +24,7 @@ from quant.optimize import Target, optimize, pareto
 from quant.recipe import Recipe, average_bpw, plan_tensors
 from quant.speed import load_speed
 from quant.synthetic import STOCK, TINY, flux_shapes, random_state_dict
+from tests.cli_runner import run_cli
 
 pytestmark = pytest.mark.comfy
 
@@ -380,10 +378,9 @@ def optimize_json(costs: str, target: str, value: float, types: str) -> dict:
     argv = ["optimize", "--costs", costs, f"--{target.replace('_', '-')}", str(value), "--json"]
     if types != "all":
         argv += ["--types", *codecs.parse_type_list(types)]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert cli_main(argv) == 0
-    return json.loads(out.getvalue())
+    ran = run_cli(*argv)
+    assert ran.returncode == 0, ran.stderr
+    return json.loads(ran.stdout)
 
 
 PLAN_TARGETS = [("bpw", 2.9, "all"), ("bpw", 4.5, "all"), ("bpw", 6.9, "all"), ("bpw", 5.2, "Q8_0, Q5_K, Q4_K"),
