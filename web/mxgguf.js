@@ -147,9 +147,7 @@ app.registerExtension({
       const r = onConfigure?.apply(this, arguments);
       const text = this.properties?.mxgguf_text;
       if (text) showText(this, text);
-      if (nodeData.name === "MxMixedGGUFQuantize") refreshPlan(this); // the widgets now hold the saved values
-      if (nodeData.name === "MxCaptureLayerCosts") refreshSamples(this);
-      return r;
+      return r; // the plan: the refresh onNodeCreated scheduled runs after this, on the saved values
     };
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
