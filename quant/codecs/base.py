@@ -1,18 +1,24 @@
 """What every codec shares: the gguf-py type table and ggml's float32 idioms in torch.
 
 A codec works on blocks: ``quantize_blocks`` takes float32 ``(n, block_size)`` and returns
-uint8 ``(n, type_size)`` laid out exactly as ggml writes one block; ``dequantize_blocks``
-is its inverse. Vectorised across blocks; within a block, sums run left to right in
-float32 as ggml's C loops do, because a tree-ordered sum changes the last bit and so,
-through rounding, the bytes.
+uint8 ``(n, type_size)`` laid out exactly as ggml writes one block (its fields named by a
+``BlockLayout``); ``dequantize_blocks`` is its inverse. Vectorised across blocks; within a
+block, sums run left to right in float32 as ggml's C loops do, because a tree-ordered sum
+changes the last bit and so, through rounding, the bytes.
 """
 from __future__ import annotations
+
+from collections import namedtuple
+from dataclasses import dataclass, field
+from typing import Any
 
 import gguf
 import numpy as np
 import torch
 
 QType = gguf.GGMLQuantizationType
+# What ``BlockLayout.split`` returns: a named tuple of views, its type made per layout (so untyped here).
+BlockFields = Any
 
 
 class Workspace:
@@ -34,10 +40,35 @@ class Workspace:
         return buf[:numel].view(shape)
 
 
+@dataclass(frozen=True, init=False)
+class BlockLayout:
+    """A ggml block struct as its fields' byte widths, in the struct's order (ggml-common.h):
+    ``BlockLayout(d=2, qs=16)`` is ``block_q4_0``. ``split`` cuts blocks into named views, so
+    codecs read and write fields by name, never by byte offset."""
+
+    fields: tuple[tuple[str, int], ...]
+    _views: type = field(repr=False, compare=False)
+
+    def __init__(self, **widths: int) -> None:  # keyword order is the struct's order
+        object.__setattr__(self, "fields", tuple(widths.items()))
+        object.__setattr__(self, "_views", namedtuple("BlockFields", widths))
+
+    @property
+    def size(self) -> int:
+        return sum(width for _, width in self.fields)
+
+    def split(self, blocks: torch.Tensor) -> BlockFields:
+        """uint8 blocks ``(n, size)`` -> a named tuple of views ``(n, width)``, one per field:
+        writing into a view writes into ``blocks``."""
+        return self._views(*torch.split(blocks, [width for _, width in self.fields], dim=1))
+
+
 class Codec:
-    """One GGUF tensor type. Subclasses set ``qtype`` and implement the two block maps."""
+    """One GGUF tensor type. Subclasses set ``qtype`` and implement the two block maps;
+    a block type's codec also declares its ``layout``."""
 
     qtype: QType
+    layout: BlockLayout
     # True where ggml has a separate importance-weighted path (quantize_*_impl); the codec is
     # then given the importance of each value (``weights``, (n, block_size)).
     supports_imatrix: bool = False
@@ -52,11 +83,16 @@ class Codec:
     imatrix_chunk_elements: int | None = None
 
     def __init_subclass__(cls, **kwargs: object) -> None:
-        """A type's codec must implement one of the two quantize methods: each defaults to the other."""
+        """A type's codec must implement one of the two quantize methods (each defaults to the
+        other), and its layout must fill ggml's block exactly."""
         super().__init_subclass__(**kwargs)
         if ("qtype" in cls.__dict__ and cls.quantize_blocks is Codec.quantize_blocks
                 and cls.quantize_blocks_into is Codec.quantize_blocks_into):
             raise TypeError(f"{cls.__name__} implements neither quantize_blocks nor quantize_blocks_into")
+        layout, qtype = getattr(cls, "layout", None), getattr(cls, "qtype", None)
+        if layout is not None and qtype is not None and layout.size != gguf.GGML_QUANT_SIZES[qtype][1]:
+            raise TypeError(f"{cls.__name__}: its layout takes {layout.size} bytes, a {qtype.name} block "
+                            f"{gguf.GGML_QUANT_SIZES[qtype][1]}")
 
     @property
     def name(self) -> str:
@@ -180,11 +216,6 @@ def importance_weights(x: torch.Tensor, qw: torch.Tensor, factor: float) -> torc
 def sub_block_weights(weights: torch.Tensor, sub: int) -> torch.Tensor:
     """Each sub-block's total weight, summed in order from 0: (nb, n) -> (nb, n/sub)."""
     return seq_sum(weights.reshape(-1, sub).T).reshape(weights.shape[0], -1)
-
-
-def fp16_bytes(x: torch.Tensor) -> torch.Tensor:
-    """float32 ``(n,)`` or ``(n, k)`` -> little-endian fp16 bytes ``(n, 2k)``."""
-    return x.to(torch.float16).reshape(x.shape[0], -1).contiguous().view(torch.uint8)
 
 
 def put_fp16(out: torch.Tensor, v: torch.Tensor) -> None:

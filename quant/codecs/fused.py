@@ -2,10 +2,11 @@
 
 The K-quants' searches make ~20 passes over every value per candidate scale. Run op by op
 on a CPU, each pass goes through memory and the in-order sums cost one torch call per
-position; inductor's C++ kernel does the whole step in registers, 3-4x faster. The
-kernels stay byte-exact: the sums are written as explicit in-order additions (no
-reductions for inductor to reorder), inductor keeps divisions on the CPU, and compiles
-with ``-ffp-contract=off`` (no fused multiply-adds).
+position; inductor's C++ kernel does the whole step in registers, several times faster
+(2-6x by type: ``bench/codecs.py`` with and without ``MXGGUF_COMPILE=0``). The kernels
+stay byte-exact: the sums are written as explicit in-order additions (no reductions for
+inductor to reorder), inductor keeps divisions on the CPU, and compiles with
+``-ffp-contract=off`` (no fused multiply-adds).
 
 On a GPU the step runs as written (already fast there; Triton would fuse multiply-adds).
 So it does for tensors under ``MIN_ELEMENTS`` values, without a C++ compiler, or with

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from . import triton_search
-from .base import Codec, QType, div_by, fp16_bytes, fp16_from_bytes, importance_weights, inverse_or_zero, nearest_int, \
-    rdiv, signed_absmax
+from .base import BlockLayout, Codec, QType, Workspace, div_by, fp16_from_bytes, importance_weights, inverse_or_zero, \
+    nearest_int, put_fp16, rdiv, signed_absmax
 from .fused import cpu_fused
 
 KVALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
@@ -102,24 +102,31 @@ def _levels(qs: torch.Tensor) -> torch.Tensor:
 
 class IQ4_NL(Codec):
     qtype = QType.IQ4_NL
+    layout = BlockLayout(d=2, qs=16)  # ggml's block_iq4_nl
     chunk_elements = 1 << 20
     supports_imatrix = True
 
-    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
+                             work: Workspace) -> None:
         d = block_scales(x, None if weights is None else importance_weights(x, weights, 2.0))
         levels = best_index(inverse_or_zero(d)[:, None] * x)  # the unrounded scale, as C
-        return torch.cat([fp16_bytes(d), _pack(levels)], dim=1)
+        f = self.layout.split(out)
+        put_fp16(f.d, d[:, None])
+        f.qs.copy_(_pack(levels))
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
-        return fp16_from_bytes(blocks[:, :2]) * _levels(blocks[:, 2:])
+        f = self.layout.split(blocks)
+        return fp16_from_bytes(f.d) * _levels(f.qs)
 
 
 class IQ4_XS(Codec):
     qtype = QType.IQ4_XS
+    layout = BlockLayout(d=2, scales_h=2, scales_l=4, qs=128)  # ggml's block_iq4_xs
     chunk_elements = 1 << 20
     supports_imatrix = True
 
-    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
+                             work: Workspace) -> None:
         nb = x.shape[0]
         sub = x.reshape(-1, 32)
         w = None if weights is None else importance_weights(x, weights, 2.0).reshape(-1, 32)
@@ -129,20 +136,24 @@ class IQ4_XS(Codec):
         dl = (d[:, None] * ls.to(torch.float32)).reshape(-1)
         levels = best_index(inverse_or_zero(dl)[:, None] * sub)
         ls = ls + 32
-        scales_l = ((ls[:, 0::2] & 0xF) | ((ls[:, 1::2] & 0xF) << 4)).to(torch.uint8)
         scales_h = ((ls >> 4) << (2 * torch.arange(8, device=x.device, dtype=torch.int32))).sum(dim=1)
-        scales_h = torch.stack([scales_h & 0xFF, scales_h >> 8], dim=1).to(torch.uint8)
-        return torch.cat([fp16_bytes(d), scales_h, scales_l, _pack(levels).reshape(nb, 128)], dim=1)
+        f = self.layout.split(out)
+        put_fp16(f.d, d[:, None])
+        f.scales_h.copy_(torch.stack([scales_h & 0xFF, scales_h >> 8], dim=1))  # a little-endian uint16
+        f.scales_l.copy_((ls[:, 0::2] & 0xF) | ((ls[:, 1::2] & 0xF) << 4))
+        f.qs.copy_(_pack(levels).reshape(nb, 128))
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         nb = blocks.shape[0]
-        d = fp16_from_bytes(blocks[:, :2])
-        scales_h = blocks[:, 2].to(torch.int32) | (blocks[:, 3].to(torch.int32) << 8)
-        scales_l = blocks[:, 4:8].to(torch.int32)
+        f = self.layout.split(blocks)
+        d = fp16_from_bytes(f.d)
+        h = f.scales_h.to(torch.int32)
+        scales_h = h[:, 0] | (h[:, 1] << 8)
+        scales_l = f.scales_l.to(torch.int32)
         low = torch.stack([scales_l & 0xF, scales_l >> 4], dim=2).reshape(nb, 8)
         high = (scales_h[:, None] >> (2 * torch.arange(8, device=blocks.device))) & 3
         dl = d * ((low | (high << 4)) - 32).to(torch.float32)
-        q = _levels(blocks[:, 8:].reshape(-1, 16)).reshape(nb, 8, 32)
+        q = _levels(f.qs.reshape(-1, 16)).reshape(nb, 8, 32)
         return (dl[..., None] * q).reshape(nb, 256)
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 
 from . import triton_search
-from .base import Codec, QType, div_by, fp16_bytes, fp16_from_bytes, fp16_round, importance_weights, inverse_or_zero, \
-    nearest_int, rdiv, seq_sum, sqrt_f32, sub_block_weights
+from .base import BlockFields, BlockLayout, Codec, QType, Workspace, div_by, fp16_from_bytes, fp16_round, \
+    importance_weights, inverse_or_zero, nearest_int, put_fp16, rdiv, seq_sum, sqrt_f32, sub_block_weights
 from .fused import cpu_fused
 
 QK_K = 256
@@ -209,7 +209,8 @@ def _block_major(levels: torch.Tensor, nb: int) -> torch.Tensor:
 
 
 class _Scale6Codec(Codec):
-    """Q4_K and Q5_K: 8 sub-blocks of 32, 6-bit scales and mins packed in 12 bytes."""
+    """Q4_K and Q5_K: 8 sub-blocks of 32, 6-bit scales and mins packed in 12 bytes. The two
+    differ in how they store the levels: ``pack_levels`` and ``unpack_levels``."""
 
     nmax: int
     rmin: float
@@ -217,10 +218,19 @@ class _Scale6Codec(Codec):
     chunk_elements = 1 << 19  # a step's passes over x, w and levels stay in a CPU's cache
     supports_imatrix = True
 
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
+                             work: Workspace) -> None:
+        d, dmin, scales, levels = self.levels(x, weights)
+        f = self.layout.split(out)
+        put_fp16(f.d, d[:, None])
+        put_fp16(f.dmin, dmin[:, None])
+        f.scales.copy_(scales)
+        self.pack_levels(f, levels)
+
     def levels(self, x: torch.Tensor, qw: torch.Tensor | None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (d, dmin as fp16 bytes source, packed scales (nb, 12), levels (nb, 256)); ``qw``:
-        the values' importance (nb, 256), or None."""
+        """-> (d (nb,), dmin (nb,), both fp16-rounded, packed scales (nb, 12), levels (nb, 256));
+        ``qw``: the values' importance (nb, 256), or None."""
         nb = x.shape[0]
         xs = _position_first(x, 32)
         if qw is None:
@@ -245,9 +255,10 @@ class _Scale6Codec(Codec):
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         nb = blocks.shape[0]
-        d, dmin = fp16_from_bytes(blocks[:, :2]), fp16_from_bytes(blocks[:, 2:4])
-        sc, m = unpack_scale_min_k4(blocks[:, 4:16])
-        q = self.unpack_levels(blocks[:, 16:]).reshape(nb, 8, 32).to(torch.float32)
+        f = self.layout.split(blocks)
+        d, dmin = fp16_from_bytes(f.d), fp16_from_bytes(f.dmin)
+        sc, m = unpack_scale_min_k4(f.scales)
+        q = self.unpack_levels(f).reshape(nb, 8, 32).to(torch.float32)
         return ((d * sc.to(torch.float32))[..., None] * q - (dmin * m.to(torch.float32))[..., None]).reshape(nb, QK_K)
 
 
@@ -280,42 +291,43 @@ def _unpack_nibble_pairs(qs: torch.Tensor) -> torch.Tensor:
 
 class Q4_K(_Scale6Codec):
     qtype = QType.Q4_K
+    layout = BlockLayout(d=2, dmin=2, scales=12, qs=128)  # ggml's block_q4_K
     nmax, rmin, nstep = 15, -1.0, 20
 
-    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        d, dmin, scales, levels = self.levels(x, weights)
-        return torch.cat([fp16_bytes(d), fp16_bytes(dmin), scales, _pack_nibble_pairs(levels)], dim=1)
+    def pack_levels(self, f: BlockFields, levels: torch.Tensor) -> None:
+        f.qs.copy_(_pack_nibble_pairs(levels))
 
-    def unpack_levels(self, rest: torch.Tensor) -> torch.Tensor:
-        return _unpack_nibble_pairs(rest)
+    def unpack_levels(self, f: BlockFields) -> torch.Tensor:
+        return _unpack_nibble_pairs(f.qs)
 
 
 class Q5_K(_Scale6Codec):
     qtype = QType.Q5_K
+    layout = BlockLayout(d=2, dmin=2, scales=12, qh=32, qs=128)  # ggml's block_q5_K
     nmax, rmin, nstep = 31, -0.5, 15
 
-    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        d, dmin, scales, levels = self.levels(x, weights)
+    def pack_levels(self, f: BlockFields, levels: torch.Tensor) -> None:
         # bit 4 of value 32s + j goes to bit s of qh[j]
         high = (levels >> 4).reshape(-1, 8, 32)
-        qh = (high << torch.arange(8, device=x.device, dtype=torch.int32)[None, :, None]).sum(dim=1)
-        return torch.cat([fp16_bytes(d), fp16_bytes(dmin), scales, qh.to(torch.uint8),
-                          _pack_nibble_pairs(levels & 0xF)], dim=1)
+        f.qh.copy_((high << torch.arange(8, device=levels.device, dtype=torch.int32)[None, :, None]).sum(dim=1))
+        f.qs.copy_(_pack_nibble_pairs(levels & 0xF))
 
-    def unpack_levels(self, rest: torch.Tensor) -> torch.Tensor:
-        qh = rest[:, :32].to(torch.int32)
-        high = (qh[:, None, :] >> torch.arange(8, device=rest.device, dtype=torch.int32)[None, :, None]) & 1
-        return _unpack_nibble_pairs(rest[:, 32:]) | (high.reshape(-1, QK_K) << 4)
+    def unpack_levels(self, f: BlockFields) -> torch.Tensor:
+        qh = f.qh.to(torch.int32)
+        high = (qh[:, None, :] >> torch.arange(8, device=qh.device, dtype=torch.int32)[None, :, None]) & 1
+        return _unpack_nibble_pairs(f.qs) | (high.reshape(-1, QK_K) << 4)
 
 
 class Q2_K(Codec):
     """16 sub-blocks of 16: 4-bit scale and min each, 2-bit values."""
 
     qtype = QType.Q2_K
+    layout = BlockLayout(scales=16, qs=64, d=2, dmin=2)  # ggml's block_q2_K
     chunk_elements = 1 << 19  # a step's passes over x, w and levels stay in a CPU's cache
     supports_imatrix = True
 
-    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
+                             work: Workspace) -> None:
         nb = x.shape[0]
         xs = _position_first(x, 16)
         if weights is None:
@@ -342,16 +354,20 @@ class Q2_K(Codec):
         levels = _block_major(_requantize(xs, sub_d, sub_dm, levels, 3), nb)
         quads = levels.reshape(nb, 2, 4, 32)  # byte 32h+l holds L[128h + 32k + l] at bits 2k
         qs = (quads << (2 * torch.arange(4, device=x.device, dtype=torch.int32))[None, None, :, None]).sum(dim=2)
-        return torch.cat([packed.to(torch.uint8), qs.reshape(nb, 64).to(torch.uint8),
-                          fp16_bytes(d), fp16_bytes(dmin)], dim=1)
+        f = self.layout.split(out)
+        f.scales.copy_(packed)
+        f.qs.copy_(qs.reshape(nb, 64))
+        put_fp16(f.d, d[:, None])
+        put_fp16(f.dmin, dmin[:, None])
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         nb = blocks.shape[0]
-        scales = blocks[:, :16].to(torch.int32)
-        d, dmin = fp16_from_bytes(blocks[:, 80:82]), fp16_from_bytes(blocks[:, 82:84])
+        f = self.layout.split(blocks)
+        scales = f.scales.to(torch.int32)
+        d, dmin = fp16_from_bytes(f.d), fp16_from_bytes(f.dmin)
         dl = (d * (scales & 0xF).to(torch.float32))[..., None]
         ml = (dmin * (scales >> 4).to(torch.float32))[..., None]
-        qs = blocks[:, 16:80].to(torch.int32).reshape(nb, 2, 1, 32)
+        qs = f.qs.to(torch.int32).reshape(nb, 2, 1, 32)
         q = (qs >> (2 * torch.arange(4, device=blocks.device, dtype=torch.int32))[None, None, :, None]) & 3
         return (dl * q.reshape(nb, 16, 16).to(torch.float32) - ml).reshape(nb, QK_K)
 

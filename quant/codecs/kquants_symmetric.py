@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from . import triton_search
-from .base import Codec, QType, Workspace, fp16_bytes, fp16_from_bytes, fp16_round, nearest_int, put_fp16, rdiv, \
-    importance_weights, seq_sum, signed_absmax, sub_block_weights
+from .base import BlockLayout, Codec, QType, Workspace, fp16_from_bytes, fp16_round, importance_weights, nearest_int, \
+    put_fp16, rdiv, seq_sum, signed_absmax, sub_block_weights
 from .fused import cpu_fused
 
 QK_K = 256
@@ -166,10 +166,10 @@ def _requantize(x: torch.Tensor, d: torch.Tensor, levels: torch.Tensor, nmax: in
     return fresh
 
 
-def _crumbs(levels: torch.Tensor, bits: int) -> torch.Tensor:
-    """(nb, 256) uint8 levels < 2^bits -> (nb, 256*bits/8): byte 32h + l holds L[128h + 32k + l]
-    at bits k*bits (the ``j += 128`` packing of Q3_K's and Q6_K's low/high bits; with
-    bits=1, Q3_K's high-bit mask)."""
+def _pack_interleaved_bits(levels: torch.Tensor, bits: int) -> torch.Tensor:
+    """(nb, 256) uint8 levels < 2^bits -> (nb, 256*bits/8), 8/bits levels a byte, those 32 apart
+    sharing one: byte 32h + l holds L[128h + 32k + l] at bits k*bits (the ``j += 128`` packing
+    of Q3_K's and Q6_K's low/high bits; with bits=1, Q3_K's high-bit mask)."""
     per_byte = 8 // bits
     groups = levels.reshape(levels.shape[0], -1, per_byte, 32)
     packed = groups[:, :, 0].clone()
@@ -178,7 +178,8 @@ def _crumbs(levels: torch.Tensor, bits: int) -> torch.Tensor:
     return packed.reshape(levels.shape[0], -1)
 
 
-def _uncrumbs(packed: torch.Tensor, bits: int) -> torch.Tensor:
+def _unpack_interleaved_bits(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """The inverse of ``_pack_interleaved_bits``: -> (nb, 256) int32 levels."""
     per_byte = 8 // bits
     q = packed.to(torch.int32).reshape(packed.shape[0], -1, 1, 32)
     shifts = (bits * torch.arange(per_byte, device=packed.device, dtype=torch.int32))[None, None, :, None]
@@ -189,10 +190,12 @@ class Q6_K(Codec):
     """16 sub-blocks of 16, int8 scales, 6-bit values (4 low bits + 2 high bits)."""
 
     qtype = QType.Q6_K
+    layout = BlockLayout(ql=128, qh=64, scales=16, d=2)  # ggml's block_q6_K
     chunk_elements = 1 << 20  # the search holds (16, sub-blocks, 19 candidates) floats
     supports_imatrix = True  # ggml weights the sub-block search by the importance alone
 
-    def quantize_blocks(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
+                             work: Workspace) -> None:
         nb = x.shape[0]
         sub = x.reshape(-1, 16)
         scales, levels = make_qx_quants(sub, 32, None if weights is None else weights.reshape(-1, 16))
@@ -206,18 +209,21 @@ class Q6_K(Codec):
         levels = _requantize(sub, sub_d, levels, 32).reshape(nb, QK_K)
         low = levels & 0xF
         halves = low.reshape(nb, 2, 2, 64)  # ql[64h + l] = L[128h + l] | L[128h + 64 + l] << 4
-        ql = (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(nb, 128)
-        out = torch.cat([ql.to(torch.uint8), _crumbs(levels >> 4, 2), sc.to(torch.int8).view(torch.uint8),
-                         fp16_bytes(d)], dim=1)
-        return torch.where(empty[:, None], 0, out).to(torch.uint8)
+        f = self.layout.split(out)
+        f.ql.copy_((halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(nb, 128))
+        f.qh.copy_(_pack_interleaved_bits(levels >> 4, 2))
+        f.scales.view(torch.int8).copy_(sc)
+        put_fp16(f.d, d[:, None])
+        out.masked_fill_(empty[:, None], 0)
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         nb = blocks.shape[0]
-        ql = blocks[:, :128].to(torch.int32).reshape(nb, 2, 1, 64)
+        f = self.layout.split(blocks)
+        ql = f.ql.to(torch.int32).reshape(nb, 2, 1, 64)
         low = torch.cat([ql & 0xF, ql >> 4], dim=2).reshape(nb, QK_K)
-        q = (low | (_uncrumbs(blocks[:, 128:192], 2) << 4)) - 32
-        sc = blocks[:, 192:208].contiguous().view(torch.int8).to(torch.float32)
-        dl = (fp16_from_bytes(blocks[:, 208:210]) * sc)[..., None]
+        q = (low | (_unpack_interleaved_bits(f.qh, 2) << 4)) - 32
+        sc = f.scales.contiguous().view(torch.int8).to(torch.float32)
+        dl = (fp16_from_bytes(f.d) * sc)[..., None]
         return (dl * q.reshape(nb, 16, 16).to(torch.float32)).reshape(nb, QK_K)
 
 
@@ -225,6 +231,7 @@ class Q3_K(Codec):
     """16 sub-blocks of 16, 6-bit scales, 3-bit values (2 low bits + a high-bit mask)."""
 
     qtype = QType.Q3_K
+    layout = BlockLayout(hmask=32, qs=64, scales=12, d=2)  # ggml's block_q3_K
     chunk_elements = 1 << 20
     supports_imatrix = True
 
@@ -248,20 +255,22 @@ class Q3_K(Codec):
         packed = torch.where(has[:, None], packed, 0)
         sub_d = (d[:, None] * (l6 - 32).to(torch.float32)).reshape(-1)
         levels = _requantize(sub, sub_d, levels, 4).reshape(nb, QK_K)
-        out[:, :32] = _crumbs(levels >> 2, 1)  # bit k of byte j: L[32k + j] > 3
-        out[:, 32:96] = _crumbs(levels & 3, 2)
-        out[:, 96:108] = packed
-        put_fp16(out[:, 108:], d[:, None])
+        f = self.layout.split(out)
+        f.hmask.copy_(_pack_interleaved_bits(levels >> 2, 1))  # bit k of byte j: L[32k + j] > 3
+        f.qs.copy_(_pack_interleaved_bits(levels & 3, 2))
+        f.scales.copy_(packed)
+        put_fp16(f.d, d[:, None])
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         nb = blocks.shape[0]
-        hmask = blocks[:, :32].to(torch.int32)
-        low = _uncrumbs(blocks[:, 32:96], 2)
-        s = blocks[:, 96:108].to(torch.int32)
+        f = self.layout.split(blocks)
+        hmask = f.hmask.to(torch.int32)
+        low = _unpack_interleaved_bits(f.qs, 2)
+        s = f.scales.to(torch.int32)
         lo4 = torch.cat([s[:, :8] & 0xF, s[:, :8] >> 4], dim=1)
         hi2 = (s[:, 8:12][:, None, :] >> (2 * torch.arange(4, device=blocks.device))[None, :, None]) & 3
         sc = (lo4 | (hi2.reshape(nb, 16) << 4)) - 32
-        dl = (fp16_from_bytes(blocks[:, 108:110]) * sc.to(torch.float32))[..., None]
+        dl = (fp16_from_bytes(f.d) * sc.to(torch.float32))[..., None]
         high = (hmask[:, None, :] >> torch.arange(8, device=blocks.device)[None, :, None]) & 1
         q = low - ((high.reshape(nb, QK_K) ^ 1) << 2)
         return (dl * q.reshape(nb, 16, 16).to(torch.float32)).reshape(nb, QK_K)

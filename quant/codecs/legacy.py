@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from .base import Codec, QType, Workspace, div_by, fp16_from_bytes, inverse_or_zero, put_fp16, signed_absmax
+from .base import BlockLayout, Codec, QType, Workspace, div_by, fp16_from_bytes, inverse_or_zero, put_fp16, \
+    signed_absmax
 from .fused import cpu_fused
 from .kquants_affine import QKX3, make_qkx2_quants
 from .kquants_symmetric import make_qx_quants
 
-HALF = 16  # elements j and j + 16 share a byte
+NIBBLE_PAIR_STRIDE = 16  # byte j holds value j (low nibble) and value j + 16 (high nibble)
 
 
 _JUST_BELOW_HALF = 0.49999997  # 0.5 - 2^-25: the one float32 that "+ 0.5" rounds up to 1
@@ -51,7 +52,7 @@ def _packed_levels(x: torch.Tensor, offset: torch.Tensor | None, scale: torch.Te
 def _pack(q: torch.Tensor, fifth: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Position-first uint8 levels (32, n) -> (n, 16) bytes ``L[j] | L[j + 16] << 4`` (low four
     bits of each) and, where ``fifth``, bit 4 of each as a little-endian uint32 (value j -> bit j)."""
-    nibbles = (q[:HALF] & 0xF) | (q[HALF:] << 4)  # uint8: the fifth bit of q[16:] falls off
+    nibbles = (q[:NIBBLE_PAIR_STRIDE] & 0xF) | (q[NIBBLE_PAIR_STRIDE:] << 4)  # uint8: bit 4 of the high ones falls off
     if not fifth:
         return nibbles.T.contiguous(), None
     bits = q >> 4  # 0 or 1: q < 32
@@ -111,87 +112,100 @@ class _LegacyCodec(Codec):
 
 class Q8_0(_LegacyCodec):
     qtype = QType.Q8_0
+    layout = BlockLayout(d=2, qs=32)  # ggml's block_q8_0
     ignores_imatrix = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
                              work: Workspace) -> None:
         # max |x| from two reductions (no |x| tensor); "+ 0" makes an all-zero block's -0 a +0
         d = div_by(torch.maximum(x.amax(dim=1, keepdim=True), -x.amin(dim=1, keepdim=True)) + 0.0, 127)
-        put_fp16(out[:, :2], d)
+        f = self.layout.split(out)
+        put_fp16(f.d, d)
         v = work.take("values", x.shape, x.dtype, x.device)
         torch.mul(x, inverse_or_zero(d), out=v)
-        put_round_away_int8(out[:, 2:].view(torch.int8), v, work)
+        put_round_away_int8(f.qs.view(torch.int8), v, work)
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
-        return blocks[:, 2:].contiguous().view(torch.int8).to(torch.float32) * fp16_from_bytes(blocks[:, :2])
+        f = self.layout.split(blocks)
+        return f.qs.contiguous().view(torch.int8).to(torch.float32) * fp16_from_bytes(f.d)
 
 
 class Q4_0(_LegacyCodec):
     qtype = QType.Q4_0
+    layout = BlockLayout(d=2, qs=16)  # ggml's block_q4_0
     supports_imatrix = True
     imatrix_row_sigma = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
                              work: Workspace) -> None:
         d, nibbles, _ = _symmetric(x, 4, weights)
-        put_fp16(out[:, :2], d)
-        out[:, 2:] = nibbles
+        f = self.layout.split(out)
+        put_fp16(f.d, d)
+        f.qs.copy_(nibbles)
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
-        q = _unpack_nibbles(blocks[:, 2:]).to(torch.float32) - 8
-        return fp16_from_bytes(blocks[:, :2]) * q
+        f = self.layout.split(blocks)
+        return fp16_from_bytes(f.d) * (_unpack_nibbles(f.qs).to(torch.float32) - 8)
 
 
 class Q5_0(_LegacyCodec):
     qtype = QType.Q5_0
+    layout = BlockLayout(d=2, qh=4, qs=16)  # ggml's block_q5_0
     supports_imatrix = True
     imatrix_row_sigma = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
                              work: Workspace) -> None:
         d, nibbles, fifth = _symmetric(x, 5, weights)
-        put_fp16(out[:, :2], d)
-        out[:, 2:6] = fifth
-        out[:, 6:] = nibbles
+        f = self.layout.split(out)
+        put_fp16(f.d, d)
+        f.qh.copy_(fifth)
+        f.qs.copy_(nibbles)
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
-        q = _unpack_nibbles(blocks[:, 6:]).to(torch.int32) | (_unpack_fifth_bits(blocks[:, 2:6]) << 4)
-        return fp16_from_bytes(blocks[:, :2]) * (q - 16).to(torch.float32)
+        f = self.layout.split(blocks)
+        q = _unpack_nibbles(f.qs).to(torch.int32) | (_unpack_fifth_bits(f.qh) << 4)
+        return fp16_from_bytes(f.d) * (q - 16).to(torch.float32)
 
 
 class Q4_1(_LegacyCodec):
     qtype = QType.Q4_1
+    layout = BlockLayout(d=2, m=2, qs=16)  # ggml's block_q4_1
     supports_imatrix = True
     imatrix_row_sigma = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
                              work: Workspace) -> None:
         d, lo, nibbles, _ = _affine(x, 4, weights)
-        put_fp16(out[:, :2], d)
-        put_fp16(out[:, 2:4], lo)
-        out[:, 4:] = nibbles
+        f = self.layout.split(out)
+        put_fp16(f.d, d)
+        put_fp16(f.m, lo)
+        f.qs.copy_(nibbles)
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
-        q = _unpack_nibbles(blocks[:, 4:]).to(torch.float32)
-        return fp16_from_bytes(blocks[:, :2]) * q + fp16_from_bytes(blocks[:, 2:4])
+        f = self.layout.split(blocks)
+        return fp16_from_bytes(f.d) * _unpack_nibbles(f.qs).to(torch.float32) + fp16_from_bytes(f.m)
 
 
 class Q5_1(_LegacyCodec):
     qtype = QType.Q5_1
+    layout = BlockLayout(d=2, m=2, qh=4, qs=16)  # ggml's block_q5_1
     supports_imatrix = True
     imatrix_row_sigma = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
                              work: Workspace) -> None:
         d, lo, nibbles, fifth = _affine(x, 5, weights)
-        put_fp16(out[:, :2], d)
-        put_fp16(out[:, 2:4], lo)
-        out[:, 4:8] = fifth
-        out[:, 8:] = nibbles
+        f = self.layout.split(out)
+        put_fp16(f.d, d)
+        put_fp16(f.m, lo)
+        f.qh.copy_(fifth)
+        f.qs.copy_(nibbles)
 
     def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
-        q = _unpack_nibbles(blocks[:, 8:]).to(torch.int32) | (_unpack_fifth_bits(blocks[:, 4:8]) << 4)
-        return fp16_from_bytes(blocks[:, :2]) * q.to(torch.float32) + fp16_from_bytes(blocks[:, 2:4])
+        f = self.layout.split(blocks)
+        q = _unpack_nibbles(f.qs).to(torch.int32) | (_unpack_fifth_bits(f.qh) << 4)
+        return fp16_from_bytes(f.d) * q.to(torch.float32) + fp16_from_bytes(f.m)
 
 
 CODECS = (Q8_0(), Q5_1(), Q5_0(), Q4_1(), Q4_0())
