@@ -101,6 +101,8 @@ def _levels(qs: torch.Tensor) -> torch.Tensor:
 
 
 class IQ4_NL(Codec):
+    """32 values on IQ4's non-linear grid, one scale."""
+
     qtype = QType.IQ4_NL
     layout = BlockLayout(d=2, qs=16)  # ggml's block_iq4_nl
     chunk_elements = 1 << 20
@@ -120,6 +122,8 @@ class IQ4_NL(Codec):
 
 
 class IQ4_XS(Codec):
+    """8 sub-blocks of 32 on IQ4's non-linear grid, 6-bit sub-block scales."""
+
     qtype = QType.IQ4_XS
     layout = BlockLayout(d=2, scales_h=2, scales_l=4, qs=128)  # ggml's block_iq4_xs
     chunk_elements = 1 << 20
@@ -127,9 +131,8 @@ class IQ4_XS(Codec):
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
                              work: Workspace) -> None:
-        nb = x.shape[0]
-        sub = x.reshape(-1, 32)
         w = None if weights is None else importance_weights(x, weights, 2.0).reshape(-1, 32)
+        nb, sub = x.shape[0], x.reshape(-1, 32)
         scales = block_scales(sub, w).reshape(nb, 8)
         d = -signed_absmax(scales)[:, 0] / 32
         ls = nearest_int(inverse_or_zero(d)[:, None] * scales).clamp_(-32, 31)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import BlockLayout, Codec, QType, Workspace, div_by, fp16_from_bytes, inverse_or_zero, put_fp16, \
-    signed_absmax
+from .base import (BlockFields, BlockLayout, Codec, QType, Workspace, div_by, fp16_from_bytes, inverse_or_zero,
+                   put_fp16, signed_absmax)
 from .fused import cpu_fused
 from .kquants_affine import QKX3, make_qkx2_quants
 from .kquants_symmetric import make_qx_quants
@@ -130,82 +130,79 @@ class Q8_0(_LegacyCodec):
         return f.qs.contiguous().view(torch.int8).to(torch.float32) * fp16_from_bytes(f.d)
 
 
-class Q4_0(_LegacyCodec):
+def _put_levels(f: BlockFields, nibbles: torch.Tensor, fifth: torch.Tensor | None) -> None:
+    f.qs.copy_(nibbles)
+    if fifth is not None:
+        f.qh.copy_(fifth)
+
+
+def _levels(f: BlockFields) -> torch.Tensor:
+    """The unsigned levels (n, 32) of 4-bit blocks, or of 5-bit ones (their ``qh`` holds bit 4)."""
+    q = _unpack_nibbles(f.qs).to(torch.int32)
+    return q if not hasattr(f, "qh") else q | (_unpack_fifth_bits(f.qh) << 4)
+
+
+class _SymmetricCodec(_LegacyCodec):
+    """Q4_0, Q5_0: ``bits``-bit levels, stored biased by ``2^(bits-1)``, times one scale."""
+
+    bits: int
+    supports_imatrix = True
+    imatrix_row_sigma = True
+
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
+                             work: Workspace) -> None:
+        d, nibbles, fifth = _symmetric(x, self.bits, weights)
+        f = self.layout.split(out)
+        put_fp16(f.d, d)
+        _put_levels(f, nibbles, fifth)
+
+    def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
+        f = self.layout.split(blocks)
+        return fp16_from_bytes(f.d) * (_levels(f) - (1 << (self.bits - 1))).to(torch.float32)
+
+
+class _AffineCodec(_LegacyCodec):
+    """Q4_1, Q5_1: ``bits``-bit levels times a scale, plus the block's min."""
+
+    bits: int
+    supports_imatrix = True
+    imatrix_row_sigma = True
+
+    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
+                             work: Workspace) -> None:
+        d, lo, nibbles, fifth = _affine(x, self.bits, weights)
+        f = self.layout.split(out)
+        put_fp16(f.d, d)
+        put_fp16(f.m, lo)
+        _put_levels(f, nibbles, fifth)
+
+    def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
+        f = self.layout.split(blocks)
+        return fp16_from_bytes(f.d) * _levels(f).to(torch.float32) + fp16_from_bytes(f.m)
+
+
+class Q4_0(_SymmetricCodec):
     qtype = QType.Q4_0
     layout = BlockLayout(d=2, qs=16)  # ggml's block_q4_0
-    supports_imatrix = True
-    imatrix_row_sigma = True
-
-    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
-                             work: Workspace) -> None:
-        d, nibbles, _ = _symmetric(x, 4, weights)
-        f = self.layout.split(out)
-        put_fp16(f.d, d)
-        f.qs.copy_(nibbles)
-
-    def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
-        f = self.layout.split(blocks)
-        return fp16_from_bytes(f.d) * (_unpack_nibbles(f.qs).to(torch.float32) - 8)
+    bits = 4
 
 
-class Q5_0(_LegacyCodec):
+class Q5_0(_SymmetricCodec):
     qtype = QType.Q5_0
     layout = BlockLayout(d=2, qh=4, qs=16)  # ggml's block_q5_0
-    supports_imatrix = True
-    imatrix_row_sigma = True
-
-    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
-                             work: Workspace) -> None:
-        d, nibbles, fifth = _symmetric(x, 5, weights)
-        f = self.layout.split(out)
-        put_fp16(f.d, d)
-        f.qh.copy_(fifth)
-        f.qs.copy_(nibbles)
-
-    def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
-        f = self.layout.split(blocks)
-        q = _unpack_nibbles(f.qs).to(torch.int32) | (_unpack_fifth_bits(f.qh) << 4)
-        return fp16_from_bytes(f.d) * (q - 16).to(torch.float32)
+    bits = 5
 
 
-class Q4_1(_LegacyCodec):
+class Q4_1(_AffineCodec):
     qtype = QType.Q4_1
     layout = BlockLayout(d=2, m=2, qs=16)  # ggml's block_q4_1
-    supports_imatrix = True
-    imatrix_row_sigma = True
-
-    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
-                             work: Workspace) -> None:
-        d, lo, nibbles, _ = _affine(x, 4, weights)
-        f = self.layout.split(out)
-        put_fp16(f.d, d)
-        put_fp16(f.m, lo)
-        f.qs.copy_(nibbles)
-
-    def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
-        f = self.layout.split(blocks)
-        return fp16_from_bytes(f.d) * _unpack_nibbles(f.qs).to(torch.float32) + fp16_from_bytes(f.m)
+    bits = 4
 
 
-class Q5_1(_LegacyCodec):
+class Q5_1(_AffineCodec):
     qtype = QType.Q5_1
     layout = BlockLayout(d=2, m=2, qh=4, qs=16)  # ggml's block_q5_1
-    supports_imatrix = True
-    imatrix_row_sigma = True
-
-    def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
-                             work: Workspace) -> None:
-        d, lo, nibbles, fifth = _affine(x, 5, weights)
-        f = self.layout.split(out)
-        put_fp16(f.d, d)
-        put_fp16(f.m, lo)
-        f.qh.copy_(fifth)
-        f.qs.copy_(nibbles)
-
-    def dequantize_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
-        f = self.layout.split(blocks)
-        q = _unpack_nibbles(f.qs).to(torch.int32) | (_unpack_fifth_bits(f.qh) << 4)
-        return fp16_from_bytes(f.d) * q.to(torch.float32) + fp16_from_bytes(f.m)
+    bits = 5
 
 
 CODECS = (Q8_0(), Q5_1(), Q5_0(), Q4_1(), Q4_0())

@@ -38,6 +38,17 @@ def _signed_absmax(x_ptr, offs, mask, m, N: tl.constexpr):
     return peak, amax
 
 
+@triton.jit
+def _lanes_and_peak(x_ptr, m, LANES: tl.constexpr, N: tl.constexpr):
+    """This program's groups (one a lane) and each one's signed peak, 1.0 where the group is all
+    but zero (``zero``: its scale and levels are stored as 0), so dividing by it stays finite."""
+    offs = tl.program_id(0) * LANES + tl.arange(0, LANES)
+    mask = offs < m
+    peak, amax = _signed_absmax(x_ptr, offs, mask, m, N)
+    zero = amax < GROUP_MAX_EPS
+    return offs, mask, tl.where(zero, 1.0, peak), zero
+
+
 # --- make_qkx2_quants: Q4_K, Q5_K, Q2_K --------------------------------------------------
 
 # how make_qkx2_quants' caller weighs each value
@@ -164,11 +175,7 @@ def _qx_sums(x_ptr, w_ptr, offs, mask, m, iscale, N: tl.constexpr, NMAX: tl.cons
 @triton.jit
 def qx_kernel(x_ptr, w_ptr, numerator_ptr, scale_ptr, levels_ptr, m, N_CANDIDATES: tl.constexpr,
               LANES: tl.constexpr, N: tl.constexpr, NMAX: tl.constexpr, HAS_W: tl.constexpr):
-    offs = tl.program_id(0) * LANES + tl.arange(0, LANES)
-    mask = offs < m
-    peak, amax = _signed_absmax(x_ptr, offs, mask, m, N)
-    zero = amax < GROUP_MAX_EPS
-    peak = tl.where(zero, 1.0, peak)
+    offs, mask, peak, zero = _lanes_and_peak(x_ptr, m, LANES, N)
     chosen = tl.div_rn(tl.full(offs.shape, 0.0, tl.float32) + tl.load(numerator_ptr), peak)
     sum_lx, sum_l2 = _qx_sums(x_ptr, w_ptr, offs, mask, m, chosen, N, NMAX, HAS_W)
     scale = tl.where(sum_l2 != 0, tl.div_rn(sum_lx, tl.where(sum_l2 != 0, sum_l2, 1.0)), 0.0)
@@ -195,11 +202,8 @@ def q3_kernel(x_ptr, scale_ptr, levels_ptr, m, LANES: tl.constexpr, N: tl.conste
     """The first guess, then five in-order passes that move single values to a better level
     (C stops after a pass that changes nothing; passing again over a settled sub-block
     changes nothing, so all five are run). The levels live in ``levels_ptr`` meanwhile."""
-    offs = tl.program_id(0) * LANES + tl.arange(0, LANES)
-    mask = offs < m
-    peak, amax = _signed_absmax(x_ptr, offs, mask, m, N)
-    zero = amax < GROUP_MAX_EPS
-    iscale = tl.div_rn(tl.full(offs.shape, -NMAX, tl.float32), tl.where(zero, 1.0, peak))
+    offs, mask, peak, zero = _lanes_and_peak(x_ptr, m, LANES, N)
+    iscale = tl.div_rn(tl.full(offs.shape, -NMAX, tl.float32), peak)
     sum_lx = tl.zeros(offs.shape, tl.float32)
     sum_l2 = tl.zeros(offs.shape, tl.float32)
     for j in tl.static_range(N):
@@ -346,11 +350,7 @@ def _iq4_sums(x_ptr, w_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N: tl.constex
 @triton.jit
 def iq4_kernel(x_ptr, w_ptr, tries_ptr, mid_ptr, step_ptr, d_ptr, m, N_TRIES: tl.constexpr, LANES: tl.constexpr,
                N: tl.constexpr, FIRST: tl.constexpr, N_MIDPOINTS: tl.constexpr, HAS_W: tl.constexpr):
-    offs = tl.program_id(0) * LANES + tl.arange(0, LANES)
-    mask = offs < m
-    peak, amax = _signed_absmax(x_ptr, offs, mask, m, N)
-    zero = amax < GROUP_MAX_EPS
-    peak = tl.where(zero, 1.0, peak)
+    offs, mask, peak, zero = _lanes_and_peak(x_ptr, m, LANES, N)
     inv = tl.div_rn(tl.full(offs.shape, 1.0, tl.float32), tl.div_rn(-peak, tl.full(offs.shape, FIRST, tl.float32)))
     sum_qx, sum_q2 = _iq4_sums(x_ptr, w_ptr, offs, mask, m, inv, mid_ptr, step_ptr, N, FIRST, N_MIDPOINTS, HAS_W)
     d = tl.where(sum_q2 > 0, tl.div_rn(sum_qx, tl.where(sum_q2 > 0, sum_q2, 1.0)), 0.0)
