@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from quant.arch import detect  # noqa: E402
+from quant.arch import STOCK, detect  # noqa: E402
 from quant.checkpoint import state_dict_source  # noqa: E402
-from quant.costs import CostTable  # noqa: E402
 from quant.flux_blocks import ReferenceStack  # noqa: E402
 from quant.optimize import Target, TargetError, optimize  # noqa: E402
-from quant.recipe import Recipe, average_bpw, plan_tensors  # noqa: E402
-from quant.sweep import add_to_table, quantized_weights, sweep  # noqa: E402
-from quant.synthetic import STOCK, TINY, random_state_dict  # noqa: E402
+from quant.recipe import Recipe  # noqa: E402
+from quant.tensor_plan import average_bpw, plan_tensors  # noqa: E402
+from quant.sweep import quantized_weights, sweep  # noqa: E402
+from quant.synthetic import TINY, random_state_dict  # noqa: E402
 
 MODELS = {"narrow": TINY.__class__(**{**TINY.__dict__, "depth_double": 19, "depth_single": 38}),
           "stock": STOCK.__class__(**{**STOCK.__dict__, "depth_double": 1, "depth_single": 2})}
@@ -81,9 +81,7 @@ def main() -> None:
     stack = ReferenceStack(arch, state_dict_source(sd, a.model))
     samples = [stack.make_inputs(seed, a.resolution, a.resolution, sigma=0.3 + 0.4 * seed / a.samples)
                for seed in range(a.samples)]
-    table = CostTable.empty({"model": a.model}, arch.n_blocks, a.types)
-    add_to_table(table, sweep(stack, samples, a.types))
-    costs = table.costs()
+    costs = sweep(stack, samples, a.types).table({"model": a.model}, arch.n_blocks, a.types).costs()
     recipes: dict[str, tuple[str, ...]] = {f"uniform {t}": (t,) * arch.n_blocks for t in a.types}
     def bpw_of(types: tuple[str, ...]) -> float:
         return average_bpw(plan_tensors(arch, shapes, Recipe(types, arch.depth_double, arch.depth_single)))

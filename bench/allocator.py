@@ -15,21 +15,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from quant.arch import detect  # noqa: E402
+from quant.arch import FluxConfig, detect, flux_shapes  # noqa: E402
 from quant.costs import resolve_costs  # noqa: E402
-from quant.optimize import Problem, Target, TargetError, build_problem, optimize  # noqa: E402
-from quant.synthetic import FluxConfig, flux_shapes  # noqa: E402
+from quant.optimize import BlockOptions, Target, TargetError, block_options, optimize  # noqa: E402
 
 
-def greedy(problem: Problem, budget: int) -> float | None:
-    """Marginal-ratio greedy: the allocator the original's schedule approximates."""
-    choice = [min(range(len(o)), key=lambda i: (o[i][1], o[i][2])) for o in problem.options]
-    used = problem.fixed_bytes + sum(problem.options[b][i][1] for b, i in enumerate(choice))
+def greedy(blocks: BlockOptions, budget: int) -> float | None:
+    """Marginal-ratio greedy: the allocator mixed-gguf-converter's schedule approximates."""
+    choice = [min(range(len(o)), key=lambda i: (o[i][1], o[i][2])) for o in blocks.options]
+    used = blocks.fixed_bytes + sum(blocks.options[b][i][1] for b, i in enumerate(choice))
     if used > budget:
         return None
     while True:
         best = None
-        for b, opts in enumerate(problem.options):
+        for b, opts in enumerate(blocks.options):
             _, size0, cost0 = opts[choice[b]]
             for i, (_, size, cost) in enumerate(opts):
                 extra, saved = size - size0, cost0 - cost
@@ -38,16 +37,16 @@ def greedy(problem: Problem, budget: int) -> float | None:
                     if best is None or ratio > best[0]:
                         best = (ratio, b, i, extra)
         if best is None:
-            return sum(problem.options[b][i][2] for b, i in enumerate(choice))
+            return sum(blocks.options[b][i][2] for b, i in enumerate(choice))
         _, b, i, extra = best
         choice[b], used = i, used + extra
 
 
-def best_uniform(problem: Problem, budget: int) -> tuple[str, float] | None:
+def best_uniform(blocks: BlockOptions, budget: int) -> tuple[str, float] | None:
     fits = []
-    for t in {t for opts in problem.options for t, _, _ in opts}:
-        picks = [next((o for o in opts if o[0] == t), None) for opts in problem.options]
-        if all(picks) and problem.fixed_bytes + sum(p[1] for p in picks) <= budget:
+    for t in {t for opts in blocks.options for t, _, _ in opts}:
+        picks = [next((o for o in opts if o[0] == t), None) for opts in blocks.options]
+        if all(picks) and blocks.fixed_bytes + sum(p[1] for p in picks) <= budget:
             fits.append((sum(p[2] for p in picks), t))
     return (min(fits)[1], min(fits)[0]) if fits else None
 
@@ -62,7 +61,7 @@ def main() -> None:
     shapes = flux_shapes(FluxConfig(hidden=3072, heads=24, context_in_dim=4096, depth_double=19, depth_single=38))
     arch = detect(shapes)
     costs = resolve_costs(a.costs).costs()
-    problem = build_problem(arch, shapes, costs)
+    blocks = block_options(arch, shapes, costs)
     print(f"{'target':>6} {'exact bpw':>9} {'exact':>9} {'greedy':>9} {'greedy/exact':>12} "
           f"{'uniform':>16} {'uniform/exact':>13} {'solve ms':>8}")
     times = []
@@ -70,7 +69,7 @@ def main() -> None:
     steps = round((a.hi - a.lo) / a.step) + 1
     for k in range(steps):
         bpw = round(a.lo + k * a.step, 6)
-        budget = Target(bpw=bpw).data_budget(problem.total_params)
+        budget = Target(bpw=bpw).data_budget(blocks.total_params)
         t = time.perf_counter()
         try:
             alloc = optimize(arch, shapes, costs, Target(bpw=bpw))
@@ -79,8 +78,8 @@ def main() -> None:
             continue
         ms = (time.perf_counter() - t) * 1e3
         times.append(ms)
-        g = greedy(problem, budget)
-        u = best_uniform(problem, budget)
+        g = greedy(blocks, budget)
+        u = best_uniform(blocks, budget)
         u_text = f"{u[0]:>6} {u[1]:9.1f}" if u else f"{'none fits':>16}"
         u_ratio = f"{u[1] / alloc.predicted_cost:13.3f}" if u else f"{'':>13}"
         print(f"{bpw:6.2f} {alloc.bpw:9.3f} {alloc.predicted_cost:9.1f} {g:9.1f} {g / alloc.predicted_cost:12.3f} "

@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from quant.arch import detect  # noqa: E402
+from quant.arch import STOCK, detect  # noqa: E402
 from quant.checkpoint import state_dict_source  # noqa: E402
 from quant.flux_blocks import ReferenceStack  # noqa: E402
 from quant.optimize import Target, optimize  # noqa: E402
-from quant.recipe import Recipe, average_bpw, plan_tensors  # noqa: E402
+from quant.recipe import Recipe  # noqa: E402
+from quant.tensor_plan import average_bpw, plan_tensors  # noqa: E402
 from quant.sweep import sweep  # noqa: E402
-from quant.synthetic import STOCK, random_state_dict  # noqa: E402
+from quant.synthetic import random_state_dict  # noqa: E402
 
 
 def spearman(a: list[float], b: list[float]) -> float:

@@ -112,7 +112,8 @@ def bench_codecs(rows: int, cols: int, types: list[str]) -> dict:
 def make_checkpoint(path: Path) -> float:
     from safetensors.torch import save_file
 
-    from quant.synthetic import FLUX1_DEV, random_tensors
+    from quant.arch import FLUX1_DEV
+    from quant.synthetic import random_tensors
 
     t = time.perf_counter()
     sd = {k: v.cpu() for k, v in random_tensors(FLUX1_DEV, seed=0, device="cuda")}

@@ -28,15 +28,16 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from comfyui_rig import ComfyServer, find_comfyui, loader, sampling, step_seconds  # noqa: E402
-from quant.arch import detect  # noqa: E402
+from quant.arch import STOCK, detect  # noqa: E402
 from quant.checkpoint import open_safetensors  # noqa: E402
-from quant.costs import CostTable  # noqa: E402
-from quant.flux_blocks import ReferenceStack, load_capture  # noqa: E402
+from quant.capture_file import load_capture  # noqa: E402
+from quant.flux_blocks import ReferenceStack  # noqa: E402
 from quant.imatrix import Imatrix, load_imatrix  # noqa: E402
 from quant.optimize import Target, optimize  # noqa: E402
-from quant.recipe import Recipe, average_bpw, plan_tensors  # noqa: E402
-from quant.sweep import add_to_table, quantized_weights, sweep  # noqa: E402
-from quant.synthetic import STOCK, random_state_dict  # noqa: E402
+from quant.recipe import Recipe  # noqa: E402
+from quant.tensor_plan import average_bpw, plan_tensors  # noqa: E402
+from quant.sweep import quantized_weights, sweep  # noqa: E402
+from quant.synthetic import random_state_dict  # noqa: E402
 
 
 def capture(folder: Path, cfg, runs: int, steps: int) -> tuple[Path, list[Path], Path]:
@@ -123,9 +124,7 @@ def main() -> None:
                 importance = None if im is None else im.block_importance(arch.block_name)
                 with torch.no_grad():
                     result = sweep(stack, samples, a.types, importance=importance)
-                table = CostTable.empty({}, arch.n_blocks, a.types)
-                add_to_table(table, result)
-                tables[label] = table.costs()
+                tables[label] = result.table({}, arch.n_blocks, a.types).costs()
             print("| type | cost without imatrix | with | with / without |")
             print("|---|---|---|---|")
             for t in a.types:

@@ -29,9 +29,10 @@ from safetensors.torch import save_file  # noqa: E402
 
 from comfyui_rig import ComfyServer, find_comfyui, loader, sampling  # noqa: E402
 from quant.costs import CostTable, save_costs  # noqa: E402
-from quant.arch import detect  # noqa: E402
-from quant.recipe import Recipe, average_bpw, plan_tensors  # noqa: E402
-from quant.synthetic import STOCK, TINY, flux_shapes, random_state_dict  # noqa: E402
+from quant.arch import STOCK, detect, flux_shapes  # noqa: E402
+from quant.recipe import Recipe  # noqa: E402
+from quant.tensor_plan import average_bpw, plan_tensors  # noqa: E402
+from quant.synthetic import TINY, random_state_dict  # noqa: E402
 
 MODELS = {"tiny": TINY, "stock": STOCK.__class__(**{**STOCK.__dict__, "depth_double": 1, "depth_single": 1})}
 GiB = 2**30

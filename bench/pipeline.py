@@ -28,10 +28,11 @@ from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from quant.arch import detect  # noqa: E402
+from quant.arch import STOCK, detect  # noqa: E402
 from quant.checkpoint import open_safetensors  # noqa: E402
-from quant.recipe import Recipe, plan_tensors  # noqa: E402
-from quant.synthetic import STOCK, random_state_dict  # noqa: E402
+from quant.recipe import Recipe  # noqa: E402
+from quant.tensor_plan import plan_tensors  # noqa: E402
+from quant.synthetic import random_state_dict  # noqa: E402
 
 TYPES = ["Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K", "IQ4_NL", "IQ4_XS", "Q8_0"]
 

@@ -25,11 +25,10 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from quant.arch import FluxArch, detect  # noqa: E402
+from quant.arch import FLUX1_DEV, FluxArch, detect, flux_shapes  # noqa: E402
 from quant.costs import resolve_costs  # noqa: E402
 from quant.optimize import Target, optimize, pareto  # noqa: E402
 from quant.speed import SpeedProfile, load_speed, save_speed, shape_key, weight_shapes  # noqa: E402
-from quant.synthetic import FLUX1_DEV, flux_shapes  # noqa: E402
 
 H200_DEQUANT_OVER_MATMUL = {"Q8_0": 0.39, "Q4_0": 0.95, "Q4_1": 0.95, "Q4_K": 1.13, "Q2_K": 1.20, "IQ4_NL": 1.28,
                             "Q6_K": 1.51, "Q5_K": 1.67, "Q5_0": 1.73, "Q5_1": 1.76, "IQ4_XS": 1.92, "Q3_K": 2.35,

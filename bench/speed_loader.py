@@ -32,12 +32,12 @@ from safetensors.torch import save_file  # noqa: E402
 
 from comfyui_rig import ComfyServer, find_comfyui, loader, sampling, step_seconds  # noqa: E402
 from quant.__main__ import convert  # noqa: E402
-from quant.arch import detect  # noqa: E402
+from quant.arch import STOCK, detect, flux_shapes  # noqa: E402
 from quant.costs import resolve_costs  # noqa: E402
 from quant.optimize import Target, optimize, pareto  # noqa: E402
-from quant.recipe import plan_tensors  # noqa: E402
+from quant.tensor_plan import plan_tensors  # noqa: E402
 from quant.speed import load_speed  # noqa: E402
-from quant.synthetic import STOCK, flux_shapes, random_state_dict  # noqa: E402
+from quant.synthetic import random_state_dict  # noqa: E402
 
 
 def allocations(arch, shapes, costs, bpw: float, speed) -> dict:

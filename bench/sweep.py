@@ -1,8 +1,8 @@
-"""Cost sweep against the original approach, in one run: block forwards and wall time.
+"""Cost sweep against the direct approach, in one run: block forwards and wall time.
 
     python bench/sweep.py [--types Q8_0 Q4_K Q2_K] [--resolution 256]
 
-The original quantizes one block, re-runs the whole stack and compares the final state,
+The direct approach quantizes one block, re-runs the whole stack and compares the final state,
 for every (block, type): N*T*N block forwards per sample (plus one clean pass). The sweep
 keeps the clean input to every block and re-runs only the blocks after the quantized one:
 N + T*N(N+1)/2. Measured on FLUX.1's depth (19 + 38) at narrow width (hidden 256), and on
@@ -18,16 +18,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from quant.arch import detect  # noqa: E402
+from quant.arch import STOCK, detect  # noqa: E402
 from quant.checkpoint import state_dict_source  # noqa: E402
 from quant.flux_blocks import ReferenceStack  # noqa: E402
 from quant.sweep import quantized_weights, sweep  # noqa: E402
-from quant.synthetic import STOCK, TINY, random_state_dict  # noqa: E402
+from quant.synthetic import TINY, random_state_dict  # noqa: E402
 
 
 @torch.no_grad()
 def whole_stack(stack: ReferenceStack, inputs, types) -> int:
-    """The original approach; returns block forwards."""
+    """The direct approach; returns block forwards."""
     def run() -> torch.Tensor:
         state = stack.start(inputs)
         for b in range(stack.n_blocks):

@@ -24,11 +24,12 @@ import comfy.patcher_extension
 
 from ..quant import codecs
 from ..quant.atomic import write_new
-from ..quant.costs import CostTable, accumulate
-from ..quant.flux_blocks import StackInputs, StackState, join_inputs, save_capture
+from ..quant.capture_file import save_capture
+from ..quant.costs import accumulate, model_fingerprint
+from ..quant.flux_stack import StackInputs, StackState, join_inputs
 from ..quant.imatrix import Imatrix, add_to_file, linear_inputs
-from ..quant.sweep import add_to_table, sweep
-from .common import CATEGORY, costs_path, diffusion_model, fingerprint, model_source, progress_bar, refuse_quantized
+from ..quant.sweep import sweep
+from .common import CATEGORY, costs_path, diffusion_model, model_source, progress_bar, refuse_quantized
 
 DEFAULT_TYPES = ", ".join(codecs.QUANTIZED_TYPE_NAMES)
 WRAPPER_KEY = "mxgguf_capture"
@@ -191,10 +192,8 @@ class CaptureSession:
         stack = ComfyFluxStack(diffusion_model(self.model))
         total = stack.n_blocks * len(self.types)
         result = sweep(stack, captured, self.types, progress=progress_bar(total))
-        table = CostTable.empty(self.model_fp, stack.n_blocks, self.types)
-        add_to_table(table, result)
-        table.samples = samples
-        table.provenance = {"measured_with": "Capture Layer Costs (ComfyUI's Flux blocks)"}
+        table = result.table(self.model_fp, stack.n_blocks, self.types, samples,
+                             {"measured_with": "Capture Layer Costs (ComfyUI's Flux blocks)"})
         accumulate(self.costs_file, table)  # atomic: a Cancel before this leaves the file as it was
 
     def keep_inputs(self, c: Captured, sample: dict, stem: str) -> None:
@@ -246,7 +245,7 @@ class CaptureLayerCosts(io.ComfyNode):
         out = model.clone()
         block_weights = [k for k, shape in source.shapes.items() if arch.is_quantizable(k, shape)]
         session = CaptureSession(out, path, codecs.parse_type_list(types), step, samples_per_run,
-                                 fingerprint(source, arch), block_weights, save_inputs)
+                                 model_fingerprint(arch, source), block_weights, save_inputs)
         path.parent.mkdir(parents=True, exist_ok=True)
         out.set_model_patch_replace(session.block_patch, "dit", "double_block", 0)
         out.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,

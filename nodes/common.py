@@ -1,4 +1,4 @@
-"""What the three nodes share: the costs folder, the model's weights as a source, progress."""
+"""What the three nodes share: the costs folder, the model's weights as a source, the mx GGUF type, progress."""
 from __future__ import annotations
 
 import os
@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from comfy_api.latest import io
 
 import comfy.model_management
 import comfy.utils
@@ -14,12 +15,13 @@ import folder_paths
 from ..quant.arch import FluxArch, detect
 from ..quant.atomic import checked_name
 from ..quant.checkpoint import Source, state_dict_source
-from ..quant.costs import BUILTIN, CostError, CostTable, model_fingerprint, resolve_costs
-from ..quant.recipe import tensor_type
+from ..quant.costs import BUILTIN, CostError, CostTable, resolve_costs
 from ..quant.speed import (PROFILED_TYPES, SpeedError, SpeedProfile, comfyui_gguf_dequantizer, covers, device_name,
                            find_comfyui_gguf, load_speed, measure, save_speed, weight_shapes)
+from ..quant.tensor_plan import tensor_type
 
 CATEGORY = "mxgguf"
+MixedGGUF = io.Custom("MX_GGUF")  # Quantize's output, Save's input: a quantize_model result
 COSTS_FOLDER = "mxgguf_costs"  # models/mxgguf_costs/*.json
 SPEED_SUFFIX = ".speed.json"  # speed profiles kept beside the costs, one per device and model width
 REFERENCE_TOKENS = 4608  # 1024x1024 with 512 text tokens: the step the slowdown is predicted for
@@ -76,10 +78,11 @@ def imatrix_path(name: str) -> Path:
     raise FileNotFoundError(f"no importance matrix {name!r} in models/{COSTS_FOLDER}")
 
 
-def file_state(path: Callable[[], Path]) -> tuple[int, int] | str:
-    """What ComfyUI compares to tell a changed input file: its (mtime_ns, size), or why there is none."""
+def file_state(find: Callable[[str], Path], name: str) -> tuple[int, int] | str:
+    """What ComfyUI compares to tell a changed input file (``find(name)``): its (mtime_ns, size),
+    or why there is none."""
     try:
-        st = path().stat()
+        st = find(name).stat()
     except (OSError, ValueError) as e:  # missing, or a name checked_name refuses
         return f"unreadable: {e}"
     return st.st_mtime_ns, st.st_size
@@ -142,10 +145,6 @@ def model_source(model, name: str = "ComfyUI MODEL") -> tuple[Source, FluxArch]:
     state = diffusion_model(model).state_dict()
     source = state_dict_source(state, name)
     return source, detect(source.shapes)
-
-
-def fingerprint(source: Source, arch: FluxArch) -> dict:
-    return model_fingerprint(arch, lambda key: source.read(key).detach().cpu())
 
 
 def progress_bar(total: int) -> Callable[[int, int], None]:

@@ -13,17 +13,15 @@ from comfy_api.latest import io
 
 from ..quant import codecs
 from ..quant.atomic import checked_name
-from ..quant.costs import check_model
+from ..quant.costs import check_model, model_fingerprint
 from ..quant.imatrix import load_imatrix
 from ..quant.mixed import MixedModel, quantize_model
 from ..quant.optimize import GiB, Allocation, Target, optimize
 from ..quant.speed import SpeedProfile
 from .chart import block_chart
-from .common import (BUILTIN_CHOICES, CATEGORY, TARGETS, cost_table, costs_choices, costs_path, file_state,
-                     fingerprint, imatrix_choices, imatrix_path, model_source, progress_bar, refuse_patched,
+from .common import (BUILTIN_CHOICES, CATEGORY, TARGETS, MixedGGUF, cost_table, costs_choices, costs_path, file_state,
+                     imatrix_choices, imatrix_path, model_source, progress_bar, refuse_patched,
                      refuse_quantized, speed_profile)
-
-MixedGGUF = io.Custom("MX_GGUF")
 
 
 class DequantizedWeight:
@@ -117,8 +115,8 @@ class MixedGGUFQuantize(io.ComfyNode):
     def fingerprint_inputs(cls, costs: str, imatrix: str = "none", **_: object) -> tuple:
         """Run again when the costs file or the importance matrix changed on disk (a new capture,
         ``quant costs merge``), though the graph did not: ComfyUI would reuse the old outputs."""
-        costs_state = costs if costs.startswith("builtin:") else file_state(lambda: costs_path(costs))
-        imatrix_state = imatrix if imatrix == "none" else file_state(lambda: imatrix_path(imatrix))
+        costs_state = costs if costs.startswith("builtin:") else file_state(costs_path, costs)
+        imatrix_state = imatrix if imatrix == "none" else file_state(imatrix_path, imatrix)
         return costs_state, imatrix_state
 
     @classmethod
@@ -128,15 +126,16 @@ class MixedGGUFQuantize(io.ComfyNode):
         refuse_patched(model)
         if target not in TARGETS:
             raise ValueError(f"unknown target {target!r}; one of {list(TARGETS)}")
-        goal = Target.of(**{TARGETS[target]: value})
+        size_target = Target.of(**{TARGETS[target]: value})
         source, arch = model_source(model)
         table = cost_table(costs)
-        check_model(table, fingerprint(source, arch))
+        check_model(table, model_fingerprint(arch, source))
         allowed = None if types.strip().lower() == "all" else codecs.parse_type_list(types)
         per_block = table.costs()
         speed = speed_profile(model, arch, source.shapes, allowed or sorted({t for c in per_block for t in c}))
-        budget = max_slowdown if max_slowdown > 0 else None
-        alloc = optimize(arch, source.shapes, per_block, goal, allowed, speed=speed, max_slowdown=budget)
+        slowdown_budget = max_slowdown if max_slowdown > 0 else None
+        alloc = optimize(arch, source.shapes, per_block, size_target, allowed, speed=speed,
+                         max_slowdown=slowdown_budget)
         importance = None if imatrix == "none" else load_imatrix(imatrix_path(imatrix))
         mixed = quantize_model(source, arch, alloc.recipe, device=model.load_device,
                                progress=progress_bar(sum(math.prod(s) for s in source.shapes.values())),
@@ -145,7 +144,7 @@ class MixedGGUFQuantize(io.ComfyNode):
         for t in mixed.plan:
             if t.qtype != "F32":
                 out.add_weight_wrapper(f"diffusion_model.{t.key}", DequantizedWeight(mixed, t.key))
-        text = summary(alloc, mixed, costs, goal, speed, budget)
+        text = summary(alloc, mixed, costs, size_target, speed, slowdown_budget)
         if importance is not None:
             text += f"\nimportance matrix: {imatrix} ({importance.describe()})"
         step = speed.step_seconds(arch)

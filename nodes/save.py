@@ -11,9 +11,8 @@ from ..quant.atomic import checked_name, write_new
 from ..quant.gguf_file import read_summary
 from ..quant.mixed import MixedModel
 from ..quant.optimize import GiB
-from ..quant.recipe import output_name
-from .common import CATEGORY, progress_bar
-from .quantize import MixedGGUF
+from ..quant.tensor_plan import output_name
+from .common import CATEGORY, MixedGGUF, progress_bar
 
 FOLDERS = ["unet", "diffusion_models"]
 

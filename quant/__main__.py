@@ -13,14 +13,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import codecs
-from .arch import ArchitectureError, detect
+from .arch import FLUX1_DEV, ArchitectureError, detect
 from .atomic import check_target
 from .checkpoint import CheckpointError, open_safetensors
 from .gguf_file import GGUFWriteError, WriteResult, read_summary, write_gguf
 from .costs import CostError, CostTable, accumulate, check_model, default_costs, model_fingerprint, resolve_costs
 from .optimize import CARD_HEADROOM_GIB, Allocation, Target, TargetError, optimize, pareto
 from .plan import allocation_json, table_model_shapes
-from .recipe import Recipe, RecipeError, average_bpw, load_recipe, output_name, plan_tensors, save_recipe
+from .recipe import Recipe, RecipeError, load_recipe, save_recipe
+from .tensor_plan import average_bpw, output_name, plan_tensors
 from .imatrix import ImatrixError, load_imatrix
 from .speed import SpeedError, SpeedProfile, load_speed
 
@@ -55,7 +56,7 @@ def target_from(args: argparse.Namespace) -> Target | None:
 
 def costs_for(arch, source, spec: str | None) -> CostTable:
     """The costs to optimize with: the file given, else the built-in table of this model's shape."""
-    fingerprint = model_fingerprint(arch, lambda k: source.read(arch.prefix + k))
+    fingerprint = model_fingerprint(arch, source)
     table = resolve_costs(spec) if spec else default_costs(fingerprint)
     if table is None:
         raise CostError(f"no built-in cost table fits {arch.describe()}; measure one with "
@@ -124,7 +125,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if args.model:
         with open_safetensors(args.model, hash_file=False) as source:
             arch, shapes = detect(source.shapes), dict(source.shapes)
-            check_model(table, model_fingerprint(arch, lambda k: source.read(arch.prefix + k)))
+            check_model(table, model_fingerprint(arch, source))
     else:
         arch, shapes = table_model_shapes(table.model)
     if args.pareto:
@@ -168,12 +169,12 @@ def cmd_costs(args: argparse.Namespace) -> int:
     import torch
 
     from .flux_blocks import ReferenceStack
-    from .sweep import add_to_table, sweep
+    from .sweep import sweep
 
     types = args.types or list(codecs.QUANTIZED_TYPE_NAMES)
     with open_safetensors(args.src, hash_file=False) as source:
         arch = detect(source.shapes)
-        fingerprint = model_fingerprint(arch, lambda k: source.read(arch.prefix + k))
+        fingerprint = model_fingerprint(arch, source)
         dtype = getattr(torch, args.dtype)
         stack = ReferenceStack(arch, source, device=args.device or "cpu", dtype=dtype)
         importance = None
@@ -182,6 +183,10 @@ def cmd_costs(args: argparse.Namespace) -> int:
             imatrix.check_model({arch.strip_prefix(k): s for k, s in source.shapes.items()})
             importance = imatrix.block_importance(arch.block_name)
 
+        provenance = {"measured_with": "quant.flux_blocks (headless)", "checkpoint": Path(args.src).name}
+        if args.imatrix:
+            provenance["imatrix"] = Path(args.imatrix).name
+
         n_samples = len(args.inputs) if args.inputs else args.samples
         pending = stack_samples(args, stack, arch, {"dtype": args.dtype})
         with tqdm(total=n_samples * arch.n_blocks * len(types), unit="cost", desc="costs") as bar:
@@ -189,13 +194,8 @@ def cmd_costs(args: argparse.Namespace) -> int:
             while group := list(itertools.islice(pending, args.batch)):
                 result = sweep(stack, [inputs for inputs, _ in group], types,
                                progress=lambda done, _t, n=len(group): bar.update(n), importance=importance)
-                table = CostTable.empty(fingerprint, arch.n_blocks, types)
-                add_to_table(table, result)
-                table.samples = [sample for _, sample in group]
-                table.provenance = {"measured_with": "quant.flux_blocks (headless)", "checkpoint": Path(args.src).name}
-                if args.imatrix:
-                    table.provenance["imatrix"] = Path(args.imatrix).name
-                accumulate(args.output, table)  # after every sweep: an interrupt keeps what was measured
+                accumulate(args.output, result.table(  # after every sweep: an interrupt keeps what was measured
+                    fingerprint, arch.n_blocks, types, [sample for _, sample in group], provenance))
     print(f"costs of {len(types)} types x {arch.n_blocks} blocks over {n_samples} sample(s) added to {args.output}")
     return 0
 
@@ -203,7 +203,7 @@ def cmd_costs(args: argparse.Namespace) -> int:
 def stack_samples(args: argparse.Namespace, stack, arch, extra: dict) -> Iterator[tuple[object, dict]]:
     """(inputs, description) for the headless stack: the saved captures given, else synthetic
     samples (noised random latents at spread-out sigmas, random text states)."""
-    from .flux_blocks import load_capture
+    from .capture_file import load_capture
 
     for path in args.inputs or []:
         inputs, sample = load_capture(path, arch.hidden_size)
@@ -259,7 +259,7 @@ def cmd_imatrix_convert(args: argparse.Namespace) -> int:
 def cmd_speed(args: argparse.Namespace) -> int:
     """Measure a speed profile: per type, what dequantizing each weight costs per step on a device."""
     from .speed import find_comfyui_gguf, comfyui_gguf_dequantizer, measure, save_speed
-    from .synthetic import FLUX1_DEV, flux_shapes
+    from .arch import flux_shapes
 
     check_target(Path(args.output), args.overwrite)  # before any work
     if args.model:
@@ -286,7 +286,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 
 def cmd_recipe(args: argparse.Namespace) -> int:
-    """Import the original converter's casts, or export a recipe for llama.cpp / stable-diffusion.cpp."""
+    """Import mixed-gguf-converter's casts, or export a recipe for llama.cpp / stable-diffusion.cpp."""
     import yaml
 
     from .recipe_formats import from_casts, llama_cpp_tensor_types, pick_configuration, sd_cpp_tensor_type_rules
@@ -325,7 +325,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Make a small random FLUX checkpoint, convert it with a mixed recipe, read it back."""
     from safetensors.torch import save_file
 
-    from .synthetic import TINY, flux_shapes, random_state_dict
+    from .arch import flux_shapes
+    from .synthetic import TINY, random_state_dict
 
     folder = Path(args.dir or tempfile.mkdtemp(prefix="mxgguf-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -362,6 +363,29 @@ def _positive(text: str) -> int:
     return value
 
 
+def add_output_argument(cmd: argparse.ArgumentParser, what: str, *, required: bool = True,
+                        overwrite: str | None = None) -> None:
+    """``-o/--output`` (``what`` is its help) and, where an existing file may be replaced, ``--overwrite``."""
+    cmd.add_argument("-o", "--output", required=required, help=what)
+    if overwrite is not None:
+        cmd.add_argument("--overwrite", action="store_true", help=overwrite)
+
+
+def add_device_argument(cmd: argparse.ArgumentParser, what: str = "torch device, e.g. cuda (default cpu)") -> None:
+    cmd.add_argument("--device", help=what)
+
+
+def add_sample_arguments(cmd: argparse.ArgumentParser) -> None:
+    """The checkpoint and the samples ``stack_samples`` gives: saved captures, else synthetic ones."""
+    cmd.add_argument("src", help="FLUX checkpoint (.safetensors)")
+    cmd.add_argument("--inputs", nargs="+", metavar="CAPTURE",
+                     help="saved captures (Capture Layer Costs with save_inputs); default: synthetic samples")
+    cmd.add_argument("--samples", type=_positive, default=1, help="synthetic samples, without --inputs")
+    cmd.add_argument("--resolution", type=int, default=256, help="synthetic sample width and height in pixels")
+    cmd.add_argument("--seed", type=int, default=0, help="seed of the first synthetic sample")
+    add_device_argument(cmd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m quant", description="Mixed-quantization GGUF for FLUX.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -373,9 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_target_arguments(convert_cmd, how)
     convert_cmd.add_argument("--costs",
                              help="costs file or builtin:NAME (default: the built-in table of the model's shape)")
-    convert_cmd.add_argument("-o", "--output", help="output .gguf (default: <model>_mxN_N.gguf beside the source)")
-    convert_cmd.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    convert_cmd.add_argument("--device", help="torch device for the codecs, e.g. cuda (default cpu)")
+    add_output_argument(convert_cmd, "output .gguf (default: <model>_mxN_N.gguf beside the source)", required=False,
+                        overwrite="replace an existing output file")
+    add_device_argument(convert_cmd, "torch device for the codecs, e.g. cuda (default cpu)")
     convert_cmd.add_argument("--imatrix", metavar="FILE",
                              help="importance matrix of this model (llama.cpp's GGUF imatrix format; 'python -m quant "
                                   "imatrix' collects one): weights are quantized with ggml's importance-weighted paths")
@@ -389,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_target_arguments(optimize_cmd, optimize_cmd.add_mutually_exclusive_group(required=True))
     optimize_cmd.add_argument("--model", help="checkpoint to take shapes from (default: FLUX.1 widths)")
     optimize_cmd.add_argument("--name", help="recipe name")
-    optimize_cmd.add_argument("-o", "--output", help="write the recipe YAML here")
+    add_output_argument(optimize_cmd, "write the recipe YAML here", required=False)
     optimize_cmd.add_argument("--json", action="store_true",
                               help="print bpw, size_bytes, predicted_cost, blocks (and predicted_slowdown with "
                                    "--speed) as JSON")
@@ -398,19 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "fastest reachable to the unbudgeted optimum's (needs --speed)")
     optimize_cmd.set_defaults(run=cmd_optimize)
     costs_cmd = sub.add_parser("costs", help="measure per-block costs headless and add them to a costs file")
-    costs_cmd.add_argument("src", help="FLUX checkpoint (.safetensors)")
-    costs_cmd.add_argument("-o", "--output", required=True, help="costs JSON (created, or added to)")
-    costs_cmd.add_argument("--samples", type=_positive, default=1, help="synthetic samples to measure on")
-    costs_cmd.add_argument("--inputs", nargs="+", metavar="CAPTURE",
-                           help="measure on these saved captures (Capture Layer Costs with save_inputs) instead")
+    add_sample_arguments(costs_cmd)
+    add_output_argument(costs_cmd, "costs JSON (created, or added to)")
     costs_cmd.add_argument("--types", nargs="+", choices=codecs.QUANTIZED_TYPE_NAMES,
                            help="default: every quantized type")
-    costs_cmd.add_argument("--resolution", type=int, default=256, help="sample width and height in pixels")
     costs_cmd.add_argument("--batch", type=_positive, default=8,
                            help="samples measured together: each block is quantized once per batch; their hidden "
                                 "states are all kept (default 8)")
-    costs_cmd.add_argument("--seed", type=int, default=0)
-    costs_cmd.add_argument("--device", help="torch device, e.g. cuda")
     costs_cmd.add_argument("--imatrix", metavar="FILE",
                            help="quantize with this importance matrix while measuring (the table records it; tables "
                                 "measured with and without one are not merged)")
@@ -421,26 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
     costs_cmd.set_defaults(run=cmd_costs)
     imatrix_cmd = sub.add_parser("imatrix",
                                  help="collect an importance matrix headless (llama.cpp's GGUF imatrix format)")
-    imatrix_cmd.add_argument("src", help="FLUX checkpoint (.safetensors)")
-    imatrix_cmd.add_argument("-o", "--output", required=True, help="imatrix GGUF (created, or added to)")
-    imatrix_cmd.add_argument("--inputs", nargs="+", metavar="CAPTURE",
-                             help="saved captures (Capture Layer Costs with save_inputs); default: synthetic samples")
-    imatrix_cmd.add_argument("--samples", type=_positive, default=1, help="synthetic samples, without --inputs")
-    imatrix_cmd.add_argument("--resolution", type=int, default=256, help="synthetic sample width and height in pixels")
-    imatrix_cmd.add_argument("--seed", type=int, default=0)
-    imatrix_cmd.add_argument("--device", help="torch device, e.g. cuda")
+    add_sample_arguments(imatrix_cmd)
+    add_output_argument(imatrix_cmd, "imatrix GGUF (created, or added to)")
     imatrix_cmd.set_defaults(run=cmd_imatrix)
     imatrix_convert_cmd = sub.add_parser("imatrix-convert",
                                          help="an importance matrix to the other format (GGUF <-> .dat)")
     imatrix_convert_cmd.add_argument("file", help="importance matrix: llama.cpp's GGUF or stable-diffusion.cpp's .dat")
-    imatrix_convert_cmd.add_argument("-o", "--output", required=True,
-                                     help="*.dat: stable-diffusion.cpp's format; else GGUF")
-    imatrix_convert_cmd.add_argument("--overwrite", action="store_true")
+    add_output_argument(imatrix_convert_cmd, "*.dat: stable-diffusion.cpp's format; else GGUF",
+                        overwrite="replace an existing file")
     imatrix_convert_cmd.set_defaults(run=cmd_imatrix_convert)
     speed_cmd = sub.add_parser("speed", help="measure what each type costs per sampling step on a device")
-    speed_cmd.add_argument("-o", "--output", required=True, help="speed profile JSON to write")
-    speed_cmd.add_argument("--overwrite", action="store_true", help="replace an existing profile")
-    speed_cmd.add_argument("--device", help="torch device, e.g. cuda (default cpu)")
+    add_output_argument(speed_cmd, "speed profile JSON to write", overwrite="replace an existing profile")
+    add_device_argument(speed_cmd)
     speed_cmd.add_argument("--tokens", type=_positive, default=4608,
                            help="tokens per sample the blocks see (4608: 1024x1024 with 512 text tokens)")
     speed_cmd.add_argument("--model", help="checkpoint whose weight shapes to measure (default: FLUX.1-dev's)")
@@ -450,18 +460,18 @@ def build_parser() -> argparse.ArgumentParser:
     speed_cmd.set_defaults(run=cmd_speed)
     merge_cmd = sub.add_parser("merge", help="sum cost files from several runs or machines (same model)")
     merge_cmd.add_argument("files", nargs="+", help="costs JSON files")
-    merge_cmd.add_argument("-o", "--output", required=True)
+    add_output_argument(merge_cmd, "costs JSON holding the sum")
     merge_cmd.set_defaults(run=cmd_merge)
     recipe_cmd = sub.add_parser("recipe",
-                                help="import the original converter's casts; export rules for llama.cpp / sd.cpp")
+                                help="import mixed-gguf-converter's casts; export rules for llama.cpp / sd.cpp")
     rsub = recipe_cmd.add_subparsers(dest="action", required=True)
     recipe_import = rsub.add_parser("import", help="configurations.yaml (casts: castto/layers) -> recipe YAML")
     recipe_import.add_argument("file")
-    recipe_import.add_argument("-o", "--output", required=True)
+    add_output_argument(recipe_import, "recipe YAML to write")
     recipe_import.add_argument("--name", help="which configuration, when the file holds several")
     recipe_import.add_argument("--default", default="BF16", help="type of blocks no cast names (default BF16)")
-    recipe_import.add_argument("--depth-double", type=int, default=19)
-    recipe_import.add_argument("--depth-single", type=int, default=38)
+    recipe_import.add_argument("--depth-double", type=int, default=FLUX1_DEV.depth_double)
+    recipe_import.add_argument("--depth-single", type=int, default=FLUX1_DEV.depth_single)
     recipe_export = rsub.add_parser("export",
                                     help="recipe YAML -> llama-quantize --tensor-type options or sd.cpp rules")
     recipe_export.add_argument("file")

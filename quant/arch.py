@@ -1,4 +1,4 @@
-"""What a FLUX-family checkpoint looks like: its blocks, what stays F32, its sizes.
+"""What a FLUX-family checkpoint looks like: its tensors, its blocks, what stays F32.
 
 All architecture knowledge lives here. A *block* is the unit the method mixes types over:
 FLUX.1's ``double_blocks.0..D-1`` are blocks ``0..D-1`` and ``single_blocks.0..S-1`` follow
@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 COMFY_PREFIX = "model.diffusion_model."
 GGUF_ARCH = "flux"
+FLUX1_HEAD_DIM = 128
+# Tensors whose leading values identify a model's weights (present in every FLUX).
+IDENTITY_KEYS = ("img_in.weight", "double_blocks.0.img_attn.qkv.weight", "final_layer.linear.weight")
 
 _BLOCK_KEY = re.compile(r"^(double_blocks|single_blocks)\.(\d+)\.")
 # Keys by which other layouts are recognised, so the refusal can say what was found.
@@ -28,6 +31,76 @@ _OTHER_ARCHS = (
 )
 
 
+@dataclass(frozen=True)
+class FluxConfig:
+    """A FLUX-family model's dimensions: every tensor's name and shape follows from them
+    (``flux_shapes``). The defaults are a tiny test model."""
+
+    hidden: int = 256
+    heads: int = 4
+    depth_double: int = 2
+    depth_single: int = 4
+    context_in_dim: int = 256
+    vec_in_dim: int = 768
+    mlp_ratio: float = 4.0
+    in_channels: int = 16
+    guidance: bool = True  # dev-style; schnell has no guidance_in
+
+    @classmethod
+    def flux1(cls, hidden: int, depth_double: int, depth_single: int, guidance: bool = True) -> FluxConfig:
+        """FLUX.1's dimensions (head size 128, T5-XXL text states) at these widths and depths."""
+        return cls(hidden=hidden, heads=hidden // FLUX1_HEAD_DIM, context_in_dim=4096,
+                   depth_double=depth_double, depth_single=depth_single, guidance=guidance)
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.hidden * self.mlp_ratio)
+
+
+# FLUX.1's widths, shallow: what ComfyUI's model detection assumes, so it loads unpatched.
+STOCK = FluxConfig.flux1(hidden=3072, depth_double=2, depth_single=4)
+FLUX1_DEV = FluxConfig.flux1(hidden=3072, depth_double=19, depth_single=38)
+
+
+def flux_shapes(cfg: FluxConfig) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape in checkpoint order."""
+    h, m, head_dim = cfg.hidden, cfg.mlp_hidden, cfg.hidden // cfg.heads
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def linear(name: str, n_in: int, n_out: int) -> None:
+        shapes[f"{name}.weight"] = (n_out, n_in)
+        shapes[f"{name}.bias"] = (n_out,)
+
+    def qk_norm(name: str) -> None:
+        shapes[f"{name}.query_norm.scale"] = (head_dim,)
+        shapes[f"{name}.key_norm.scale"] = (head_dim,)
+
+    linear("img_in", cfg.in_channels * 4, h)
+    for embedder, n_in in (("time_in", 256), ("vector_in", cfg.vec_in_dim)) + (
+            (("guidance_in", 256),) if cfg.guidance else ()):
+        linear(f"{embedder}.in_layer", n_in, h)
+        linear(f"{embedder}.out_layer", h, h)
+    linear("txt_in", cfg.context_in_dim, h)
+    for i in range(cfg.depth_double):
+        for stream in ("img", "txt"):
+            b = f"double_blocks.{i}.{stream}"
+            linear(f"{b}_mod.lin", h, 6 * h)
+            linear(f"{b}_attn.qkv", h, 3 * h)
+            qk_norm(f"{b}_attn.norm")
+            linear(f"{b}_attn.proj", h, h)
+            linear(f"{b}_mlp.0", h, m)
+            linear(f"{b}_mlp.2", m, h)
+    for i in range(cfg.depth_single):
+        b = f"single_blocks.{i}"
+        linear(f"{b}.linear1", h, 3 * h + m)
+        linear(f"{b}.linear2", h + m, h)
+        qk_norm(f"{b}.norm")
+        linear(f"{b}.modulation.lin", h, 3 * h)
+    linear("final_layer.linear", h, 4 * cfg.in_channels)
+    linear("final_layer.adaLN_modulation.1", h, 2 * h)
+    return shapes
+
+
 class ArchitectureError(ValueError):
     """The checkpoint is not a FLUX-family model in the BFL/ComfyUI layout."""
 
@@ -40,6 +113,7 @@ class FluxArch:
     depth_single: int
     hidden_size: int
     has_guidance: bool
+    head_dim: int  # of attention, from the q/k norm scales
     prefix: str = ""  # "" or "model.diffusion_model." as found in the source
 
     @property
@@ -49,6 +123,16 @@ class FluxArch:
     @property
     def variant(self) -> str:
         return "flux-dev" if self.has_guidance else "flux-schnell"
+
+    @property
+    def heads(self) -> int:
+        return self.hidden_size // self.head_dim
+
+    @property
+    def rope_axes(self) -> tuple[int, int, int]:
+        """Rotary dimensions per position axis (time, height, width): FLUX.1's (16, 56, 56) at 128."""
+        spatial = self.head_dim * 7 // 16
+        return self.head_dim - 2 * spatial, spatial, spatial
 
     def describe(self) -> str:
         return (f"{self.variant} ({self.depth_double} double + {self.depth_single} single blocks, "
@@ -105,7 +189,12 @@ def detect(shapes: Mapping[str, Sequence[int]]) -> FluxArch:
         raise ArchitectureError(
             f"double_blocks.0.img_attn.qkv.weight has shape {keys['double_blocks.0.img_attn.qkv.weight']}, "
             f"expected {(3 * hidden, hidden)} for hidden size {hidden}")
-    return FluxArch(depth_double, depth_single, hidden, "guidance_in.in_layer.weight" in keys, prefix)
+    head_dim = keys.get("double_blocks.0.img_attn.norm.query_norm.scale", (0,))[0]
+    if not head_dim or hidden % head_dim:
+        raise ArchitectureError(f"double_blocks.0.img_attn.norm.query_norm.scale has shape "
+                                f"{keys.get('double_blocks.0.img_attn.norm.query_norm.scale')}, "
+                                f"expected (head size,) dividing {hidden}")
+    return FluxArch(depth_double, depth_single, hidden, "guidance_in.in_layer.weight" in keys, head_dim, prefix)
 
 
 def _count_blocks(keys: Mapping[str, object], kind: str) -> int:

@@ -20,15 +20,14 @@ from typing import Any
 import torch
 
 from . import codecs
-from .arch import FluxArch
+from .arch import IDENTITY_KEYS, FluxArch
 from .atomic import atomic_write_text, load_json
+from .checkpoint import Source
 
 COSTS_FORMAT = "mxgguf-costs/1"
 # Published tables shipped with the pack: used for any model of their shape (finetunes share
 # their base's sensitivities), referred to as "builtin:<name>".
 BUILTIN = {"flux1-dev": Path(__file__).parent / "builtin" / "flux1-dev.costs.json"}
-# Tensors whose leading values identify a model's weights (present in every FLUX).
-_FINGERPRINT_KEYS = ("img_in.weight", "double_blocks.0.img_attn.qkv.weight", "final_layer.linear.weight")
 _FINGERPRINT_VALUES = 4096
 
 
@@ -36,17 +35,17 @@ class CostError(ValueError):
     """A cost table that is malformed, or does not belong with the model or table at hand."""
 
 
-def model_fingerprint(arch: FluxArch, read: Any = None) -> dict[str, Any]:
-    """Architecture facts plus a hash of a few weights (``read(key) -> tensor``, prefix-free keys).
+def model_fingerprint(arch: FluxArch, source: Source | None = None) -> dict[str, Any]:
+    """Architecture facts plus, given the checkpoint, a hash of a few of its weights.
 
     Values are hashed as bf16, the coarsest dtype checkpoints ship in, so the same model
     loaded as bf16, fp16 or fp32 has the same fingerprint.
     """
     fp = arch.fingerprint()
-    if read is not None:
+    if source is not None:
         h = hashlib.sha256()
-        for key in _FINGERPRINT_KEYS:
-            x = read(key).reshape(-1)[:_FINGERPRINT_VALUES]
+        for key in IDENTITY_KEYS:
+            x = source.read(arch.prefix + key).detach().cpu().reshape(-1)[:_FINGERPRINT_VALUES]
             h.update(x.to(torch.float32).to(torch.bfloat16).view(torch.int16).numpy().tobytes())
         fp["weights_sha256"] = h.hexdigest()[:16]
     return fp

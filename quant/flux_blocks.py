@@ -7,22 +7,16 @@ default. Inside ComfyUI the sweep runs on ComfyUI's own blocks; headless it runs
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from .arch import FluxArch
-from .atomic import atomic_output
 from .checkpoint import Source
+from .flux_stack import StackInputs, StackState, join_inputs
 
 ROPE_THETA = 10000
 
@@ -62,7 +56,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, pe: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
 
 
-class _Weights:
+class BlockWeights:
     """A block's parameters by their checkpoint names (prefix-free, block-relative); ``observe``
     is shown the input of every linear layer (weight name, input)."""
 
@@ -76,18 +70,19 @@ class _Weights:
         return F.linear(x, self.t[f"{name}.weight"].to(x.dtype), self.t[f"{name}.bias"].to(x.dtype))
 
 
-def _modulation(w: _Weights, name: str, vec: Tensor, n: int) -> list[Tensor]:
+def _modulation(w: BlockWeights, name: str, vec: Tensor, n: int) -> list[Tensor]:
     return w.linear(name, F.silu(vec)[:, None, :]).chunk(n, dim=-1)
 
 
-def _qkv(w: _Weights, prefix: str, x: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
+def _qkv(w: BlockWeights, prefix: str, x: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
     qkv = w.linear(f"{prefix}qkv", x)
     q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
     return (rms_norm(q, w.t[f"{prefix}norm.query_norm.scale"]).to(v),
             rms_norm(k, w.t[f"{prefix}norm.key_norm.scale"]).to(v), v)
 
 
-def double_block(w: _Weights, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+def double_block(w: BlockWeights, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor,
+                 heads: int) -> tuple[Tensor, Tensor]:
     img_mod = _modulation(w, "img_mod.lin", vec, 6)
     txt_mod = _modulation(w, "txt_mod.lin", vec, 6)
     img_q, img_k, img_v = _qkv(w, "img_attn.", layer_norm(img) * (1 + img_mod[1]) + img_mod[0], heads)
@@ -101,11 +96,11 @@ def double_block(w: _Weights, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor,
     return img, txt
 
 
-def _mlp(w: _Weights, name: str, x: Tensor) -> Tensor:
+def _mlp(w: BlockWeights, name: str, x: Tensor) -> Tensor:
     return w.linear(f"{name}.2", F.gelu(w.linear(f"{name}.0", x), approximate="tanh"))
 
 
-def single_block(w: _Weights, x: Tensor, vec: Tensor, pe: Tensor, heads: int) -> Tensor:
+def single_block(w: BlockWeights, x: Tensor, vec: Tensor, pe: Tensor, heads: int) -> Tensor:
     shift, scale, gate = _modulation(w, "modulation.lin", vec, 3)
     hidden = x.shape[-1]
     qkv_mlp = w.linear("linear1", layer_norm(x) * (1 + scale) + shift)
@@ -115,84 +110,6 @@ def single_block(w: _Weights, x: Tensor, vec: Tensor, pe: Tensor, heads: int) ->
     k = rms_norm(k, w.t["norm.key_norm.scale"]).to(v)
     out = w.linear("linear2", torch.cat((attention(q, k, v, pe), F.gelu(mlp, approximate="tanh")), 2))
     return x + gate * out
-
-
-@dataclass
-class StackInputs:
-    """What enters the block stack for one sample: the captured hidden states."""
-
-    img: Tensor  # (batch, img_tokens, hidden)
-    txt: Tensor  # (batch, txt_tokens, hidden)
-    vec: Tensor  # (batch, hidden): timestep + guidance + pooled text embedding
-    pe: Tensor  # rotary position embedding for txt + img tokens
-
-
-def join_inputs(samples: Sequence[StackInputs]) -> list[tuple[StackInputs, list[int]]]:
-    """Samples of one shape joined into one batch: -> (batch, indices of the samples in it).
-
-    Joining needs the same token counts and width; the rotary tables are kept once where
-    they are one table shared by all (it broadcasts over the batch), else stacked per sample."""
-    groups: dict[tuple, list[int]] = {}
-    for i, s in enumerate(samples):
-        groups.setdefault((tuple(s.img.shape[1:]), tuple(s.txt.shape[1:]), tuple(s.pe.shape[1:])), []).append(i)
-    out = []
-    for members in groups.values():
-        part = [samples[i] for i in members]
-        if len(part) == 1:
-            out.append((part[0], members))
-            continue
-        first_pe = part[0].pe
-        if first_pe.shape[0] == 1 and all(torch.equal(s.pe, first_pe) for s in part[1:]):
-            pe = first_pe
-        else:
-            pe = torch.cat([s.pe.expand(s.img.shape[0], *s.pe.shape[1:]) for s in part])
-        cat = lambda name: torch.cat([getattr(s, name) for s in part])  # noqa: E731
-        out.append((StackInputs(cat("img"), cat("txt"), cat("vec"), pe), members))
-    return out
-
-
-CAPTURE_FORMAT = "mxgguf-capture/1"
-
-
-class CaptureError(ValueError):
-    """A saved capture that cannot be used with this model."""
-
-
-def save_capture(path: str | os.PathLike[str], inputs: StackInputs, sample: Mapping[str, object]) -> None:
-    """Write one sample's stack inputs (and what it was: step, sigma, seed...) as safetensors, atomically."""
-    tensors = {"img": inputs.img, "txt": inputs.txt, "vec": inputs.vec, "pe": inputs.pe}
-    meta = {"format": CAPTURE_FORMAT, "sample": json.dumps(dict(sample))}
-    with atomic_output(Path(path), overwrite=False) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
-
-
-def load_capture(path: str | os.PathLike[str], hidden_size: int) -> tuple[StackInputs, dict]:
-    """A saved capture's inputs and its sample description; refuses files for another width."""
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != CAPTURE_FORMAT:
-                raise CaptureError(f"{Path(path).name} is not a saved capture (format {meta.get('format')!r})")
-            t = {k: f.get_tensor(k) for k in ("img", "txt", "vec", "pe")}
-    except (OSError, SafetensorError) as e:
-        raise CaptureError(f"{Path(path).name}: not a readable capture ({e})") from None
-    if t["img"].shape[-1] != hidden_size:
-        raise CaptureError(f"{Path(path).name} was captured on a model of hidden size {t['img'].shape[-1]}, "
-                           f"this one has {hidden_size}")
-    return StackInputs(t["img"], t["txt"], t["vec"], t["pe"]), json.loads(meta.get("sample", "{}"))
-
-
-@dataclass
-class StackState:
-    """Hidden states between two blocks: two streams before the single blocks, one after."""
-
-    img: Tensor
-    txt: Tensor | None = None  # None once the streams are joined (txt tokens lead img)
-    txt_tokens: int = 0
-
-    def image_tokens(self) -> Tensor:
-        """The image tokens' hidden state (what the final layer reads)."""
-        return self.img if self.txt is not None else self.img[:, self.txt_tokens:]
 
 
 class ReferenceStack:
@@ -207,7 +124,6 @@ class ReferenceStack:
         # second one); each linear casts its weight to the compute dtype as it runs.
         self.arch, self.device, self.dtype = arch, torch.device(device), dtype
         self._read = lambda key: source.read(arch.prefix + key).to(device=self.device)
-        self.heads = arch.hidden_size // source.shapes[arch.prefix + "double_blocks.0.img_attn.norm.query_norm.scale"][0]
         self._blocks = []
         for b in range(arch.n_blocks):
             name = arch.block_name(b) + "."
@@ -237,12 +153,12 @@ class ReferenceStack:
         """Block ``block`` on ``state``; ``observe(name, x)`` sees each linear layer's input, the
         weight named as in a GGUF (``double_blocks.0.img_attn.qkv.weight``)."""
         prefix = self.arch.block_name(block) + "."
-        w = _Weights(self._blocks[block], None if observe is None else lambda name, x: observe(prefix + name, x))
+        w = BlockWeights(self._blocks[block], None if observe is None else lambda name, x: observe(prefix + name, x))
         if block < self.arch.depth_double:
-            img, txt = double_block(w, state.img, state.txt, inputs.vec, inputs.pe, self.heads)
+            img, txt = double_block(w, state.img, state.txt, inputs.vec, inputs.pe, self.arch.heads)
             return StackState(img, txt, state.txt_tokens)
         x = state.img if state.txt is None else torch.cat((state.txt, state.img), 1)
-        return StackState(single_block(w, x, inputs.vec, inputs.pe, self.heads), None, state.txt_tokens)
+        return StackState(single_block(w, x, inputs.vec, inputs.pe, self.arch.heads), None, state.txt_tokens)
 
     def output(self, state: StackState) -> Tensor:
         return state.image_tokens()
@@ -270,9 +186,8 @@ class ReferenceStack:
         ids = torch.zeros(1, txt_tokens + h * w, 3, device=self.device)
         ids[0, txt_tokens:, 1] = torch.arange(h, device=self.device).repeat_interleave(w).float()
         ids[0, txt_tokens:, 2] = torch.arange(w, device=self.device).repeat(h).float()
-        head_dim = self.arch.hidden_size // self.heads
-        axes = (head_dim - 2 * (head_dim * 7 // 16), head_dim * 7 // 16, head_dim * 7 // 16)
-        return StackInputs(lin("img_in", latent), lin("txt_in", context), vec, position_embedding(ids, axes))
+        return StackInputs(lin("img_in", latent), lin("txt_in", context), vec,
+                           position_embedding(ids, self.arch.rope_axes))
 
 
 def timestep_embedding(t: Tensor, dim: int = 256, max_period: int = 10000, time_factor: float = 1000.0) -> Tensor:

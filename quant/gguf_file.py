@@ -21,12 +21,13 @@ import gguf
 import numpy as np
 import torch
 
-from . import codecs
 from .arch import GGUF_ARCH, FluxArch
 from .atomic import atomic_output
-from .checkpoint import CheckpointError, Source
+from .checkpoint import Source
+from .encode import encode_tensor
 from .imatrix import Imatrix
-from .recipe import Recipe, TensorPlan, average_bpw
+from .recipe import Recipe, recipe_yaml
+from .tensor_plan import TensorPlan, average_bpw
 
 PACK_KEY = "mxgguf"  # our metadata namespace
 PACK_VERSION = "0.1.0"
@@ -109,7 +110,7 @@ def write_tensors(source_name: str, recipe: Recipe, plan: Sequence[TensorPlan],
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.add_file_type(_file_type(plan))
         writer.add_string(f"{PACK_KEY}.version", PACK_VERSION)
-        writer.add_string(f"{PACK_KEY}.recipe", _recipe_text(recipe))
+        writer.add_string(f"{PACK_KEY}.recipe", recipe_yaml(recipe))
         writer.add_float32(f"{PACK_KEY}.bpw", bpw)
         writer.add_string(f"{PACK_KEY}.source.name", source_name)
         placeholder = secrets.token_hex(32)  # as long as a SHA-256 in hex
@@ -170,40 +171,6 @@ def _glibc_trim() -> Callable[[], None]:
 # Each tensor leaves freed blocks of its own sizes in glibc's heap, which it keeps; without
 # handing them back, resident memory creeps up with the number of tensors converted.
 release_freed_memory = _glibc_trim()
-
-
-def encode_tensor(source: Source, t: TensorPlan, device: torch.device | str | None = None,
-                  importance: torch.Tensor | None = None) -> torch.Tensor:
-    """One planned tensor of ``source`` as the flat uint8 bytes the GGUF holds (on the CPU),
-    quantized with ``importance`` (one value per input column) where given."""
-    x = source.read(t.source_key)
-    if tuple(x.shape) != t.shape:
-        raise CheckpointError(f"{t.source_key} has shape {tuple(x.shape)}, the header says {t.shape}")
-    x = x.to(device=device or "cpu")
-    if not x.is_floating_point():
-        raise CheckpointError(f"{t.source_key} holds {x.dtype} values, not floating-point weights")
-    if x.dtype.itemsize == 1:  # fp8: isfinite is not implemented for it
-        x = x.to(torch.bfloat16)
-    if not all_finite(x):
-        bad = int((~torch.isfinite(x)).sum())
-        raise CheckpointError(f"{t.source_key} holds {bad} NaN/Inf values; refusing to quantize a broken weight")
-    row = x.reshape(-1, t.shape[-1]) if x.dim() else x.reshape(1, 1)
-    return codecs.quantize(row, t.qtype, imatrix=importance).cpu().reshape(-1)
-
-
-def all_finite(x: torch.Tensor) -> bool:
-    """No NaN or Inf in x: its min and max are finite (NaN carries through both). One fast
-    reduction, where ``isfinite(x).all()`` makes a mask of the whole tensor first."""
-    if not x.numel():
-        return True
-    lo, hi = torch.aminmax(x.reshape(-1))
-    return bool(torch.isfinite(lo) & torch.isfinite(hi))
-
-
-def _recipe_text(recipe: Recipe) -> str:
-    import yaml
-
-    return yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None, width=100)
 
 
 def verify_gguf(path: str | os.PathLike[str], plan: Sequence[TensorPlan]) -> None:

@@ -17,9 +17,11 @@ import torch
 from . import codecs
 from .arch import FluxArch
 from .checkpoint import Source
-from .gguf_file import WriteResult, encode_tensor, imatrix_metadata, write_tensors
+from .encode import encode_tensor
+from .gguf_file import WriteResult, imatrix_metadata, write_tensors
 from .imatrix import Imatrix
-from .recipe import Recipe, TensorPlan, average_bpw, plan_tensors
+from .recipe import Recipe
+from .tensor_plan import TensorPlan, average_bpw, plan_tensors
 
 # Called after each tensor with (parameters done, parameters in all); may raise to cancel.
 QuantizeProgress = Callable[[int, int], None]

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .arch import FluxArch
-from .recipe import Recipe, plan_tensors, tensor_type
+from .recipe import Recipe
+from .tensor_plan import plan_tensors, tensor_type
 
 if TYPE_CHECKING:
     from .speed import SpeedProfile
@@ -93,7 +94,7 @@ class Allocation:
 
 
 @dataclass(frozen=True)
-class Problem:
+class BlockOptions:
     """Per block: the allowed, costed types with their exact bytes; plus the fixed part."""
 
     options: list[list[tuple[str, int, float]]]  # [block] -> (type, bytes, cost)
@@ -115,8 +116,8 @@ class Problem:
         return self.fixed_bytes + small, self.fixed_bytes + best
 
 
-def build_problem(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Sequence[Mapping[str, float]],
-                  allowed: Sequence[str] | None = None, speed: SpeedProfile | None = None) -> Problem:
+def block_options(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Sequence[Mapping[str, float]],
+                  allowed: Sequence[str] | None = None, speed: SpeedProfile | None = None) -> BlockOptions:
     """Options per block from the costs (one mapping type -> cost per block) and the model's shapes;
     with ``speed``, each option's share of the unquantized step spent dequantizing it."""
     if len(costs) != arch.n_blocks:
@@ -147,7 +148,7 @@ def build_problem(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Se
             raise TargetError(f"block {b} ({arch.block_name(b)}) has no cost for any allowed type")
         options.append([(t, block_bytes[t][b], costs[b][t]) for t in present])
         shares.append([block_seconds[t][b] / step for t in present])
-    return Problem(options, fixed, sum(p.numel for p in plan), shares if speed is not None else None)
+    return BlockOptions(options, fixed, sum(p.numel for p in plan), shares if speed is not None else None)
 
 
 def solve(options: Sequence[Sequence[tuple[str, int, float]]], budget: int) -> tuple[list[int], float] | None:
@@ -229,35 +230,35 @@ def solve_two_budgets(options: Sequence[Sequence[tuple[str, int, float]]], share
     raise TargetError("the optimizer could not meet the slowdown budget exactly; give a slightly larger one")
 
 
-def _out_of_reach(problem: Problem, target: Target) -> TargetError:
-    lo, hi = problem.byte_range()
+def _out_of_reach(blocks: BlockOptions, target: Target) -> TargetError:
+    lo, hi = blocks.byte_range()
     return TargetError(
         f"{target.describe()} is out of reach: the allowed types span "
-        f"{8 * lo / problem.total_params:.3f}-{8 * hi / problem.total_params:.3f} bits per parameter "
+        f"{8 * lo / blocks.total_params:.3f}-{8 * hi / blocks.total_params:.3f} bits per parameter "
         f"({(lo + HEADER_RESERVE) / GiB:.2f}-{(hi + HEADER_RESERVE) / GiB:.2f} GiB)")
 
 
-def least_slowdown(problem: Problem, budget: int) -> float:
+def least_slowdown(blocks: BlockOptions, budget: int) -> float:
     """The least slowdown any allocation within ``budget`` data bytes reaches (exact: the size
     knapsack with dequantization time as the cost)."""
     timed = [[(t, b, s) for (t, b, _), s in zip(opts, shares)]
-             for opts, shares in zip(problem.options, problem.step_shares)]
-    result = solve(timed, budget - problem.fixed_bytes)
+             for opts, shares in zip(blocks.options, blocks.step_shares)]
+    result = solve(timed, budget - blocks.fixed_bytes)
     if result is None:
         raise ValueError("no allocation fits the budget")
-    return problem.slowdown(result[0])
+    return blocks.slowdown(result[0])
 
 
-def _both_out_of_reach(problem: Problem, target: Target, budget: int, max_slowdown: float) -> TargetError:
+def _both_out_of_reach(blocks: BlockOptions, target: Target, budget: int, max_slowdown: float) -> TargetError:
     """Size and slowdown cannot both be met: the reachable range of each at the other's bound."""
-    fastest = least_slowdown(problem, budget)
-    smallest = solve_two_budgets(problem.options, problem.step_shares, 2**62, max_slowdown - 1.0, minimize="bytes")
+    fastest = least_slowdown(blocks, budget)
+    smallest = solve_two_budgets(blocks.options, blocks.step_shares, 2**62, max_slowdown - 1.0, minimize="bytes")
     if smallest is None:
-        least = 1.0 + sum(min(s) for s in problem.step_shares)
+        least = 1.0 + sum(min(s) for s in blocks.step_shares)
         at_slowdown = f"no allocation is that fast (the fastest allowed types give {least:.3f})"
     else:
-        size = problem.fixed_bytes + sum(problem.options[g][i][1] for g, i in enumerate(smallest[0]))
-        at_slowdown = (f"within {max_slowdown:g}x the smallest file is {8 * size / problem.total_params:.3f} bits "
+        size = blocks.fixed_bytes + sum(blocks.options[g][i][1] for g, i in enumerate(smallest[0]))
+        at_slowdown = (f"within {max_slowdown:g}x the smallest file is {8 * size / blocks.total_params:.3f} bits "
                        f"per parameter ({(size + HEADER_RESERVE) / GiB:.2f} GiB)")
     return TargetError(f"{target.describe()} and a slowdown of at most {max_slowdown:g}x cannot both be met: "
                        f"at that size the least slowdown is {fastest:.3f}x; {at_slowdown}")
@@ -274,26 +275,26 @@ def optimize(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Sequenc
             raise TargetError("a slowdown budget needs a speed profile ('python -m quant speed')")
         if not (math.isfinite(max_slowdown) and max_slowdown >= 1.0):
             raise TargetError(f"the slowdown budget is a step-time ratio of at least 1, got {max_slowdown!r}")
-    problem = build_problem(arch, shapes, costs, allowed, speed)
-    budget = target.data_budget(problem.total_params)
-    result = solve(problem.options, budget - problem.fixed_bytes)
+    blocks = block_options(arch, shapes, costs, allowed, speed)
+    budget = target.data_budget(blocks.total_params)
+    result = solve(blocks.options, budget - blocks.fixed_bytes)
     if result is None:
-        raise _out_of_reach(problem, target)
-    if max_slowdown is not None and problem.slowdown(result[0]) > max_slowdown:
-        result = solve_two_budgets(problem.options, problem.step_shares, budget - problem.fixed_bytes,
+        raise _out_of_reach(blocks, target)
+    if max_slowdown is not None and blocks.slowdown(result[0]) > max_slowdown:
+        result = solve_two_budgets(blocks.options, blocks.step_shares, budget - blocks.fixed_bytes,
                                    max_slowdown - 1.0)
         if result is None:
-            raise _both_out_of_reach(problem, target, budget, max_slowdown)
-    return _allocation(arch, problem, result, target, name, max_slowdown)
+            raise _both_out_of_reach(blocks, target, budget, max_slowdown)
+    return _allocation(arch, blocks, result, target, name, max_slowdown)
 
 
-def _allocation(arch: FluxArch, problem: Problem, result: tuple[list[int], float], target: Target, name: str,
+def _allocation(arch: FluxArch, blocks: BlockOptions, result: tuple[list[int], float], target: Target, name: str,
                 max_slowdown: float | None) -> Allocation:
     chosen, cost = result
-    types = tuple(problem.options[b][i][0] for b, i in enumerate(chosen))
-    data = problem.fixed_bytes + sum(problem.options[b][i][1] for b, i in enumerate(chosen))
-    bpw = 8 * data / problem.total_params
-    slowdown = problem.slowdown(chosen)
+    types = tuple(blocks.options[b][i][0] for b, i in enumerate(chosen))
+    data = blocks.fixed_bytes + sum(blocks.options[b][i][1] for b, i in enumerate(chosen))
+    bpw = 8 * data / blocks.total_params
+    slowdown = blocks.slowdown(chosen)
     notes = {"predicted_cost": round(cost, 6), "target": target.describe(), "bpw": round(bpw, 4)}
     if slowdown is not None:
         notes["predicted_slowdown"] = round(slowdown, 4)
@@ -308,20 +309,20 @@ def pareto(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Sequence[
            points: int = 10) -> list[Allocation]:
     """For one size target, the least-cost allocation at ``points`` slowdown budgets spread evenly
     from the least reachable slowdown to that of the unbudgeted optimum (repeats dropped), fastest first."""
-    problem = build_problem(arch, shapes, costs, allowed, speed)
-    budget = target.data_budget(problem.total_params)
-    free = solve(problem.options, budget - problem.fixed_bytes)
+    blocks = block_options(arch, shapes, costs, allowed, speed)
+    budget = target.data_budget(blocks.total_params)
+    free = solve(blocks.options, budget - blocks.fixed_bytes)
     if free is None:
-        raise _out_of_reach(problem, target)
-    slowest, fastest = problem.slowdown(free[0]), least_slowdown(problem, budget)
+        raise _out_of_reach(blocks, target)
+    slowest, fastest = blocks.slowdown(free[0]), least_slowdown(blocks, budget)
     fastest *= 1 + 1e-12  # the knapsack's own float sum of the same shares may differ in the last bit
     out: list[Allocation] = []
     n = max(points, 2)
     for k in range(n):
         bound = fastest + (slowest - fastest) * k / (n - 1)
         result = free if k == n - 1 else solve_two_budgets(
-            problem.options, problem.step_shares, budget - problem.fixed_bytes, bound - 1.0)
-        if result is not None and not (out and out[-1].types == tuple(problem.options[b][i][0]
+            blocks.options, blocks.step_shares, budget - blocks.fixed_bytes, bound - 1.0)
+        if result is not None and not (out and out[-1].types == tuple(blocks.options[b][i][0]
                                                                        for b, i in enumerate(result[0]))):
-            out.append(_allocation(arch, problem, result, target, "", bound))
+            out.append(_allocation(arch, blocks, result, target, "", bound))
     return out

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .arch import FluxArch, detect
+from .arch import FluxArch, FluxConfig, detect, flux_shapes
 from .costs import CostTable
 from .optimize import GiB, Allocation, Target, optimize
 
@@ -20,13 +20,8 @@ CARD_SIZES_GB = (6, 8, 10, 12, 16, 20, 24, 32, 48, 80)
 
 def table_model_shapes(model: dict[str, Any]) -> tuple[FluxArch, dict[str, tuple[int, ...]]]:
     """A cost table's model at FLUX.1's tensor shapes (for tables measured without a checkpoint at hand)."""
-    from .synthetic import FluxConfig, flux_shapes
-
-    hidden = int(model["hidden_size"])
-    cfg = FluxConfig(hidden=hidden, heads=hidden // 128, context_in_dim=4096,
-                     depth_double=int(model["depth_double"]), depth_single=int(model["depth_single"]),
-                     guidance=bool(model.get("guidance", True)))
-    shapes = flux_shapes(cfg)
+    shapes = flux_shapes(FluxConfig.flux1(int(model["hidden_size"]), int(model["depth_double"]),
+                                          int(model["depth_single"]), bool(model.get("guidance", True))))
     return detect(shapes), shapes
 
 

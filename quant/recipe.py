@@ -1,13 +1,9 @@
-"""Recipes: one GGUF type per block, and what that means for every tensor of a model.
+"""Recipes: one GGUF type per block, as data (YAML, see ``recipes/README.md``).
 
-A recipe is data (YAML, see ``recipes/README.md``). Applied to a checkpoint it gives a
-*plan*: the output type of every tensor, under the fixed policy of ``quant.arch`` (only
-block weights follow the recipe; everything else stays F32). From the plan come the exact
-average bits per parameter over the whole file and the file name ``<model>_mxN_N.gguf``.
+What a recipe means for every tensor of a model (its *plan*) is ``quant.tensor_plan``'s.
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -22,9 +18,6 @@ from .arch import FluxArch
 from .atomic import atomic_write_text, load_document
 
 RECIPE_FORMAT = "mxgguf-recipe/1"
-# Where a row does not fill the type's blocks, take the type llama.cpp falls back to.
-_FALLBACK = {"Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL", "IQ4_XS": "IQ4_NL", "Q4_K": "Q5_0",
-             "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 _RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
 
@@ -71,7 +64,7 @@ class Recipe:
 
 
 def parse_blocks(spec: str, n_blocks: int) -> list[int]:
-    """``"0-2, 4"`` -> [0, 1, 2, 4] (the original converter's ``layers`` syntax)."""
+    """``"0-2, 4"`` -> [0, 1, 2, 4] (mixed-gguf-converter's ``layers`` syntax)."""
     blocks: list[int] = []
     for part in str(spec).split(","):
         m = _RANGE.match(part)
@@ -119,70 +112,11 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     return load_document(path, yaml.safe_load, yaml.YAMLError, "not valid YAML", recipe_from_dict, RecipeError)
 
 
+def recipe_yaml(recipe: Recipe) -> str:
+    """The recipe as YAML: what a recipe file holds and what a GGUF records in ``mxgguf.recipe``."""
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+
+
 def save_recipe(recipe: Recipe, path: str | os.PathLike[str]) -> None:
-    text = f"# {recipe.name or 'mx GGUF recipe'}: one GGUF type per block (see recipes/README.md)\n"
-    text += yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None, width=100)
-    atomic_write_text(Path(path), text)
-
-
-@dataclass(frozen=True)
-class TensorPlan:
-    """How one source tensor is written."""
-
-    key: str  # name in the GGUF (prefix stripped)
-    source_key: str  # name in the source checkpoint
-    shape: tuple[int, ...]
-    qtype: str
-    block: int | None
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel // codecs.get_codec(self.qtype).block_size * codecs.get_codec(self.qtype).type_size
-
-
-def tensor_type(qtype: str, shape: Sequence[int]) -> str:
-    """``qtype`` if the rows fill its blocks, else llama.cpp's fallback, else F16."""
-    for candidate in (qtype, _FALLBACK.get(qtype, "F16")):
-        if shape[-1] % codecs.get_codec(candidate).block_size == 0:
-            return candidate
-    return "F16"
-
-
-def plan_tensors(arch: FluxArch, shapes: Mapping[str, Sequence[int]], recipe: Recipe) -> list[TensorPlan]:
-    """The output type of every tensor, in source order."""
-    recipe.check_fits(arch)
-    plan = []
-    for source_key, shape in shapes.items():
-        key = arch.strip_prefix(source_key)
-        block = arch.block_of(key)
-        qtype = tensor_type(recipe.types[block], shape) if arch.is_quantizable(key, shape) else "F32"
-        plan.append(TensorPlan(key, source_key, tuple(shape), qtype, block))
-    return plan
-
-
-def average_bpw(plan: Sequence[TensorPlan]) -> float:
-    """Bits per parameter over every tensor in the file."""
-    return 8 * sum(t.nbytes for t in plan) / sum(t.numel for t in plan)
-
-
-def block_params(plan: Sequence[TensorPlan], n_blocks: int) -> list[int]:
-    """Parameters the recipe decides in each block (its 2-D weights)."""
-    counts = [0] * n_blocks
-    for t in plan:
-        if t.block is not None and len(t.shape) == 2:
-            counts[t.block] += t.numel
-    return counts
-
-
-def output_name(model_name: str, bpw: float) -> str:
-    """``flux1-dev.safetensors``, 6.93 -> ``flux1-dev_mx6_9.gguf``."""
-    stem = Path(model_name).name
-    for suffix in (".safetensors", ".gguf", ".sft", ".ckpt", ".pt", ".bin"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    return f"{stem}_mx" + f"{bpw:.1f}".replace(".", "_") + ".gguf"
+    header = f"# {recipe.name or 'mx GGUF recipe'}: one GGUF type per block (see recipes/README.md)\n"
+    atomic_write_text(Path(path), header + recipe_yaml(recipe))

@@ -1,8 +1,8 @@
 """Recipes to and from other tools' formats.
 
-- The original mixed converter's ``configurations.yaml``: ``casts`` entries of ``castto``
-  (a type, K-quant names as llama.cpp's file types: ``Q4_K_S``) and ``layers`` (block
-  ranges, ``"0-2, 4"``); blocks no cast names stay at a default type.
+- mixed-gguf-converter's ``configurations.yaml`` (github.com/chrisgoringe/mixed-gguf-converter):
+  ``casts`` entries of ``castto`` (a type, K-quant names as llama.cpp's file types: ``Q4_K_S``)
+  and ``layers`` (block ranges, ``"0-2, 4"``); blocks no cast names stay at a default type.
 - llama.cpp's ``llama-quantize --tensor-type PATTERN=TYPE`` options, one per block.
 - stable-diffusion.cpp's ``--tensor-type-rules`` string (``regex=type`` joined by commas,
   names under its ``model.diffusion_model.`` prefix).
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import codecs
-from .arch import COMFY_PREFIX
+from .arch import COMFY_PREFIX, FLUX1_DEV
 from .recipe import Recipe, RecipeError, parse_blocks
 
 # llama.cpp file-type suffixes name mixes, not types: Q4_K_S is Q4_K blocks.
@@ -30,9 +30,9 @@ def _type_name(name: str) -> str:
     return upper
 
 
-def from_casts(config: Mapping[str, Any], depth_double: int = 19, depth_single: int = 38,
-               default: str = "BF16", name: str = "") -> Recipe:
-    """A recipe from one configuration of the original converter (a mapping with ``casts``)."""
+def from_casts(config: Mapping[str, Any], depth_double: int = FLUX1_DEV.depth_double,
+               depth_single: int = FLUX1_DEV.depth_single, default: str = "BF16", name: str = "") -> Recipe:
+    """A recipe from one configuration of mixed-gguf-converter (a mapping with ``casts``)."""
     casts = config.get("casts") if isinstance(config, Mapping) else None
     if not isinstance(casts, list):
         raise RecipeError("a configuration needs 'casts': a list of {castto, layers}")

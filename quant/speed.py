@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from . import codecs
 from .arch import FluxArch
 from .atomic import atomic_write_text, load_json
-from .recipe import TensorPlan
+from .tensor_plan import TensorPlan
 
 SPEED_FORMAT = "mxgguf-speed/1"
 # Types a weight can take in a file: the quantized ones, and BF16/F16 (a cast or a bit shift).
@@ -184,7 +184,7 @@ def _block_seconds(arch: FluxArch, shapes: Mapping[str, Sequence[int]], device: 
                    dtype: torch.dtype, gen: torch.Generator) -> dict[str, float]:
     """Forwards of the model's first double and first single block (random weights of their
     shapes) on ``tokens`` tokens, a ninth of them text (4096 + 512 at 1024x1024)."""
-    from .flux_blocks import _Weights, double_block, position_embedding, single_block
+    from .flux_blocks import BlockWeights, double_block, position_embedding, single_block
 
     txt, img = max(1, tokens // 9), tokens - max(1, tokens // 9)
     hidden = arch.hidden_size
@@ -192,20 +192,17 @@ def _block_seconds(arch: FluxArch, shapes: Mapping[str, Sequence[int]], device: 
     for kind, block in (("double", 0), ("single", arch.depth_double)):
         prefix = arch.prefix + arch.block_name(block) + "."
         names = {k[len(prefix):]: s for k, s in shapes.items() if k.startswith(prefix)}
-        w = _Weights(_random_weights(names, device, dtype, gen))
-        head_dim = names["norm.query_norm.scale" if kind == "single" else "img_attn.norm.query_norm.scale"][0]
-        heads = hidden // head_dim
+        w = BlockWeights(_random_weights(names, device, dtype, gen))
         x_img = torch.randn(1, img, hidden, generator=gen, device=device).to(dtype)
         x_txt = torch.randn(1, txt, hidden, generator=gen, device=device).to(dtype)
         vec = torch.randn(1, hidden, generator=gen, device=device).to(dtype)
-        third = head_dim // 2 // 3 * 2  # rotary axes of the right total; positions do not change the time
-        pe = position_embedding(torch.zeros(1, tokens, 3, device=device), (head_dim - 2 * third, third, third))
+        pe = position_embedding(torch.zeros(1, tokens, 3, device=device), arch.rope_axes)  # positions: no time
         with torch.no_grad():
             if kind == "double":
-                out[kind] = _best_seconds(lambda: double_block(w, x_img, x_txt, vec, pe, heads), device)
+                out[kind] = _best_seconds(lambda: double_block(w, x_img, x_txt, vec, pe, arch.heads), device)
             else:
                 x = torch.cat((x_txt, x_img), 1)
-                out[kind] = _best_seconds(lambda: single_block(w, x, vec, pe, heads), device)
+                out[kind] = _best_seconds(lambda: single_block(w, x, vec, pe, arch.heads), device)
     return out
 
 

@@ -1,6 +1,6 @@
 """Measure costs: for each block and type, the final-state error with only that block quantized.
 
-The original approach re-runs the whole stack for every (block, type). Quantizing block
+The direct approach re-runs the whole stack for every (block, type). Quantizing block
 ``i`` changes nothing before it, so one clean pass keeps the input to every block and the
 clean final state; each (i, type) then runs only blocks ``i..N-1``. Over N blocks that is
 (N+1)/2N of the work, about half. Each block's weights are quantized and dequantized with
@@ -13,17 +13,15 @@ measured with it. Samples of one shape run as one batch where the stack can join
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 
 from . import codecs
-from .recipe import tensor_type
-
-if TYPE_CHECKING:
-    from .costs import CostTable
+from .costs import CostTable
+from .tensor_plan import tensor_type
 
 
 class BlockStack(Protocol):
@@ -52,6 +50,16 @@ class SweepResult:
     sse: dict[tuple[int, str], float]
     count: dict[tuple[int, str], int]
     block_forwards: int
+
+    def table(self, model: Mapping[str, Any], n_blocks: int, types: Sequence[str],
+              samples: Sequence[Mapping[str, Any]] = (), provenance: Mapping[str, Any] | None = None) -> CostTable:
+        """These sums as a cost table of ``model`` (its fingerprint), recording the samples measured."""
+        table = CostTable.empty(model, n_blocks, types)
+        for (block, qtype), sse in self.sse.items():
+            table.add(block, qtype, sse, self.count[(block, qtype)])
+        table.samples = [dict(s) for s in samples]
+        table.provenance = dict(provenance or {})
+        return table
 
 
 # Called after each (block, type); may raise to cancel (everything is restored first).
@@ -129,9 +137,3 @@ def sweep(stack: BlockStack, samples: Sequence[Any], types: Sequence[str], block
             if progress:
                 progress(done, total)
     return result
-
-
-def add_to_table(table: CostTable, result: SweepResult) -> None:
-    """Add one sample's sweep to a cost table."""
-    for (block, qtype), sse in result.sse.items():
-        table.add(block, qtype, sse, result.count[(block, qtype)])

@@ -15,7 +15,8 @@ from comfy.ldm.flux.layers import DoubleStreamBlock, EmbedND, SingleStreamBlock 
 
 from quant.arch import detect  # noqa: E402
 from quant.checkpoint import state_dict_source  # noqa: E402
-from quant.flux_blocks import ReferenceStack, StackInputs, position_embedding  # noqa: E402
+from quant.flux_blocks import ReferenceStack, position_embedding  # noqa: E402
+from quant.flux_stack import StackInputs  # noqa: E402
 from quant.synthetic import TINY, random_state_dict  # noqa: E402
 
 torch.manual_seed(0)

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from quant.arch import COMFY_PREFIX, ArchitectureError, detect
-from quant.synthetic import STOCK, TINY, FluxConfig, flux_shapes
+from quant.arch import COMFY_PREFIX, STOCK, ArchitectureError, FluxConfig, detect, flux_shapes
+from quant.synthetic import TINY
 
 
 def test_flux1_dev_shape() -> None:

@@ -101,7 +101,8 @@ def test_costs_from_saved_captures(tiny_checkpoint: Path, tmp_path: Path) -> Non
     from quant.arch import detect
     from quant.checkpoint import open_safetensors
     from quant.costs import load_costs
-    from quant.flux_blocks import ReferenceStack, save_capture
+    from quant.capture_file import save_capture
+    from quant.flux_blocks import ReferenceStack
     from quant.sweep import sweep
 
     with open_safetensors(tiny_checkpoint) as source:

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from comfyui_rig import PACK_ROOT, ComfyServer, sample_workflow, saved_latent
-from quant.synthetic import STOCK, TINY, random_state_dict
+from quant.arch import STOCK
+from quant.synthetic import TINY, random_state_dict
 
 pytestmark = pytest.mark.comfy
 

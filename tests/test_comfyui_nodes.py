@@ -17,13 +17,14 @@ from safetensors.torch import load_file, save_file
 
 from comfyui_rig import PACK_ROOT, ComfyServer, Messages, WorkflowError, loader, sample_workflow, sampling, saved_latent
 from quant import codecs
-from quant.arch import detect
+from quant.arch import STOCK, detect, flux_shapes
 from quant.costs import accumulate, load_costs
 from quant.imatrix import load_imatrix
 from quant.optimize import Target, optimize, pareto
-from quant.recipe import Recipe, average_bpw, plan_tensors
+from quant.recipe import Recipe
+from quant.tensor_plan import average_bpw, plan_tensors
 from quant.speed import load_speed
-from quant.synthetic import STOCK, TINY, flux_shapes, random_state_dict
+from quant.synthetic import TINY, random_state_dict
 from tests.cli_runner import run_cli
 
 pytestmark = pytest.mark.comfy

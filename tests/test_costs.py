@@ -5,17 +5,18 @@ from pathlib import Path
 
 import pytest
 
-from quant.arch import detect
+from quant.arch import detect, flux_shapes
+from quant.checkpoint import state_dict_source
 from quant.costs import (CostError, CostTable, accumulate, check_model, default_costs, load_costs,
                          model_fingerprint, resolve_costs, save_costs)
-from quant.synthetic import TINY, flux_shapes, random_state_dict
+from quant.synthetic import TINY, random_state_dict
 
 ARCH = detect(flux_shapes(TINY))
 
 
 def fingerprint(seed: int = 0) -> dict:
     sd = random_state_dict(TINY, seed=seed)
-    return model_fingerprint(ARCH, sd.__getitem__)
+    return model_fingerprint(ARCH, state_dict_source(sd, "seed"))
 
 
 def table(seed: int = 0, value: float = 1.0, types=("Q8_0", "Q4_K")) -> CostTable:
@@ -41,7 +42,8 @@ def test_merge_adds_sums_and_counts(tmp_path: Path) -> None:
 def test_fingerprint_ignores_dtype() -> None:
     sd = random_state_dict(TINY)
     as_f32 = {k: v.float() for k, v in sd.items()}
-    assert model_fingerprint(ARCH, sd.__getitem__) == model_fingerprint(ARCH, as_f32.__getitem__)
+    bf16, f32 = state_dict_source(sd, "bf16"), state_dict_source(as_f32, "f32")
+    assert model_fingerprint(ARCH, bf16) == model_fingerprint(ARCH, f32)
 
 
 def test_other_model_refused() -> None:

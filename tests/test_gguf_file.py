@@ -15,7 +15,8 @@ from quant import codecs
 from quant.arch import ArchitectureError, detect
 from quant.checkpoint import CheckpointError, open_safetensors, state_dict_source
 from quant.gguf_file import GGUFWriteError, read_summary, write_gguf
-from quant.recipe import Recipe, RecipeError, average_bpw, plan_tensors
+from quant.recipe import Recipe, RecipeError
+from quant.tensor_plan import average_bpw, plan_tensors
 from quant.synthetic import TINY, random_state_dict
 
 MIXED = ("Q8_0", "Q6_K", "Q5_K", "IQ4_XS", "Q4_K", "Q3_K")

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from quant import codecs
-from quant.arch import detect
+from quant.arch import FluxConfig, detect, flux_shapes
 from quant.checkpoint import state_dict_source
 from quant.flux_blocks import ReferenceStack
 from quant.imatrix import Imatrix, ImatrixError, add_to_file, load_imatrix, save_imatrix
-from quant.synthetic import TINY, FluxConfig, flux_shapes, random_state_dict
+from quant.synthetic import TINY, random_state_dict
 from tests.cli_runner import run_cli
 
 WEIGHT = "double_blocks.0.img_attn.qkv.weight"

@@ -13,7 +13,8 @@ from quant.arch import detect
 from quant.checkpoint import state_dict_source
 from quant.gguf_file import write_gguf
 from quant.mixed import quantize_model
-from quant.recipe import Recipe, plan_tensors
+from quant.recipe import Recipe
+from quant.tensor_plan import plan_tensors
 from quant.synthetic import TINY, random_state_dict
 
 TYPES = ("Q8_0", "Q6_K", "Q4_K", "IQ4_XS", "Q3_K", "BF16")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from quant.arch import detect
+from quant.arch import FluxConfig, detect, flux_shapes
 from quant.costs import resolve_costs
 from quant.optimize import Target, TargetError, optimize, pareto, solve, solve_two_budgets
-from quant.recipe import average_bpw, load_recipe, plan_tensors
+from quant.recipe import load_recipe
+from quant.tensor_plan import average_bpw, plan_tensors
 from quant.speed import SpeedProfile, shape_key, weight_shapes
-from quant.synthetic import FluxConfig, flux_shapes
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 FLUX1_DEV = flux_shapes(FluxConfig(hidden=3072, heads=24, context_in_dim=4096, depth_double=19, depth_single=38))
@@ -57,7 +57,7 @@ def test_flux1_dev_builtin_targets() -> None:
         if previous is not None:
             assert a.predicted_cost <= previous
         previous = a.predicted_cost
-    # every type and an exact allocator beat the original's native-type recipes (938 and 1616
+    # every type and an exact allocator beat mixed-gguf-converter's native-type recipes (938 and 1616
     # predicted at 6.85 and 5.15 bpw of block weights), and the native types alone under the same allocator
     native = ["Q8_0", "Q5_1", "Q4_1"]
     for bpw, published, gain in ((6.85, 938, 0.05), (5.2, 1616, 0.15)):

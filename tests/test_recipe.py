@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quant.arch import detect
-from quant.recipe import (Recipe, RecipeError, average_bpw, block_params, load_recipe, output_name,
-                          parse_blocks, plan_tensors, recipe_from_dict, save_recipe, tensor_type)
-from quant.synthetic import TINY, FluxConfig, flux_shapes
+from quant.arch import FluxConfig, detect, flux_shapes
+from quant.recipe import Recipe, RecipeError, load_recipe, parse_blocks, recipe_from_dict, save_recipe
+from quant.tensor_plan import average_bpw, block_params, output_name, plan_tensors, tensor_type
+from quant.synthetic import TINY
 
 ARCH = detect(flux_shapes(TINY))  # 2 double + 4 single
 

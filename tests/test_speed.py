@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from quant import codecs
-from quant.arch import detect
-from quant.recipe import Recipe, plan_tensors
+from quant.arch import detect, flux_shapes
+from quant.recipe import Recipe
+from quant.tensor_plan import plan_tensors
 from quant.speed import (PROFILED_TYPES, SpeedError, comfyui_gguf_dequantizer, find_comfyui_gguf, load_speed,
                          measure, save_speed, shape_key, weight_shapes)
-from quant.synthetic import TINY, flux_shapes
+from quant.synthetic import TINY
 
 SHAPES = flux_shapes(TINY)
 

@@ -17,7 +17,7 @@ def stack() -> ReferenceStack:
 
 
 def whole_stack_mse(stack: ReferenceStack, inputs, block: int, qtype: str) -> float:
-    """The original approach: quantize one block, run the whole stack, compare."""
+    """The direct approach: quantize one block, run the whole stack, compare."""
     from quant.sweep import quantized_weights
 
     def run() -> torch.Tensor:

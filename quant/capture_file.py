@@ -1,0 +1,48 @@
+"""Saved captures: one sample's stack inputs as a safetensors file, with what the sample was.
+
+Capture Layer Costs writes them (``save_inputs``); ``costs --inputs`` and ``imatrix`` read
+them back headless. A file of another format or another model width is refused by name.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .atomic import atomic_output
+from .flux_stack import StackInputs
+
+
+CAPTURE_FORMAT = "mxgguf-capture/1"
+
+
+class CaptureError(ValueError):
+    """A saved capture that cannot be used with this model."""
+
+
+def save_capture(path: str | os.PathLike[str], inputs: StackInputs, sample: Mapping[str, object]) -> None:
+    """Write one sample's stack inputs (and what it was: step, sigma, seed...) as safetensors, atomically."""
+    tensors = {"img": inputs.img, "txt": inputs.txt, "vec": inputs.vec, "pe": inputs.pe}
+    meta = {"format": CAPTURE_FORMAT, "sample": json.dumps(dict(sample))}
+    with atomic_output(Path(path), overwrite=False) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+
+
+def load_capture(path: str | os.PathLike[str], hidden_size: int) -> tuple[StackInputs, dict]:
+    """A saved capture's inputs and its sample description; refuses files for another width."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != CAPTURE_FORMAT:
+                raise CaptureError(f"{Path(path).name} is not a saved capture (format {meta.get('format')!r})")
+            t = {k: f.get_tensor(k) for k in ("img", "txt", "vec", "pe")}
+    except (OSError, SafetensorError) as e:
+        raise CaptureError(f"{Path(path).name}: not a readable capture ({e})") from None
+    if t["img"].shape[-1] != hidden_size:
+        raise CaptureError(f"{Path(path).name} was captured on a model of hidden size {t['img'].shape[-1]}, "
+                           f"this one has {hidden_size}")
+    return StackInputs(t["img"], t["txt"], t["vec"], t["pe"]), json.loads(meta.get("sample", "{}"))
