@@ -105,7 +105,6 @@ class IQ4_NL(Codec):
 
     qtype = QType.IQ4_NL
     layout = BlockLayout(d=2, qs=16)  # ggml's block_iq4_nl
-    chunk_elements = 1 << 20
     supports_imatrix = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
@@ -126,7 +125,6 @@ class IQ4_XS(Codec):
 
     qtype = QType.IQ4_XS
     layout = BlockLayout(d=2, scales_h=2, scales_l=4, qs=128)  # ggml's block_iq4_xs
-    chunk_elements = 1 << 20
     supports_imatrix = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,

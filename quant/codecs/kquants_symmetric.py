@@ -191,7 +191,6 @@ class Q6_K(Codec):
 
     qtype = QType.Q6_K
     layout = BlockLayout(ql=128, qh=64, scales=16, d=2)  # ggml's block_q6_K
-    chunk_elements = 1 << 20  # the search holds (16, sub-blocks, 19 candidates) floats
     supports_imatrix = True  # ggml weights the sub-block search by the importance alone
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
@@ -232,7 +231,6 @@ class Q3_K(Codec):
 
     qtype = QType.Q3_K
     layout = BlockLayout(hmask=32, qs=64, scales=12, d=2)  # ggml's block_q3_K
-    chunk_elements = 1 << 20
     supports_imatrix = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,

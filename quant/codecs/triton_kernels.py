@@ -152,12 +152,30 @@ def qkx2_kernel(x_ptr, w_ptr, numerator_ptr, scale_ptr, min_ptr, levels_ptr, m, 
     tl.store(min_ptr + offs, offset * -1.0, mask=mask)  # Triton's -x is 0 - x: +0 would stay +0
 
 
-# --- make_qx_quants (rmse_type 1): Q6_K; with importance weights also Q3_K, Q4_0, Q5_0 ---------
+# --- levels at a scale and their weighted sums: make_qx, make_q3 and make_qp_quants ---------
 
 @triton.jit
-def _qx_sums(x_ptr, w_ptr, offs, mask, m, iscale, N: tl.constexpr, NMAX: tl.constexpr, HAS_W: tl.constexpr):
-    """sum w*x*l and sum w*l*l over the sub-block, w the weights given or x^2, for the levels
-    of ``iscale``."""
+def _qp_level(v, NMAX: tl.constexpr, FIRST: tl.constexpr):
+    """make_qp_quants' integer level of v: C's first guess keeps ``nearest_int`` as a uint8 (a
+    negative one wraps), the later ones clamp it to at most NMAX."""
+    level = _nearest_int(v).to(tl.int32)
+    if FIRST:
+        return level & 0xFF
+    else:
+        return tl.minimum(level, NMAX)
+
+
+# how _level_sums rounds a value to its level
+QX_LEVELS: tl.constexpr = tl.constexpr(0)  # make_qx/q3_quants: nearest, clamped to -NMAX..NMAX-1
+QP_LEVELS: tl.constexpr = tl.constexpr(1)  # make_qp_quants: nearest, at most NMAX, kept as C's uint8
+
+
+@triton.jit
+def _level_sums(x_ptr, w_ptr, levels_ptr, offs, mask, m, iscale, N: tl.constexpr, NMAX: tl.constexpr,
+                LEVELS: tl.constexpr, HAS_W: tl.constexpr, STORE: tl.constexpr):
+    """Every value's level at ``iscale`` and the sums of w*x*l and w*l*l in C's order, w the
+    weights given or x^2; with ``STORE`` the levels go to ``levels_ptr`` (QP_LEVELS as C's uint8
+    holds them: the sums take them unwrapped)."""
     sum_lx = tl.zeros(offs.shape, tl.float32)
     sum_l2 = tl.zeros(offs.shape, tl.float32)
     for j in tl.static_range(N):
@@ -166,23 +184,33 @@ def _qx_sums(x_ptr, w_ptr, offs, mask, m, iscale, N: tl.constexpr, NMAX: tl.cons
             w = tl.load(w_ptr + j * m + offs, mask=mask, other=0.0)
         else:
             w = xj * xj
-        level = _clamped_level(iscale * xj, -NMAX, NMAX - 1)
+        if LEVELS == QP_LEVELS:
+            wrapped = _qp_level(iscale * xj, NMAX, False)
+            if STORE:
+                tl.store(levels_ptr + j * m + offs, wrapped & 0xFF, mask=mask)
+            level = wrapped.to(tl.float32)
+        else:
+            level = _clamped_level(iscale * xj, -NMAX, NMAX - 1)
+            if STORE:
+                tl.store(levels_ptr + j * m + offs, level, mask=mask)
         sum_lx = sum_lx + (w * xj) * level
-        sum_l2 = sum_l2 + level * (w * level)
+        sum_l2 = sum_l2 + (w * level) * level
     return sum_lx, sum_l2
 
+
+# --- make_qx_quants (rmse_type 1): Q6_K; with importance weights also Q3_K, Q4_0, Q5_0 ---------
 
 @triton.jit
 def qx_kernel(x_ptr, w_ptr, numerator_ptr, scale_ptr, levels_ptr, m, N_CANDIDATES: tl.constexpr,
               LANES: tl.constexpr, N: tl.constexpr, NMAX: tl.constexpr, HAS_W: tl.constexpr):
     offs, mask, peak, zero = _lanes_and_peak(x_ptr, m, LANES, N)
     chosen = tl.div_rn(tl.full(offs.shape, 0.0, tl.float32) + tl.load(numerator_ptr), peak)
-    sum_lx, sum_l2 = _qx_sums(x_ptr, w_ptr, offs, mask, m, chosen, N, NMAX, HAS_W)
+    sum_lx, sum_l2 = _level_sums(x_ptr, w_ptr, x_ptr, offs, mask, m, chosen, N, NMAX, QX_LEVELS, HAS_W, False)
     scale = tl.where(sum_l2 != 0, tl.div_rn(sum_lx, tl.where(sum_l2 != 0, sum_l2, 1.0)), 0.0)
     best = scale * sum_lx
     for s in range(1, N_CANDIDATES):
         iscale = tl.div_rn(tl.full(offs.shape, 0.0, tl.float32) + tl.load(numerator_ptr + s), peak)
-        sum_lx, sum_l2 = _qx_sums(x_ptr, w_ptr, offs, mask, m, iscale, N, NMAX, HAS_W)
+        sum_lx, sum_l2 = _level_sums(x_ptr, w_ptr, x_ptr, offs, mask, m, iscale, N, NMAX, QX_LEVELS, HAS_W, False)
         better = (sum_l2 > 0) & (sum_lx * sum_lx > best * sum_l2)
         new_scale = tl.div_rn(sum_lx, tl.where(better, sum_l2, 1.0))
         scale = tl.where(better, new_scale, scale)
@@ -204,15 +232,7 @@ def q3_kernel(x_ptr, scale_ptr, levels_ptr, m, LANES: tl.constexpr, N: tl.conste
     changes nothing, so all five are run). The levels live in ``levels_ptr`` meanwhile."""
     offs, mask, peak, zero = _lanes_and_peak(x_ptr, m, LANES, N)
     iscale = tl.div_rn(tl.full(offs.shape, -NMAX, tl.float32), peak)
-    sum_lx = tl.zeros(offs.shape, tl.float32)
-    sum_l2 = tl.zeros(offs.shape, tl.float32)
-    for j in tl.static_range(N):
-        xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
-        level = _clamped_level(iscale * xj, -NMAX, NMAX - 1)
-        tl.store(levels_ptr + j * m + offs, level, mask=mask)
-        w = xj * xj
-        sum_lx = sum_lx + (w * xj) * level
-        sum_l2 = sum_l2 + (w * level) * level
+    sum_lx, sum_l2 = _level_sums(x_ptr, x_ptr, levels_ptr, offs, mask, m, iscale, N, NMAX, QX_LEVELS, False, True)
     for _ in range(5):
         for i in tl.static_range(N):
             xi = tl.load(x_ptr + i * m + offs, mask=mask, other=0.0)
@@ -237,17 +257,6 @@ def q3_kernel(x_ptr, scale_ptr, levels_ptr, m, LANES: tl.constexpr, N: tl.conste
 
 
 # --- make_qp_quants: the super-block scales of every K-quant importance path --------------
-
-@triton.jit
-def _qp_level(v, NMAX: tl.constexpr, FIRST: tl.constexpr):
-    """The integer level of v: C's first guess keeps ``nearest_int`` as a uint8 (a negative one
-    wraps), the later ones clamp it to at most NMAX."""
-    level = _nearest_int(v).to(tl.int32)
-    if FIRST:
-        return level & 0xFF
-    else:
-        return tl.minimum(level, NMAX)
-
 
 @triton.jit
 def _qp_error(x_ptr, w_ptr, offs, mask, m, iscale, scale, N: tl.constexpr, NMAX: tl.constexpr, FIRST: tl.constexpr):
@@ -284,16 +293,7 @@ def qp_kernel(x_ptr, w_ptr, numerator_ptr, scale_ptr, levels_ptr, m, N_CANDIDATE
         better = err < best
         best = tl.where(better, err, best)
         iscale = tl.where(better, cand, iscale)
-    sum_lx = tl.zeros(offs.shape, tl.float32)
-    sum_l2 = tl.zeros(offs.shape, tl.float32)
-    for j in tl.static_range(N):
-        xj = tl.load(x_ptr + j * m + offs, mask=mask, other=0.0)
-        wj = tl.load(w_ptr + j * m + offs, mask=mask, other=0.0)
-        level = _qp_level(iscale * xj, NMAX, False)
-        tl.store(levels_ptr + j * m + offs, level & 0xFF, mask=mask)
-        lf = level.to(tl.float32)  # the sums take the unwrapped level
-        sum_lx = sum_lx + (wj * xj) * lf
-        sum_l2 = sum_l2 + (wj * lf) * lf
+    sum_lx, sum_l2 = _level_sums(x_ptr, w_ptr, levels_ptr, offs, mask, m, iscale, N, NMAX, QP_LEVELS, True, True)
     for _ in range(5):
         for i in tl.static_range(N):
             xi = tl.load(x_ptr + i * m + offs, mask=mask, other=0.0)
