@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from quant.arch import FluxConfig, detect, flux_shapes  # noqa: E402
+from quant.arch import FLUX1_DEV, detect, flux_shapes  # noqa: E402
 from quant.costs import resolve_costs  # noqa: E402
 from quant.optimize import BlockOptions, Target, TargetError, block_options, optimize  # noqa: E402
 
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--to", dest="hi", type=float, default=10.0)
     ap.add_argument("--step", type=float, default=0.1)
     a = ap.parse_args()
-    shapes = flux_shapes(FluxConfig(hidden=3072, heads=24, context_in_dim=4096, depth_double=19, depth_single=38))
+    shapes = flux_shapes(FLUX1_DEV)
     arch = detect(shapes)
     costs = resolve_costs(a.costs).costs()
     blocks = block_options(arch, shapes, costs)

@@ -49,7 +49,7 @@ def make_checkpoint(path: Path, depth_double: int, depth_single: int) -> int:
     """Write the random checkpoint from a separate process, so this one never holds a model
     (a process forked from a large parent starts out with the parent's pages)."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from safetensors.torch import save_file; "
-            "from quant.synthetic import STOCK, random_state_dict; "
+            "from quant.arch import STOCK; from quant.synthetic import random_state_dict; "
             "cfg = STOCK.__class__(**{**STOCK.__dict__, 'depth_double': int(sys.argv[3]), 'depth_single': int(sys.argv[4])}); "
             "sd = random_state_dict(cfg); save_file(sd, sys.argv[2]); print(sum(t.numel() for t in sd.values()))")
     out = subprocess.run([sys.executable, "-c", code, str(ROOT), str(path), str(depth_double), str(depth_single)],

@@ -46,7 +46,7 @@ class Captured:
     sigma: float
 
 
-class BlockWeights(MutableMapping):
+class ComfyBlockWeights(MutableMapping):
     """A ComfyUI block's 2-D weights by name; setting one swaps the module's parameter.
 
     The sweep restores the original Parameter objects themselves. A swapped-in value goes to
@@ -94,8 +94,8 @@ class ComfyFluxStack:
     def n_blocks(self) -> int:
         return len(self.blocks)
 
-    def weights(self, block: int) -> BlockWeights:
-        return BlockWeights(self.blocks[block])
+    def weights(self, block: int) -> ComfyBlockWeights:
+        return ComfyBlockWeights(self.blocks[block])
 
     def start(self, c: Captured) -> StackState:
         return StackState(c.inputs.img, c.inputs.txt, c.inputs.txt.shape[1])

@@ -12,7 +12,7 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
-from ..quant.arch import FluxArch, detect
+from ..quant.arch import REFERENCE_TOKENS, FluxArch, detect  # the step the slowdown is predicted for
 from ..quant.atomic import checked_name
 from ..quant.checkpoint import Source, state_dict_source
 from ..quant.costs import BUILTIN, CostError, CostTable, resolve_costs
@@ -24,7 +24,6 @@ CATEGORY = "mxgguf"
 MixedGGUF = io.Custom("MX_GGUF")  # Quantize's output, Save's input: a quantize_model result
 COSTS_FOLDER = "mxgguf_costs"  # models/mxgguf_costs/*.json
 SPEED_SUFFIX = ".speed.json"  # speed profiles kept beside the costs, one per device and model width
-REFERENCE_TOKENS = 4608  # 1024x1024 with 512 text tokens: the step the slowdown is predicted for
 BUILTIN_CHOICES = [f"builtin:{name}" for name in BUILTIN]
 # Quantize's target choices -> Target.of's keywords
 TARGETS = {"bits per parameter": "bpw", "file size (GB)": "size_gb", "card size (GB)": "card_gb"}

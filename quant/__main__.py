@@ -1,4 +1,4 @@
-"""Headless command line: ``python -m quant {convert,inspect,demo} ...`` (run from the pack's root)."""
+"""Headless command line: ``python -m quant COMMAND ...`` (run from the pack's root; ``--help`` lists them)."""
 from __future__ import annotations
 
 import argparse
@@ -13,10 +13,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import codecs
-from .arch import FLUX1_DEV, ArchitectureError, detect
+from .arch import FLUX1_DEV, REFERENCE_TOKENS, ArchitectureError, detect
 from .atomic import check_target
 from .checkpoint import CheckpointError, open_safetensors
-from .gguf_file import GGUFWriteError, WriteResult, read_summary, write_gguf
+from .encode import write_gguf
+from .gguf_file import GGUFWriteError, WriteResult, read_summary
 from .costs import CostError, CostTable, accumulate, check_model, default_costs, model_fingerprint, resolve_costs
 from .optimize import CARD_HEADROOM_GIB, Allocation, Target, TargetError, optimize, pareto
 from .plan import allocation_json, table_model_shapes
@@ -43,7 +44,7 @@ def convert(src: Path, out: Path | None, recipe: Recipe | None = None, qtype: st
         check_target(out, overwrite)  # before any work
         total = sum(t.numel for t in plan)
         with tqdm(total=total, unit="param", unit_scale=True, desc=out.name, disable=quiet) as bar:
-            return write_gguf(source, arch, recipe, plan, out, overwrite=overwrite, device=device,
+            return write_gguf(source, recipe, plan, out, overwrite=overwrite, device=device,
                               progress=lambda done, _total, _key: bar.update(done - bar.n),
                               imatrix=importance, imatrix_name=imatrix.name if imatrix else "")
 
@@ -451,8 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     speed_cmd = sub.add_parser("speed", help="measure what each type costs per sampling step on a device")
     add_output_argument(speed_cmd, "speed profile JSON to write", overwrite="replace an existing profile")
     add_device_argument(speed_cmd)
-    speed_cmd.add_argument("--tokens", type=_positive, default=4608,
-                           help="tokens per sample the blocks see (4608: 1024x1024 with 512 text tokens)")
+    speed_cmd.add_argument("--tokens", type=_positive, default=REFERENCE_TOKENS,
+                           help=f"tokens per sample the blocks see ({REFERENCE_TOKENS}: 1024x1024 with 512 of text)")
     speed_cmd.add_argument("--model", help="checkpoint whose weight shapes to measure (default: FLUX.1-dev's)")
     speed_cmd.add_argument("--comfyui-gguf", metavar="FOLDER",
                            help="folder holding ComfyUI-GGUF, whose dequantize functions are timed (default: the "

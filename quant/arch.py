@@ -15,6 +15,8 @@ from dataclasses import dataclass
 COMFY_PREFIX = "model.diffusion_model."
 GGUF_ARCH = "flux"
 FLUX1_HEAD_DIM = 128
+# Tokens of a 1024x1024 sample: 4096 image tokens (16x16 pixels each) and 512 of T5 text.
+REFERENCE_TOKENS = 4608
 # Tensors whose leading values identify a model's weights (present in every FLUX).
 IDENTITY_KEYS = ("img_in.weight", "double_blocks.0.img_attn.qkv.weight", "final_layer.linear.weight")
 
@@ -51,6 +53,12 @@ class FluxConfig:
         """FLUX.1's dimensions (head size 128, T5-XXL text states) at these widths and depths."""
         return cls(hidden=hidden, heads=hidden // FLUX1_HEAD_DIM, context_in_dim=4096,
                    depth_double=depth_double, depth_single=depth_single, guidance=guidance)
+
+    @classmethod
+    def from_fingerprint(cls, model: Mapping[str, object]) -> FluxConfig:
+        """FLUX.1's dimensions for a model known only by its ``FluxArch.fingerprint()`` (a cost table's)."""
+        return cls.flux1(int(model["hidden_size"]), int(model["depth_double"]), int(model["depth_single"]),
+                         bool(model.get("guidance", True)))
 
     @property
     def mlp_hidden(self) -> int:
@@ -142,9 +150,7 @@ class FluxArch:
         """``double_blocks.3`` / ``single_blocks.0`` for a block index."""
         if not 0 <= block < self.n_blocks:
             raise IndexError(f"block {block} is out of range 0..{self.n_blocks - 1}")
-        if block < self.depth_double:
-            return f"double_blocks.{block}"
-        return f"single_blocks.{block - self.depth_double}"
+        return block_name(block, self.depth_double)
 
     def block_of(self, key: str) -> int | None:
         """The block index a tensor belongs to (key without prefix), or None outside blocks."""
@@ -164,6 +170,11 @@ class FluxArch:
     def fingerprint(self) -> dict[str, object]:
         return {"arch": GGUF_ARCH, "depth_double": self.depth_double, "depth_single": self.depth_single,
                 "hidden_size": self.hidden_size, "guidance": self.has_guidance}
+
+
+def block_name(block: int, depth_double: int) -> str:
+    """``double_blocks.3`` / ``single_blocks.0`` for a block index, double blocks first."""
+    return f"double_blocks.{block}" if block < depth_double else f"single_blocks.{block - depth_double}"
 
 
 def detect(shapes: Mapping[str, Sequence[int]]) -> FluxArch:

@@ -1,14 +1,22 @@
-"""One planned tensor of a checkpoint as the bytes a GGUF holds: read, checked, quantized.
+"""A checkpoint quantized into GGUF bytes: one planned tensor (read, checked, quantized), or
+a whole plan streamed into a file by ``gguf_file``'s writer.
 
 A tensor of the wrong shape or dtype, or one holding NaN/Inf, is refused with its name:
 quantizing it would write a broken weight that only fails at sampling time.
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 import torch
 
 from . import codecs
 from .checkpoint import CheckpointError, Source
+from .gguf_file import ProgressFn, WriteResult, write_tensors
+from .imatrix import Imatrix
+from .recipe import Recipe
 from .tensor_plan import TensorPlan
 
 
@@ -38,3 +46,36 @@ def all_finite(x: torch.Tensor) -> bool:
         return True
     lo, hi = torch.aminmax(x.reshape(-1))
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+def write_gguf(source: Source, recipe: Recipe, plan: Sequence[TensorPlan], out_path: str | os.PathLike[str], *,
+               overwrite: bool = False, progress: ProgressFn | None = None, device: torch.device | str | None = None,
+               extra_metadata: Mapping[str, str] | None = None, imatrix: Imatrix | None = None,
+               imatrix_name: str = "") -> WriteResult:
+    """Quantize ``source`` per ``plan`` into ``out_path``; return what was written.
+
+    ``progress`` is called after each tensor and may raise to cancel; an exception at any
+    point leaves no file behind. ``device`` runs the codecs there (default: CPU). With an
+    ``imatrix`` (of this model), each weight it covers is quantized with its importance, and
+    the file records it as llama-quantize does (``quantize.imatrix.*``).
+    """
+    quantize_metadata = {}
+    if imatrix is not None:
+        imatrix.check_model({t.key: t.shape for t in plan})
+        quantize_metadata = imatrix_metadata(imatrix, imatrix_name)
+
+    def encode(t: TensorPlan) -> np.ndarray:
+        importance = imatrix.importance(t.key) if imatrix is not None else None
+        return encode_tensor(source, t, device, importance).numpy()
+
+    return write_tensors(source.name, recipe, plan, encode, out_path, source_sha256=source.sha256,
+                         overwrite=overwrite, progress=progress, extra_metadata=extra_metadata,
+                         quantize_metadata=quantize_metadata)
+
+
+def imatrix_metadata(imatrix: Imatrix, file_name: str) -> dict[str, str | int]:
+    """What llama-quantize records of the importance matrix it used."""
+    return {"quantize.imatrix.file": file_name,
+            "quantize.imatrix.dataset": imatrix.datasets[0] if imatrix.datasets else "",
+            "quantize.imatrix.entries_count": len(imatrix.sums),
+            "quantize.imatrix.chunks_count": imatrix.chunk_count}

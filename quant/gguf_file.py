@@ -1,9 +1,9 @@
-"""Stream a checkpoint into a GGUF file, one tensor at a time, atomically, and read it back.
+"""GGUF files: a plan's tensors streamed into one, atomically, read back; and what one holds.
 
 The header (names, shapes, types, offsets) follows from the plan before any data, so each
-tensor is read, quantized and written, then dropped: memory holds one tensor and
-its bytes, never the model. The file is written under a temp name beside the target,
-read back and checked, and only then renamed into place.
+tensor's bytes are asked for, written, then dropped: memory holds one tensor and its bytes,
+never the model. The file is written under a temp name beside the target, read back and
+checked, and only then renamed into place.
 """
 from __future__ import annotations
 
@@ -19,13 +19,9 @@ from typing import Any
 
 import gguf
 import numpy as np
-import torch
 
-from .arch import GGUF_ARCH, FluxArch
+from .arch import GGUF_ARCH, detect
 from .atomic import atomic_output
-from .checkpoint import Source
-from .encode import encode_tensor
-from .imatrix import Imatrix
 from .recipe import Recipe, recipe_yaml
 from .tensor_plan import TensorPlan, average_bpw
 
@@ -55,40 +51,6 @@ class WriteResult:
     size_bytes: int
     bpw: float
     n_tensors: int
-
-
-def write_gguf(source: Source, arch: FluxArch, recipe: Recipe, plan: Sequence[TensorPlan],
-               out_path: str | os.PathLike[str], *, overwrite: bool = False,
-               progress: ProgressFn | None = None, device: torch.device | str | None = None,
-               extra_metadata: Mapping[str, str] | None = None, imatrix: Imatrix | None = None,
-               imatrix_name: str = "") -> WriteResult:
-    """Quantize ``source`` per ``plan`` into ``out_path``; return what was written.
-
-    ``progress`` is called after each tensor and may raise to cancel; an exception at any
-    point leaves no file behind. ``device`` runs the codecs there (default: CPU). With an
-    ``imatrix`` (of this model), each weight it covers is quantized with its importance, and
-    the file records it as llama-quantize does (``quantize.imatrix.*``).
-    """
-    quantize_metadata = {}
-    if imatrix is not None:
-        imatrix.check_model({t.key: t.shape for t in plan})
-        quantize_metadata = imatrix_metadata(imatrix, imatrix_name)
-
-    def encode(t: TensorPlan) -> np.ndarray:
-        importance = imatrix.importance(t.key) if imatrix is not None else None
-        return encode_tensor(source, t, device, importance).numpy()
-
-    return write_tensors(source.name, recipe, plan, encode, out_path, source_sha256=source.sha256,
-                         overwrite=overwrite, progress=progress, extra_metadata=extra_metadata,
-                         quantize_metadata=quantize_metadata)
-
-
-def imatrix_metadata(imatrix: Imatrix, file_name: str) -> dict[str, str | int]:
-    """What llama-quantize records of the importance matrix it used."""
-    return {"quantize.imatrix.file": file_name,
-            "quantize.imatrix.dataset": imatrix.datasets[0] if imatrix.datasets else "",
-            "quantize.imatrix.entries_count": len(imatrix.sums),
-            "quantize.imatrix.chunks_count": imatrix.chunk_count}
 
 
 def write_tensors(source_name: str, recipe: Recipe, plan: Sequence[TensorPlan],
@@ -191,8 +153,6 @@ def verify_gguf(path: str | os.PathLike[str], plan: Sequence[TensorPlan]) -> Non
 
 def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What a GGUF holds: types per block, size, bits per parameter, our metadata."""
-    from .arch import detect
-
     reader = gguf.GGUFReader(path)
     shapes = {t.name: tuple(int(v) for v in reversed(t.shape)) for t in reader.tensors}
     arch = detect(shapes)

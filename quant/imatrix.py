@@ -27,6 +27,7 @@ import gguf
 import numpy as np
 import torch
 
+from .arch import COMFY_PREFIX
 from .atomic import atomic_output
 
 SUM_SUFFIX, COUNT_SUFFIX = ".in_sum2", ".counts"
@@ -101,7 +102,7 @@ class Imatrix:
                 + (f" ({', '.join(self.datasets)})" if self.datasets else ""))
 
 
-DAT_PREFIX = "model.diffusion_model."  # stable-diffusion.cpp's names of a FLUX model's weights
+DAT_PREFIX = COMFY_PREFIX  # stable-diffusion.cpp names a FLUX model's weights as ComfyUI's checkpoints do
 
 
 def load_imatrix(path: str | os.PathLike[str]) -> Imatrix:

@@ -17,8 +17,8 @@ import torch
 from . import codecs
 from .arch import FluxArch
 from .checkpoint import Source
-from .encode import encode_tensor
-from .gguf_file import WriteResult, imatrix_metadata, write_tensors
+from .encode import encode_tensor, imatrix_metadata
+from .gguf_file import WriteResult, write_tensors
 from .imatrix import Imatrix
 from .recipe import Recipe
 from .tensor_plan import TensorPlan, average_bpw, plan_tensors

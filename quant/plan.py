@@ -20,8 +20,7 @@ CARD_SIZES_GB = (6, 8, 10, 12, 16, 20, 24, 32, 48, 80)
 
 def table_model_shapes(model: dict[str, Any]) -> tuple[FluxArch, dict[str, tuple[int, ...]]]:
     """A cost table's model at FLUX.1's tensor shapes (for tables measured without a checkpoint at hand)."""
-    shapes = flux_shapes(FluxConfig.flux1(int(model["hidden_size"]), int(model["depth_double"]),
-                                          int(model["depth_single"]), bool(model.get("guidance", True))))
+    shapes = flux_shapes(FluxConfig.from_fingerprint(model))
     return detect(shapes), shapes
 
 

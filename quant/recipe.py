@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from . import codecs
-from .arch import FluxArch
+from .arch import GGUF_ARCH, FluxArch
 from .atomic import atomic_write_text, load_document
 
 RECIPE_FORMAT = "mxgguf-recipe/1"
@@ -55,7 +55,7 @@ class Recipe:
                 f"blocks, the model has {arch.depth_double} + {arch.depth_single}")
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"format": RECIPE_FORMAT, "arch": "flux", "name": self.name,
+        d: dict[str, Any] = {"format": RECIPE_FORMAT, "arch": GGUF_ARCH, "name": self.name,
                              "depth": {"double": self.depth_double, "single": self.depth_single},
                              "blocks": list(self.types)}
         if self.notes:
@@ -86,8 +86,8 @@ def recipe_from_dict(d: Mapping[str, Any]) -> Recipe:
         raise RecipeError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(known)}")
     if d.get("format", RECIPE_FORMAT) != RECIPE_FORMAT:
         raise RecipeError(f"recipe format {d['format']!r} is not {RECIPE_FORMAT!r}")
-    if d.get("arch", "flux") != "flux":
-        raise RecipeError(f"recipe is for arch {d['arch']!r}; only 'flux' is supported")
+    if d.get("arch", GGUF_ARCH) != GGUF_ARCH:
+        raise RecipeError(f"recipe is for arch {d['arch']!r}; only {GGUF_ARCH!r} is supported")
     depth = d.get("depth")
     if not isinstance(depth, Mapping) or not {"double", "single"} <= set(depth):
         raise RecipeError("recipe needs 'depth: {double: D, single: S}'")

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import codecs
-from .arch import COMFY_PREFIX, FLUX1_DEV
+from .arch import COMFY_PREFIX, FLUX1_DEV, block_name
 from .recipe import Recipe, RecipeError, parse_blocks
 
 # llama.cpp file-type suffixes name mixes, not types: Q4_K_S is Q4_K blocks.
@@ -61,9 +61,7 @@ def pick_configuration(data: Any, name: str | None) -> tuple[str, Mapping[str, A
 
 
 def _block_pattern(recipe: Recipe, block: int) -> str:
-    kind, index = ("double_blocks", block) if block < recipe.depth_double else \
-        ("single_blocks", block - recipe.depth_double)
-    return f"{kind}\\.{index}\\."
+    return re.escape(block_name(block, recipe.depth_double) + ".")
 
 
 def llama_cpp_tensor_types(recipe: Recipe) -> list[str]:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from . import codecs
-from .arch import FluxArch
+from .arch import REFERENCE_TOKENS, FluxArch
 from .atomic import atomic_write_text, load_json
 from .tensor_plan import TensorPlan
 
@@ -231,9 +231,9 @@ def compute_dtype(device: torch.device | str) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type != "cpu" else torch.float32
 
 
-def measure(arch: FluxArch, shapes: Mapping[str, Sequence[int]], device: torch.device | str, tokens: int = 4608,
-            types: Sequence[str] = PROFILED_TYPES, dequantizer: Dequantizer | None = None,
-            dequantizer_name: str = "mxgguf", dtype: torch.dtype | None = None,
+def measure(arch: FluxArch, shapes: Mapping[str, Sequence[int]], device: torch.device | str,
+            tokens: int = REFERENCE_TOKENS, types: Sequence[str] = PROFILED_TYPES,
+            dequantizer: Dequantizer | None = None, dequantizer_name: str = "mxgguf", dtype: torch.dtype | None = None,
             progress: Callable[[int, int], None] | None = None) -> SpeedProfile:
     """Measure a profile for the model of ``shapes`` on ``device``, computing in ``dtype`` (default:
     ``compute_dtype(device)``). ``progress(done, total)`` after each measurement may raise to cancel."""

@@ -71,6 +71,26 @@ def test_refuses_other_architectures(keys: dict, message: str) -> None:
         detect(keys)
 
 
+@pytest.mark.parametrize("head_shape, message", [(None, r"norm.query_norm.scale has shape None"),
+                                                 ((96,), r"expected \(head size,\) dividing 256")])
+def test_refuses_unreadable_head_size(head_shape: tuple[int, ...] | None, message: str) -> None:
+    """The head size comes from double block 0's query norm: without it, or not dividing the
+    width, the attention the blocks compute is unknown."""
+    shapes = dict(flux_shapes(TINY))
+    key = "double_blocks.0.img_attn.norm.query_norm.scale"
+    if head_shape is None:
+        del shapes[key]
+    else:
+        shapes[key] = head_shape
+    with pytest.raises(ArchitectureError, match=message):
+        detect(shapes)
+
+
+def test_head_size_and_rotary_axes() -> None:
+    arch = detect(flux_shapes(STOCK))
+    assert (arch.head_dim, arch.heads, arch.rope_axes) == (128, 24, (16, 56, 56))  # FLUX.1's axes_dim
+
+
 def test_refuses_missing_blocks() -> None:
     shapes = {k: v for k, v in flux_shapes(TINY).items() if not k.startswith("single_blocks.1.")}
     with pytest.raises(ArchitectureError, match=r"missing single_blocks \[1\]"):

@@ -14,6 +14,7 @@ import torch
 
 from quant import codecs
 from quant.codecs import fused
+from quant.codecs.base import BlockLayout
 from tests.corpus import ROW_LENGTHS, corpus_rows, imatrix_vectors
 from tests.ggml_reference import ggml_quantize, gguf_dequantize
 from tests.interpreted_searches import PLAIN_KERNEL_TYPES
@@ -210,6 +211,16 @@ def test_a_codec_must_implement_one_quantize_method() -> None:
     would recurse without end at its first use; it is refused when defined."""
     with pytest.raises(TypeError, match="implements neither"):
         type("Broken", (codecs.Codec,), {"qtype": codecs.QType.Q8_0})
+
+
+def test_a_codec_declares_a_layout_filling_its_block() -> None:
+    """Block fields are named by width (BlockLayout); a layout missing, or not ggml's block
+    size, would write bytes ggml reads as other fields: refused when defined."""
+    quantize = {"quantize_blocks": lambda self, x: x}
+    with pytest.raises(TypeError, match="declares its block's layout"):
+        type("NoLayout", (codecs.Codec,), {"qtype": codecs.QType.Q8_0, **quantize})
+    with pytest.raises(TypeError, match="its layout takes 33 bytes, a Q8_0 block 34"):
+        type("Short", (codecs.Codec,), {"qtype": codecs.QType.Q8_0, "layout": BlockLayout(d=2, qs=31), **quantize})
 
 
 def test_unknown_type_is_named() -> None:

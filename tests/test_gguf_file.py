@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from quant import codecs
 from quant.arch import ArchitectureError, detect
 from quant.checkpoint import CheckpointError, open_safetensors, state_dict_source
-from quant.gguf_file import GGUFWriteError, read_summary, write_gguf
+from quant.encode import write_gguf
+from quant.gguf_file import GGUFWriteError, read_summary
 from quant.recipe import Recipe, RecipeError
 from quant.tensor_plan import average_bpw, plan_tensors
 from quant.synthetic import TINY, random_state_dict
@@ -27,7 +28,7 @@ def convert(src: Path, out: Path, types: tuple[str, ...] = MIXED, **kw):
         arch = detect(source.shapes)
         recipe = Recipe(types, arch.depth_double, arch.depth_single, name="test")
         plan = plan_tensors(arch, source.shapes, recipe)
-        return write_gguf(source, arch, recipe, plan, out, **kw), plan
+        return write_gguf(source, recipe, plan, out, **kw), plan
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -67,7 +68,7 @@ def test_in_memory_source_with_prefix(tmp_path: Path) -> None:
     arch = detect(source.shapes)
     recipe = Recipe.uniform(arch, "Q8_0")
     plan = plan_tensors(arch, source.shapes, recipe)
-    write_gguf(source, arch, recipe, plan, tmp_path / "m.gguf")
+    write_gguf(source, recipe, plan, tmp_path / "m.gguf")
     names = {t.name for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
     assert "img_in.weight" in names and not any(n.startswith("model.") for n in names)
 

@@ -11,7 +11,7 @@ import torch
 
 from quant.arch import detect
 from quant.checkpoint import state_dict_source
-from quant.gguf_file import write_gguf
+from quant.encode import write_gguf
 from quant.mixed import quantize_model
 from quant.recipe import Recipe
 from quant.tensor_plan import plan_tensors
@@ -31,7 +31,7 @@ def test_saved_file_equals_streamed_conversion(model, tmp_path: Path) -> None:
     source, arch, recipe = model
     mixed = quantize_model(source, arch, recipe)
     mixed.save(tmp_path / "from-memory.gguf")
-    write_gguf(source, arch, recipe, plan_tensors(arch, source.shapes, recipe), tmp_path / "streamed.gguf")
+    write_gguf(source, recipe, plan_tensors(arch, source.shapes, recipe), tmp_path / "streamed.gguf")
     assert (tmp_path / "from-memory.gguf").read_bytes() == (tmp_path / "streamed.gguf").read_bytes()
     assert mixed.data_bytes == sum(t.nbytes for t in mixed.plan)
 

@@ -89,8 +89,13 @@ class Codec:
         if ("qtype" in cls.__dict__ and cls.quantize_blocks is Codec.quantize_blocks
                 and cls.quantize_blocks_into is Codec.quantize_blocks_into):
             raise TypeError(f"{cls.__name__} implements neither quantize_blocks nor quantize_blocks_into")
-        layout, qtype = getattr(cls, "layout", None), getattr(cls, "qtype", None)
-        if layout is not None and qtype is not None and layout.size != gguf.GGML_QUANT_SIZES[qtype][1]:
+        qtype = cls.__dict__.get("qtype")
+        if qtype is None or gguf.GGML_QUANT_SIZES[qtype][0] == 1:  # a base class, or a float type: no block struct
+            return
+        layout = getattr(cls, "layout", None)
+        if layout is None:
+            raise TypeError(f"{cls.__name__}: a {qtype.name} codec declares its block's layout")
+        if layout.size != gguf.GGML_QUANT_SIZES[qtype][1]:
             raise TypeError(f"{cls.__name__}: its layout takes {layout.size} bytes, a {qtype.name} block "
                             f"{gguf.GGML_QUANT_SIZES[qtype][1]}")
 
