@@ -210,7 +210,7 @@ def test_a_codec_must_implement_one_quantize_method() -> None:
     """quantize_blocks and quantize_blocks_into default to each other: a codec with neither
     would recurse without end at its first use; it is refused when defined."""
     with pytest.raises(TypeError, match="implements neither"):
-        type("Broken", (codecs.Codec,), {"qtype": codecs.QType.Q8_0})
+        type("Broken", (codecs.Codec,), {}, qtype=codecs.QType.Q8_0, layout=BlockLayout("block_q8_0", d=2, qs=32))
 
 
 def test_a_codec_declares_a_layout_filling_its_block() -> None:
@@ -218,9 +218,9 @@ def test_a_codec_declares_a_layout_filling_its_block() -> None:
     size, would write bytes ggml reads as other fields: refused when defined."""
     quantize = {"quantize_blocks": lambda self, x: x}
     with pytest.raises(TypeError, match="declares its block's layout"):
-        type("NoLayout", (codecs.Codec,), {"qtype": codecs.QType.Q8_0, **quantize})
-    with pytest.raises(TypeError, match="its layout takes 33 bytes, a Q8_0 block 34"):
-        type("Short", (codecs.Codec,), {"qtype": codecs.QType.Q8_0, "layout": BlockLayout(d=2, qs=31), **quantize})
+        type("NoLayout", (codecs.Codec,), quantize, qtype=codecs.QType.Q8_0)
+    with pytest.raises(TypeError, match="its layout block_q8_0 takes 33 bytes, a Q8_0 block 34"):
+        type("Short", (codecs.Codec,), quantize, qtype=codecs.QType.Q8_0, layout=BlockLayout("block_q8_0", d=2, qs=31))
 
 
 def test_unknown_type_is_named() -> None:

@@ -42,14 +42,16 @@ class Workspace:
 
 @dataclass(frozen=True, init=False)
 class BlockLayout:
-    """A ggml block struct as its fields' byte widths, in the struct's order (ggml-common.h):
-    ``BlockLayout(d=2, qs=16)`` is ``block_q4_0``. ``split`` cuts blocks into named views, so
+    """A ggml block struct (ggml-common.h) as its fields' byte widths, in the struct's order:
+    ``BlockLayout("block_q4_0", d=2, qs=16)``. ``split`` cuts blocks into named views, so
     codecs read and write fields by name, never by byte offset."""
 
+    struct: str
     fields: tuple[tuple[str, int], ...]
     _views: type = field(repr=False, compare=False)
 
-    def __init__(self, **widths: int) -> None:  # keyword order is the struct's order
+    def __init__(self, struct: str, /, **widths: int) -> None:  # keyword order is the struct's order
+        object.__setattr__(self, "struct", struct)
         object.__setattr__(self, "fields", tuple(widths.items()))
         object.__setattr__(self, "_views", namedtuple("BlockFields", widths))
 
@@ -64,11 +66,12 @@ class BlockLayout:
 
 
 class Codec:
-    """One GGUF tensor type. Subclasses set ``qtype`` and implement the two block maps;
-    a block type's codec also declares its ``layout``."""
+    """One GGUF tensor type. A subclass names it in its class statement, a block type with its
+    block's layout (``class Q4_0(Codec, qtype=QType.Q4_0, layout=BlockLayout(...))``, as
+    gguf-py's quants do), and implements the two block maps."""
 
     qtype: QType
-    layout: BlockLayout
+    layout: BlockLayout | None = None  # None for the one-value float types
     # True where ggml has a separate importance-weighted path (quantize_*_impl); the codec is
     # then given the importance of each value (``weights``, (n, block_size)).
     supports_imatrix: bool = False
@@ -82,22 +85,25 @@ class Codec:
     # The same with an importance matrix, where that path searches and the plain one does not.
     imatrix_chunk_elements: int | None = None
 
-    def __init_subclass__(cls, **kwargs: object) -> None:
+    def __init_subclass__(cls, qtype: QType | None = None, layout: BlockLayout | None = None,
+                          **kwargs: object) -> None:
         """A type's codec must implement one of the two quantize methods (each defaults to the
-        other), and its layout must fill ggml's block exactly."""
+        other), and a block type's layout must fill ggml's block exactly. Without ``qtype`` the
+        class is a base shared by several types."""
         super().__init_subclass__(**kwargs)
-        if ("qtype" in cls.__dict__ and cls.quantize_blocks is Codec.quantize_blocks
-                and cls.quantize_blocks_into is Codec.quantize_blocks_into):
-            raise TypeError(f"{cls.__name__} implements neither quantize_blocks nor quantize_blocks_into")
-        qtype = cls.__dict__.get("qtype")
-        if qtype is None or gguf.GGML_QUANT_SIZES[qtype][0] == 1:  # a base class, or a float type: no block struct
+        if qtype is None:
             return
-        layout = getattr(cls, "layout", None)
+        cls.qtype, cls.layout = qtype, layout
+        if cls.quantize_blocks is Codec.quantize_blocks and cls.quantize_blocks_into is Codec.quantize_blocks_into:
+            raise TypeError(f"{cls.__name__} implements neither quantize_blocks nor quantize_blocks_into")
+        block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        if block_size == 1:  # F32, F16, BF16: one value, no block struct
+            return
         if layout is None:
             raise TypeError(f"{cls.__name__}: a {qtype.name} codec declares its block's layout")
-        if layout.size != gguf.GGML_QUANT_SIZES[qtype][1]:
-            raise TypeError(f"{cls.__name__}: its layout takes {layout.size} bytes, a {qtype.name} block "
-                            f"{gguf.GGML_QUANT_SIZES[qtype][1]}")
+        if layout.size != type_size:
+            raise TypeError(f"{cls.__name__}: its layout {layout.struct} takes {layout.size} bytes, "
+                            f"a {qtype.name} block {type_size}")
 
     @property
     def name(self) -> str:

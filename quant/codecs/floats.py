@@ -21,20 +21,17 @@ class _FloatCodec(Codec):
         return blocks.contiguous().view(self.dtype).to(torch.float32)
 
 
-class F32(_FloatCodec):
-    qtype = QType.F32
+class F32(_FloatCodec, qtype=QType.F32):
     dtype = torch.float32
 
 
-class F16(_FloatCodec):
-    qtype = QType.F16
+class F16(_FloatCodec, qtype=QType.F16):
     dtype = torch.float16
 
 
-class BF16(_FloatCodec):
+class BF16(_FloatCodec, qtype=QType.BF16):
     # torch rounds to nearest even like ggml_fp32_to_bf16; NaN/Inf never reach here
     # (weights are checked finite before quantizing).
-    qtype = QType.BF16
     dtype = torch.bfloat16
 
 

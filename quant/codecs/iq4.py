@@ -100,11 +100,9 @@ def _levels(qs: torch.Tensor) -> torch.Tensor:
     return torch.tensor(KVALUES, dtype=torch.float32, device=qs.device)[_unpack(qs)]
 
 
-class IQ4_NL(Codec):
+class IQ4_NL(Codec, qtype=QType.IQ4_NL, layout=BlockLayout("block_iq4_nl", d=2, qs=16)):
     """32 values on IQ4's non-linear grid, one scale."""
 
-    qtype = QType.IQ4_NL
-    layout = BlockLayout(d=2, qs=16)  # ggml's block_iq4_nl
     supports_imatrix = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
@@ -120,11 +118,9 @@ class IQ4_NL(Codec):
         return fp16_from_bytes(f.d) * _levels(f.qs)
 
 
-class IQ4_XS(Codec):
+class IQ4_XS(Codec, qtype=QType.IQ4_XS, layout=BlockLayout("block_iq4_xs", d=2, scales_h=2, scales_l=4, qs=128)):
     """8 sub-blocks of 32 on IQ4's non-linear grid, 6-bit sub-block scales."""
 
-    qtype = QType.IQ4_XS
-    layout = BlockLayout(d=2, scales_h=2, scales_l=4, qs=128)  # ggml's block_iq4_xs
     supports_imatrix = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,

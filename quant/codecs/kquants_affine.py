@@ -289,9 +289,7 @@ def _unpack_nibble_pairs(qs: torch.Tensor) -> torch.Tensor:
     return torch.cat([q & 0xF, q >> 4], dim=2).reshape(-1, QK_K)
 
 
-class Q4_K(_Scale6Codec):
-    qtype = QType.Q4_K
-    layout = BlockLayout(d=2, dmin=2, scales=12, qs=128)  # ggml's block_q4_K
+class Q4_K(_Scale6Codec, qtype=QType.Q4_K, layout=BlockLayout("block_q4_K", d=2, dmin=2, scales=12, qs=128)):
     nmax, rmin, nstep = 15, -1.0, 20
 
     def pack_levels(self, f: BlockFields, levels: torch.Tensor) -> None:
@@ -301,9 +299,7 @@ class Q4_K(_Scale6Codec):
         return _unpack_nibble_pairs(f.qs)
 
 
-class Q5_K(_Scale6Codec):
-    qtype = QType.Q5_K
-    layout = BlockLayout(d=2, dmin=2, scales=12, qh=32, qs=128)  # ggml's block_q5_K
+class Q5_K(_Scale6Codec, qtype=QType.Q5_K, layout=BlockLayout("block_q5_K", d=2, dmin=2, scales=12, qh=32, qs=128)):
     nmax, rmin, nstep = 31, -0.5, 15
 
     def pack_levels(self, f: BlockFields, levels: torch.Tensor) -> None:
@@ -318,11 +314,9 @@ class Q5_K(_Scale6Codec):
         return _unpack_nibble_pairs(f.qs) | (high.reshape(-1, QK_K) << 4)
 
 
-class Q2_K(Codec):
+class Q2_K(Codec, qtype=QType.Q2_K, layout=BlockLayout("block_q2_K", scales=16, qs=64, d=2, dmin=2)):
     """16 sub-blocks of 16: 4-bit scale and min each, 2-bit values."""
 
-    qtype = QType.Q2_K
-    layout = BlockLayout(scales=16, qs=64, d=2, dmin=2)  # ggml's block_q2_K
     chunk_elements = 1 << 19  # a step's passes over x, w and levels stay in a CPU's cache
     supports_imatrix = True
 

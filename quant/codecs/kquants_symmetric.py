@@ -186,11 +186,9 @@ def _unpack_interleaved_bits(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return ((q >> shifts) & ((1 << bits) - 1)).reshape(packed.shape[0], -1)
 
 
-class Q6_K(Codec):
+class Q6_K(Codec, qtype=QType.Q6_K, layout=BlockLayout("block_q6_K", ql=128, qh=64, scales=16, d=2)):
     """16 sub-blocks of 16, int8 scales, 6-bit values (4 low bits + 2 high bits)."""
 
-    qtype = QType.Q6_K
-    layout = BlockLayout(ql=128, qh=64, scales=16, d=2)  # ggml's block_q6_K
     supports_imatrix = True  # ggml weights the sub-block search by the importance alone
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
@@ -226,11 +224,9 @@ class Q6_K(Codec):
         return (dl * q.reshape(nb, 16, 16).to(torch.float32)).reshape(nb, QK_K)
 
 
-class Q3_K(Codec):
+class Q3_K(Codec, qtype=QType.Q3_K, layout=BlockLayout("block_q3_K", hmask=32, qs=64, scales=12, d=2)):
     """16 sub-blocks of 16, 6-bit scales, 3-bit values (2 low bits + a high-bit mask)."""
 
-    qtype = QType.Q3_K
-    layout = BlockLayout(hmask=32, qs=64, scales=12, d=2)  # ggml's block_q3_K
     supports_imatrix = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,

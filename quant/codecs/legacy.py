@@ -110,9 +110,7 @@ class _LegacyCodec(Codec):
     imatrix_chunk_elements = 1 << 19  # a search's passes over x and w stay in a CPU's cache: 2x faster
 
 
-class Q8_0(_LegacyCodec):
-    qtype = QType.Q8_0
-    layout = BlockLayout(d=2, qs=32)  # ggml's block_q8_0
+class Q8_0(_LegacyCodec, qtype=QType.Q8_0, layout=BlockLayout("block_q8_0", d=2, qs=32)):
     ignores_imatrix = True
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
@@ -142,12 +140,17 @@ def _levels(f: BlockFields) -> torch.Tensor:
     return q if not hasattr(f, "qh") else q | (_unpack_fifth_bits(f.qh) << 4)
 
 
-class _SymmetricCodec(_LegacyCodec):
-    """Q4_0, Q5_0: ``bits``-bit levels, stored biased by ``2^(bits-1)``, times one scale."""
+class _NibbleCodec(_LegacyCodec):
+    """``bits`` = 4 or 5 bits a value, two values a byte (bit 4 in ``qh``). With importance
+    weights ggml searches for the scale, weighing each value by the row's mean square too."""
 
     bits: int
     supports_imatrix = True
     imatrix_row_sigma = True
+
+
+class _SymmetricCodec(_NibbleCodec):
+    """Q4_0, Q5_0: levels stored biased by ``2^(bits-1)``, times one scale."""
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
                              work: Workspace) -> None:
@@ -161,12 +164,8 @@ class _SymmetricCodec(_LegacyCodec):
         return fp16_from_bytes(f.d) * (_levels(f) - (1 << (self.bits - 1))).to(torch.float32)
 
 
-class _AffineCodec(_LegacyCodec):
-    """Q4_1, Q5_1: ``bits``-bit levels times a scale, plus the block's min."""
-
-    bits: int
-    supports_imatrix = True
-    imatrix_row_sigma = True
+class _AffineCodec(_NibbleCodec):
+    """Q4_1, Q5_1: levels times a scale, plus the block's min."""
 
     def quantize_blocks_into(self, x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor | None,
                              work: Workspace) -> None:
@@ -181,27 +180,19 @@ class _AffineCodec(_LegacyCodec):
         return fp16_from_bytes(f.d) * _levels(f).to(torch.float32) + fp16_from_bytes(f.m)
 
 
-class Q4_0(_SymmetricCodec):
-    qtype = QType.Q4_0
-    layout = BlockLayout(d=2, qs=16)  # ggml's block_q4_0
+class Q4_0(_SymmetricCodec, qtype=QType.Q4_0, layout=BlockLayout("block_q4_0", d=2, qs=16)):
     bits = 4
 
 
-class Q5_0(_SymmetricCodec):
-    qtype = QType.Q5_0
-    layout = BlockLayout(d=2, qh=4, qs=16)  # ggml's block_q5_0
+class Q5_0(_SymmetricCodec, qtype=QType.Q5_0, layout=BlockLayout("block_q5_0", d=2, qh=4, qs=16)):
     bits = 5
 
 
-class Q4_1(_AffineCodec):
-    qtype = QType.Q4_1
-    layout = BlockLayout(d=2, m=2, qs=16)  # ggml's block_q4_1
+class Q4_1(_AffineCodec, qtype=QType.Q4_1, layout=BlockLayout("block_q4_1", d=2, m=2, qs=16)):
     bits = 4
 
 
-class Q5_1(_AffineCodec):
-    qtype = QType.Q5_1
-    layout = BlockLayout(d=2, m=2, qh=4, qs=16)  # ggml's block_q5_1
+class Q5_1(_AffineCodec, qtype=QType.Q5_1, layout=BlockLayout("block_q5_1", d=2, m=2, qh=4, qs=16)):
     bits = 5
 
 
