@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import codecs
-from .arch import FLUX1_DEV, REFERENCE_TOKENS, ArchitectureError, detect
+from .arch import FLUX1_DEV, REFERENCE_TOKENS, ArchitectureError, detect, flux_shapes
 from .atomic import check_target
 from .checkpoint import CheckpointError, open_safetensors
 from .encode import write_gguf
@@ -260,7 +260,6 @@ def cmd_imatrix_convert(args: argparse.Namespace) -> int:
 def cmd_speed(args: argparse.Namespace) -> int:
     """Measure a speed profile: per type, what dequantizing each weight costs per step on a device."""
     from .speed import find_comfyui_gguf, comfyui_gguf_dequantizer, measure, save_speed
-    from .arch import flux_shapes
 
     check_target(Path(args.output), args.overwrite)  # before any work
     if args.model:
@@ -326,7 +325,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Make a small random FLUX checkpoint, convert it with a mixed recipe, read it back."""
     from safetensors.torch import save_file
 
-    from .arch import flux_shapes
     from .synthetic import TINY, random_state_dict
 
     folder = Path(args.dir or tempfile.mkdtemp(prefix="mxgguf-demo-"))

@@ -200,11 +200,10 @@ def detect(shapes: Mapping[str, Sequence[int]]) -> FluxArch:
         raise ArchitectureError(
             f"double_blocks.0.img_attn.qkv.weight has shape {keys['double_blocks.0.img_attn.qkv.weight']}, "
             f"expected {(3 * hidden, hidden)} for hidden size {hidden}")
-    head_dim = keys.get("double_blocks.0.img_attn.norm.query_norm.scale", (0,))[0]
+    head_key = "double_blocks.0.img_attn.norm.query_norm.scale"
+    head_dim = keys.get(head_key, (0,))[0]
     if not head_dim or hidden % head_dim:
-        raise ArchitectureError(f"double_blocks.0.img_attn.norm.query_norm.scale has shape "
-                                f"{keys.get('double_blocks.0.img_attn.norm.query_norm.scale')}, "
-                                f"expected (head size,) dividing {hidden}")
+        raise ArchitectureError(f"{head_key} has shape {keys.get(head_key)}, expected (head size,) dividing {hidden}")
     return FluxArch(depth_double, depth_single, hidden, "guidance_in.in_layer.weight" in keys, head_dim, prefix)
 
 

@@ -52,7 +52,7 @@ function gb(bytes) {
 
 function planView(target, plan) {
   const view = document.createElement("div");
-  const cards = plan.fits_cards_gb.length ? `fits ${plan.fits_cards_gb.map((c) => `${c}`).join("/")} GB cards`
+  const cards = plan.fits_cards_gb.length ? `fits ${plan.fits_cards_gb.join("/")} GB cards`
     : "fits none of 6-80 GB cards";
   view.append(`${plan.bpw.toFixed(3)} bits per parameter, ${gb(plan.size_bytes)}\n${cards}\n`
     + `predicted cost ${plan.predicted_cost.toPrecision(4)}\n`);
