@@ -5,8 +5,8 @@
 Prints Mparams/s for our torch codecs (CPU with torch's default threads; CUDA too where
 available) and for ggml's ``ggml_quantize_chunk`` (ggml-python, one thread) on the same
 float32 matrix, the ratio, and whether the bytes match. Target: ratio >= 1.0 per type.
-"first s" is our first call, untimed in the rest: it includes compiling the K-quants'
-fused search steps (once per machine; torch caches the kernels on disk).
+"first s" is our first call, untimed in the rest: it includes building the K-quants'
+fused search steps where this machine has no kernel for them yet (``~/.cache/mxgguf/kernels``).
 Both sides write into an output buffer allocated once, as a converter reuses one: the
 timings are of quantizing, not of the kernel handing out fresh pages. ``--imatrix``: both
 sides quantize with an importance vector (mean squares of random activations), ggml's

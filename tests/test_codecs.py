@@ -120,7 +120,10 @@ def test_gpu_search_kernels_equal_ggml_interpreted() -> None:
     assert r.stdout.count("with an imatrix:") == len(IMATRIX_TYPES)
 
 
-@pytest.mark.skipif(not shutil.which("g++"), reason="no C++ compiler: the searches run op by op")
+NEEDS_COMPILER = pytest.mark.skipif(not shutil.which("g++"), reason="no C++ compiler: the searches run op by op")
+
+
+@NEEDS_COMPILER
 def test_searches_compile_here(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where a C++ compiler is, the searches' steps run as compiled kernels: each step says so
     itself (a log line would be printed once per process, and small tensors never compile)."""
@@ -132,6 +135,45 @@ def test_searches_compile_here(monkeypatch: pytest.MonkeyPatch) -> None:
         codecs.quantize(rows, qtype)
     for step in (kquants_affine._qkx2_step, kquants_symmetric._qx_search, kquants_symmetric._q3_pass):
         assert step.runs_compiled(), f"{step.__name__} runs op by op"
+
+
+QUANTIZE_Q6_K = """
+import logging, sys, torch
+from quant import codecs
+from quant.codecs import fused, kquants_symmetric
+logging.basicConfig(level=logging.WARNING)
+fused.MIN_ELEMENTS = 1
+q = codecs.quantize(torch.linspace(-1, 1, 64 * 256).reshape(64, 256), "Q6_K")
+print(kquants_symmetric._qx_search.runs_compiled(), "torch._dynamo" in sys.modules, q.sum().item())
+"""
+
+
+def quantize_q6_k_in_a_process(**env: str) -> subprocess.CompletedProcess[str]:
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-c", QUANTIZE_Q6_K], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root), **env}, check=True)
+
+
+@NEEDS_COMPILER
+def test_a_built_kernel_loads_without_the_compiler() -> None:
+    """A kernel is built once per machine; every later process loads it without importing
+    torch's compiler stack (dynamo and inductor: seconds in every process) and without tracing."""
+    quantize_q6_k_in_a_process()  # builds the kernel where this machine has none yet
+    compiled, dynamo, _ = quantize_q6_k_in_a_process().stdout.split()
+    assert (compiled, dynamo) == ("True", "False")
+
+
+def test_a_kernel_that_cannot_be_built_leaves_the_plain_steps(tmp_path: Path) -> None:
+    """Where no kernel can be built (here: its folder cannot be made) the pack says so once
+    and quantizes with the plain steps, to the same bytes."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    r = quantize_q6_k_in_a_process(MXGGUF_KERNEL_DIR=str(blocker / "kernels"))
+    compiled, _, checksum = r.stdout.split()
+    assert compiled == "False"
+    assert r.stderr.count("could not build a kernel for _qx_search") == 1
+    plain = quantize_q6_k_in_a_process(MXGGUF_COMPILE="0").stdout.split()[2]
+    assert checksum == plain
 
 
 def test_quantize_into_a_given_buffer() -> None:

@@ -14,6 +14,8 @@ run over contiguous slices.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import triton_search
@@ -24,6 +26,7 @@ from .fused import cpu_fused
 QK_K = 256
 
 
+@functools.cache  # asked for every candidate of every chunk
 def _f32_numerator(rmin: float, rdelta: float, step: int, nmax: int) -> float:
     """``rmin + rdelta*is + nmax`` evaluated in float32, as C does with float operands."""
     def f(v: float) -> torch.Tensor:

@@ -9,6 +9,8 @@ requantized with them.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import triton_search
@@ -31,10 +33,11 @@ def _first_guess(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor
     return peak, zero, rdiv(-float(nmax), torch.where(zero, 1.0, peak))
 
 
-def _qx_numerators(nmax: int) -> list[float]:
+@functools.cache  # asked for every chunk
+def _qx_numerators(nmax: int) -> tuple[float, ...]:
     """make_qx_quants' candidate scales are these over the signed max: the first guess
     -nmax, then -(nmax + 0.1*is) for is = -9..9 except 0, in float32."""
-    return [-float(nmax)] + [float(-(_f32(nmax) + _f32(0.1) * _f32(s))) for s in range(-9, 10) if s != 0]
+    return (-float(nmax), *(float(-(_f32(nmax) + _f32(0.1) * _f32(s))) for s in range(-9, 10) if s != 0))
 
 
 def make_qx_quants(x: torch.Tensor, nmax: int,
