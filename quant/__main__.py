@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import sys
 import tempfile
 from collections import Counter
@@ -482,8 +483,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _NoticeHandler(logging.Handler):
+    """A log line on stderr above the progress bars, not inside one."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def show_notices() -> None:
+    """The pack's own notices on stderr, a line each: a first run on a machine says which
+    kernel it is building, rather than seeming to hang."""
+    logger = logging.getLogger(__package__)
+    if not logger.handlers:
+        handler = _NoticeHandler()
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_notices()
     try:
         return args.run(args)
     except USER_ERRORS as e:
