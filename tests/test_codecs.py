@@ -133,7 +133,8 @@ def test_searches_compile_here(monkeypatch: pytest.MonkeyPatch) -> None:
     rows = torch.from_numpy(corpus_rows(512, seed=5)["gaussian"])
     for qtype in SEARCH_TYPES:
         codecs.quantize(rows, qtype)
-    for step in (kquants_affine._qkx2_step, kquants_symmetric._qx_search, kquants_symmetric._q3_pass):
+    for step in (kquants_affine._qkx2_step, kquants_symmetric._qx_search, kquants_symmetric._q3_first_pass,
+                 kquants_symmetric._q3_pass):
         assert step.runs_compiled(), f"{step.__name__} runs op by op"
 
 
@@ -161,6 +162,19 @@ def test_a_built_kernel_loads_without_the_compiler() -> None:
     quantize_q6_k_in_a_process()  # builds the kernel where this machine has none yet
     compiled, dynamo, _ = quantize_q6_k_in_a_process().stdout.split()
     assert (compiled, dynamo) == ("True", "False")
+
+
+@NEEDS_COMPILER
+def test_a_damaged_kernel_is_built_again(tmp_path: Path) -> None:
+    """A package that cannot be loaded (a crash after it was written, a full disk) is built
+    once more, not reported as broken in every later process."""
+    quantize_q6_k_in_a_process()  # this machine's kernels, built where missing
+    shutil.copytree(fused.kernel_dir(), tmp_path, dirs_exist_ok=True)
+    for package in tmp_path.glob("*/qx_search-*.pt2"):
+        package.write_bytes(package.read_bytes()[:1000])
+    r = quantize_q6_k_in_a_process(MXGGUF_KERNEL_DIR=str(tmp_path))
+    assert r.stderr.count("could not be loaded; building it again") == 1
+    assert r.stdout.split()[0] == "True"
 
 
 def test_a_kernel_that_cannot_be_built_leaves_the_plain_steps(tmp_path: Path) -> None:

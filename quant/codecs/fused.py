@@ -73,7 +73,7 @@ def quantizing(numel: int) -> Iterator[None]:
 def compiles(x: torch.Tensor, numel: int) -> bool:
     """Whether the steps of quantizing ``x`` (``numel`` values) run compiled: then every chunk
     must have the one shape they were built for."""
-    return not x.is_cuda and numel >= MIN_ELEMENTS and enabled()
+    return x.device.type == "cpu" and numel >= MIN_ELEMENTS and enabled()
 
 
 def kernel_dir() -> Path:
@@ -93,6 +93,19 @@ def _code_version() -> str:
     return h.hexdigest()
 
 
+@functools.cache
+def _cpu() -> str:
+    """The processor a kernel is built for: inductor compiles for the host's own instruction
+    set, so a kernel folder shared with another model of CPU must not hand its kernels over."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux: the name the platform gives
+        info = []
+    model = next((line for line in info if line.startswith("model name")), "")
+    flags = next((line for line in info if line.startswith("flags")), "")
+    return " ".join((platform.machine(), platform.processor(), torch.backends.cpu.get_cpu_capability(), model, flags))
+
+
 def cpu_fused(step: F | None = None, *, dynamic: bool = False) -> F:
     """``step`` as a compiled kernel for CPU tensors (its first argument decides) of a large
     tensor being quantized, else ``step`` itself. A first argument whose last dimension is
@@ -110,12 +123,15 @@ def cpu_fused(step: F | None = None, *, dynamic: bool = False) -> F:
     @functools.wraps(step)
     def run(*args):
         x = args[0]
-        if not getattr(_tensor, "large", False) or x.is_cuda or x.shape[-1] <= 1 or broken or not enabled():
+        if (not getattr(_tensor, "large", False) or x.device.type != "cpu" or x.shape[-1] <= 1 or broken
+                or not enabled()):
             return step(*args)
         signature = _signature(args, dynamic)
         kernel = kernels.get(signature)
         if kernel is None:
             with lock:
+                if broken:  # another thread's build failed while this one waited
+                    return step(*args)
                 try:
                     kernel = kernels.get(signature) or _kernel(step, args, signature, dynamic)
                 except Exception as e:  # no compiler, an old torch: the plain step is exact too
@@ -140,13 +156,18 @@ def _signature(args: Sequence[Any], dynamic: bool) -> tuple[Any, ...]:
 def _kernel(step: Callable[..., Any], args: Sequence[Any], signature: tuple[Any, ...],
             dynamic: bool) -> Callable[[Sequence[Any]], Any]:
     """The step's kernel for ``args``, built into the kernel folder if it is not there yet."""
-    key = repr((step.__module__, step.__qualname__, signature, _code_version(), torch.__version__,
-                torch.backends.cpu.get_cpu_capability(), platform.machine(), torch.get_num_threads(), _OPTIONS))
+    key = repr((step.__module__, step.__qualname__, signature, _code_version(), torch.__version__, _cpu(),
+                torch.get_num_threads(), _OPTIONS))
     folder = kernel_dir() / f"torch{torch.__version__}-{_code_version()[:12]}"  # one to delete per version
     path = folder / f"{step.__name__.strip('_')}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt2"
     if not path.exists():
         _build(step, args, dynamic, path)
-    loader = _load(path)
+    try:
+        loader = _load(path)
+    except RuntimeError:  # a damaged package (a crash after the rename, a full disk): built once more
+        log.warning("mxgguf: %s could not be loaded; building it again", path)
+        _build(step, args, dynamic, path)
+        loader = _load(path)
     out_spec = pytree.treespec_loads(loader.get_call_spec()[1])
 
     def call(call_args: Sequence[Any]) -> Any:
@@ -175,7 +196,7 @@ class _BoundStep(torch.nn.Module):
 def _build(step: Callable[..., Any], args: Sequence[Any], dynamic: bool, path: Path) -> None:
     """Export ``step`` for ``args`` and compile it ahead of time into the package ``path``
     (written beside it, then renamed: a reader never sees a partial file)."""
-    import torch._inductor  # seconds to import: only when a kernel is built
+    from torch._inductor import aoti_compile_and_package  # seconds to import, only when building; torch >= 2.6
 
     log.info("mxgguf: building the kernel for %s (once per machine; up to a minute)", step.__name__)
     # copies: export takes a tensor given twice as one input, and later calls need not repeat it
@@ -190,8 +211,7 @@ def _build(step: Callable[..., Any], args: Sequence[Any], dynamic: bool, path: P
     try:
         with warnings.catch_warnings():  # torch's own deprecation notices, of no use to a user
             warnings.simplefilter("ignore", FutureWarning)
-            torch._inductor.aoti_compile_and_package(program, package_path=str(partial),
-                                                     inductor_configs=dict(_OPTIONS))
+            aoti_compile_and_package(program, package_path=str(partial), inductor_configs=dict(_OPTIONS))
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

@@ -100,7 +100,7 @@ def make_q3_quants(x: torch.Tensor, nmax: int, work: Workspace) -> tuple[torch.T
         return triton_search.q3(x.T.contiguous(), nmax)
     xt = work.take("positions", x.T.shape, x.dtype, x.device).copy_(x.T)  # position-first: in-order sums
     _, zero, iscale = _first_guess(xt.T, nmax)  # reduced over xt's rows: contiguous, fast
-    levels, sumlx, suml2, changed = _q3_pass(xt, iscale, None, None, nmax)
+    levels, sumlx, suml2, changed = _q3_first_pass(xt, iscale, nmax)
     active = changed.nonzero().reshape(-1)
     if active.numel():
         xa, la, lx, l2 = x[active].T.contiguous(), levels[:, active], sumlx[active], suml2[active]
@@ -114,18 +114,30 @@ def make_q3_quants(x: torch.Tensor, nmax: int, work: Workspace) -> tuple[torch.T
     return scale, torch.where(zero, 0.0, levels + nmax)
 
 
-@cpu_fused(dynamic=True)  # later passes see only the sub-blocks still changing
-def _q3_pass(xt: torch.Tensor, levels: torch.Tensor, lx: torch.Tensor | None, l2: torch.Tensor | None,
-             nmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pass of ``make_q3_quants``' refinement over sub-blocks ``xt`` (n, m): position by
-    position, move a value to the level that best fits the rest of its sub-block, if that
-    raises the part explained. -> (levels, lx, l2, changed (m,)). The first pass is given
-    the first guess's iscale (m,) as ``levels`` and no sums: it makes both."""
+@cpu_fused  # every chunk has one shape, and a static kernel builds faster (Q3_K: 98 s, not 125 s, here)
+def _q3_first_pass(xt: torch.Tensor, iscale: torch.Tensor, nmax: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first pass of ``make_q3_quants``' refinement over sub-blocks ``xt`` (n, m): the
+    levels of the first guess's ``iscale`` (m,) and their sums, then ``_q3_moves``."""
     w = xt * xt
     wx = w * xt
-    if lx is None:
-        levels = torch.round(levels * xt).clamp_(-nmax, nmax - 1)
-        lx, l2 = seq_sum(wx * levels), seq_sum(w * levels * levels)
+    levels = torch.round(iscale * xt).clamp_(-nmax, nmax - 1)
+    return _q3_moves(xt, w, wx, levels, seq_sum(wx * levels), seq_sum(w * levels * levels), nmax)
+
+
+@cpu_fused(dynamic=True)  # later passes see only the sub-blocks still changing
+def _q3_pass(xt: torch.Tensor, levels: torch.Tensor, lx: torch.Tensor, l2: torch.Tensor,
+             nmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A later pass of ``make_q3_quants``' refinement: ``_q3_moves`` from the state the last left."""
+    w = xt * xt
+    return _q3_moves(xt, w, w * xt, levels, lx, l2, nmax)
+
+
+def _q3_moves(xt: torch.Tensor, w: torch.Tensor, wx: torch.Tensor, levels: torch.Tensor, lx: torch.Tensor,
+              l2: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass over sub-blocks ``xt`` (n, m) with weights ``w`` = x^2 and ``wx`` = w*x:
+    position by position, move a value to the level that best fits the rest of its
+    sub-block, if that raises the part explained. -> (levels, lx, l2, changed (m,))."""
     changed = torch.zeros_like(lx, dtype=torch.bool)
     rows = []
     for i in range(xt.shape[0]):
