@@ -169,9 +169,10 @@ def test_a_damaged_kernel_is_built_again(tmp_path: Path) -> None:
     """A package that cannot be loaded (a crash after it was written, a full disk) is built
     once more, not reported as broken in every later process."""
     quantize_q6_k_in_a_process()  # this machine's kernels, built where missing
-    shutil.copytree(fused.kernel_dir(), tmp_path, dirs_exist_ok=True)
-    for package in tmp_path.glob("*/qx_search-*.pt2"):
-        package.write_bytes(package.read_bytes()[:1000])
+    for package in fused.kernel_dir().glob("*/qx_search-*.pt2"):  # Q6_K's, truncated, in a folder of its own
+        damaged = tmp_path / package.relative_to(fused.kernel_dir())
+        damaged.parent.mkdir(exist_ok=True)
+        damaged.write_bytes(package.read_bytes()[:1000])
     r = quantize_q6_k_in_a_process(MXGGUF_KERNEL_DIR=str(tmp_path))
     assert r.stderr.count("could not be loaded; building it again") == 1
     assert r.stdout.split()[0] == "True"
