@@ -19,17 +19,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from quant.arch import STOCK, detect  # noqa: E402
 from quant.checkpoint import state_dict_source  # noqa: E402
-from quant.flux_blocks import ReferenceStack  # noqa: E402
+from quant.models import detect  # noqa: E402
+from quant.models.flux1 import Flux1  # noqa: E402
+from quant.models.flux1_blocks import ReferenceStack  # noqa: E402
 from quant.optimize import Target, TargetError, optimize  # noqa: E402
 from quant.recipe import Recipe  # noqa: E402
 from quant.tensor_plan import average_bpw, plan_tensors  # noqa: E402
 from quant.sweep import quantized_weights, sweep  # noqa: E402
-from quant.synthetic import TINY, random_state_dict  # noqa: E402
+from quant.synthetic import random_state_dict  # noqa: E402
 
-MODELS = {"narrow": TINY.__class__(**{**TINY.__dict__, "depth_double": 19, "depth_single": 38}),
-          "stock": STOCK.__class__(**{**STOCK.__dict__, "depth_double": 1, "depth_single": 2})}
+MODELS = {"narrow": Flux1.model(depth_double=19, depth_single=38),
+          "stock": Flux1.model("flux1-stock", depth_double=1, depth_single=2)}
 
 
 @torch.no_grad()
@@ -77,26 +78,26 @@ def main() -> None:
     a = ap.parse_args()
     sd = random_state_dict(MODELS[a.model], seed=11)
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
-    arch = detect(shapes)
-    stack = ReferenceStack(arch, state_dict_source(sd, a.model))
+    model = detect(shapes)
+    stack = ReferenceStack(model, state_dict_source(sd, a.model))
     samples = [stack.make_inputs(seed, a.resolution, a.resolution, sigma=0.3 + 0.4 * seed / a.samples)
                for seed in range(a.samples)]
-    costs = sweep(stack, samples, a.types).table({"model": a.model}, arch.n_blocks, a.types).costs()
-    recipes: dict[str, tuple[str, ...]] = {f"uniform {t}": (t,) * arch.n_blocks for t in a.types}
+    costs = sweep(stack, samples, a.types).table({"model": a.model}, model.n_blocks, a.types).costs()
+    recipes: dict[str, tuple[str, ...]] = {f"uniform {t}": (t,) * model.n_blocks for t in a.types}
     def bpw_of(types: tuple[str, ...]) -> float:
-        return average_bpw(plan_tensors(arch, shapes, Recipe(types, arch.depth_double, arch.depth_single)))
+        return average_bpw(plan_tensors(model, shapes, Recipe.for_model(model, types)))
 
     # the optimizer at each uniform type's own size (the fair comparison), and on a grid
     targets = {f"optimizer @{t}": bpw_of(recipes[f"uniform {t}"]) for t in a.types}
     targets.update({f"optimizer {b}": b for b in (3.5, 4.5, 5.5)})
     for name, bpw in targets.items():
         try:
-            recipes[name] = optimize(arch, shapes, costs, Target(bpw=bpw)).types
+            recipes[name] = optimize(model, shapes, costs, Target(bpw=bpw)).types
         except TargetError:
             pass
     rng = random.Random(0)
     for i in range(4):
-        recipes[f"random {i}"] = tuple(rng.choice(a.types) for _ in range(arch.n_blocks))
+        recipes[f"random {i}"] = tuple(rng.choice(a.types) for _ in range(model.n_blocks))
     rows = []
     for name, types in recipes.items():
         predicted = sum(costs[b][t] for b, t in enumerate(types))

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from quant.arch import FLUX1_DEV, detect, flux_shapes  # noqa: E402
 from quant.costs import resolve_costs  # noqa: E402
+from quant.models.flux1 import Flux1  # noqa: E402
 from quant.optimize import BlockOptions, Target, TargetError, block_options, optimize  # noqa: E402
 
 
@@ -58,21 +58,21 @@ def main() -> None:
     ap.add_argument("--to", dest="hi", type=float, default=10.0)
     ap.add_argument("--step", type=float, default=0.1)
     a = ap.parse_args()
-    shapes = flux_shapes(FLUX1_DEV)
-    arch = detect(shapes)
+    model = Flux1.model("flux1-dev")
+    shapes = model.shapes()
     costs = resolve_costs(a.costs).costs()
-    blocks = block_options(arch, shapes, costs)
+    blocks = block_options(model, shapes, costs)
     print(f"{'target':>6} {'exact bpw':>9} {'exact':>9} {'greedy':>9} {'greedy/exact':>12} "
           f"{'uniform':>16} {'uniform/exact':>13} {'solve ms':>8}")
     times = []
-    optimize(arch, shapes, costs, Target(bpw=a.hi))  # warm-up: first-call costs are not the solver's
+    optimize(model, shapes, costs, Target(bpw=a.hi))  # warm-up: first-call costs are not the solver's
     steps = round((a.hi - a.lo) / a.step) + 1
     for k in range(steps):
         bpw = round(a.lo + k * a.step, 6)
         budget = Target(bpw=bpw).data_budget(blocks.total_params)
         t = time.perf_counter()
         try:
-            alloc = optimize(arch, shapes, costs, Target(bpw=bpw))
+            alloc = optimize(model, shapes, costs, Target(bpw=bpw))
         except TargetError:
             print(f"{bpw:6.2f} {'out of reach':>9}")
             continue

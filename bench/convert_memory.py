@@ -49,9 +49,9 @@ def make_checkpoint(path: Path, depth_double: int, depth_single: int) -> int:
     """Write the random checkpoint from a separate process, so this one never holds a model
     (a process forked from a large parent starts out with the parent's pages)."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from safetensors.torch import save_file; "
-            "from quant.arch import STOCK; from quant.synthetic import random_state_dict; "
-            "cfg = STOCK.__class__(**{**STOCK.__dict__, 'depth_double': int(sys.argv[3]), 'depth_single': int(sys.argv[4])}); "
-            "sd = random_state_dict(cfg); save_file(sd, sys.argv[2]); print(sum(t.numel() for t in sd.values()))")
+            "from quant.models.flux1 import Flux1; from quant.synthetic import random_state_dict; "
+            "model = Flux1.model('flux1-stock', depth_double=int(sys.argv[3]), depth_single=int(sys.argv[4])); "
+            "sd = random_state_dict(model); save_file(sd, sys.argv[2]); print(sum(t.numel() for t in sd.values()))")
     out = subprocess.run([sys.executable, "-c", code, str(ROOT), str(path), str(depth_double), str(depth_single)],
                          capture_output=True, text=True, check=True)
     return int(out.stdout.strip())
@@ -64,6 +64,7 @@ def main() -> None:
                     help="types assigned over the blocks, first to last")
     ap.add_argument("--keep", help="folder to keep the files in (default: a temp folder, removed)")
     a = ap.parse_args()
+    from quant.models.flux1 import Flux1
     from quant.recipe import Recipe, save_recipe
 
     folder = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="mxgguf-bench-"))
@@ -79,7 +80,8 @@ def main() -> None:
             made = time.perf_counter() - t
             n = nd + ns
             types = tuple(ladder[i * len(ladder) // n] for i in range(n))
-            save_recipe(Recipe(types, nd, ns, name=f"bench {depth}"), recipe_path)
+            model = Flux1.model("flux1-stock", depth_double=nd, depth_single=ns)
+            save_recipe(Recipe.for_model(model, types, name=f"bench {depth}"), recipe_path)
             out.unlink(missing_ok=True)
             proc = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(src), str(out), str(recipe_path)],
                                   capture_output=True, text=True, check=True)

@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from quant.arch import STOCK, detect  # noqa: E402
 from quant.checkpoint import state_dict_source  # noqa: E402
-from quant.flux_blocks import ReferenceStack  # noqa: E402
+from quant.models import detect  # noqa: E402
+from quant.models.flux1 import Flux1, FluxConfig  # noqa: E402
+from quant.models.flux1_blocks import ReferenceStack  # noqa: E402
 from quant.optimize import Target, optimize  # noqa: E402
 from quant.recipe import Recipe  # noqa: E402
 from quant.tensor_plan import average_bpw, plan_tensors  # noqa: E402
@@ -47,19 +48,19 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
-    cfg = STOCK.__class__(**{**STOCK.__dict__, "depth_double": a.depth[0], "depth_single": a.depth[1],
-                             "hidden": a.hidden, "heads": a.hidden // 128})
-    sd = random_state_dict(cfg, seed=5, dtype=torch.bfloat16)
-    arch = detect({k: tuple(v.shape) for k, v in sd.items()})
+    # stock width at --hidden: FLUX.1's head size (128), MLP ratio (4) and text widths
+    cfg = FluxConfig.at_width(a.hidden, a.depth[0], a.depth[1])
+    sd = random_state_dict(Flux1.model(cfg), seed=5, dtype=torch.bfloat16)
+    model = detect({k: tuple(v.shape) for k, v in sd.items()})
     costs, seconds = {}, {}
     for dtype in (torch.float32, torch.bfloat16):
-        stack = ReferenceStack(arch, state_dict_source(sd, "stock"), device=a.device, dtype=dtype)
+        stack = ReferenceStack(model, state_dict_source(sd, "stock"), device=a.device, dtype=dtype)
         samples = [stack.make_inputs(seed, a.resolution, a.resolution, sigma=0.2 + 0.6 * seed / max(1, a.samples - 1))
                    for seed in range(a.samples)]
         t = time.perf_counter()
         result = sweep(stack, samples, a.types)
         seconds[dtype] = time.perf_counter() - t
-        costs[dtype] = {q: [result.sse[(b, q)] / result.count[(b, q)] for b in range(arch.n_blocks)] for q in a.types}
+        costs[dtype] = {q: [result.sse[(b, q)] / result.count[(b, q)] for b in range(model.n_blocks)] for q in a.types}
         del stack
     print(f"hidden {a.hidden}, {a.depth[0]}+{a.depth[1]} blocks, {a.samples} sample(s) at {a.resolution}px, {a.device}; "
           f"sweep {seconds[torch.float32]:.1f} s float32, {seconds[torch.bfloat16]:.1f} s bf16")
@@ -70,12 +71,12 @@ def main() -> None:
         floor = sum(b - f for b, f in zip(b16, f32)) / len(f32)
         print(f"{q:6} {spearman(f32, b16):8.3f} {sum(b16) / sum(f32):14.3f} {floor:11.3e}  {ratios}", flush=True)
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
-    tables = {dtype: [{q: costs[dtype][q][b] for q in a.types} for b in range(arch.n_blocks)] for dtype in costs}
-    lo, hi = (average_bpw(plan_tensors(arch, shapes, Recipe.uniform(arch, t))) for t in (a.types[-1], a.types[0]))
+    tables = {dtype: [{q: costs[dtype][q][b] for q in a.types} for b in range(model.n_blocks)] for dtype in costs}
+    lo, hi = (average_bpw(plan_tensors(model, shapes, Recipe.uniform(model, t))) for t in (a.types[-1], a.types[0]))
     same = 0
     targets = [lo + (hi - lo) * i / 8 for i in range(1, 8)]
     for bpw in targets:
-        picks = {dtype: optimize(arch, shapes, tables[dtype], Target.of(bpw=bpw)) for dtype in tables}
+        picks = {dtype: optimize(model, shapes, tables[dtype], Target.of(bpw=bpw)) for dtype in tables}
         f32_cost = {dtype: sum(costs[torch.float32][t][b] for b, t in enumerate(p.types)) for dtype, p in picks.items()}
         agree = picks[torch.float32].types == picks[torch.bfloat16].types
         same += agree

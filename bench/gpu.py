@@ -112,11 +112,11 @@ def bench_codecs(rows: int, cols: int, types: list[str]) -> dict:
 def make_checkpoint(path: Path) -> float:
     from safetensors.torch import save_file
 
-    from quant.arch import FLUX1_DEV
+    from quant.models.flux1 import Flux1
     from quant.synthetic import random_tensors
 
     t = time.perf_counter()
-    sd = {k: v.cpu() for k, v in random_tensors(FLUX1_DEV, seed=0, device="cuda")}
+    sd = {k: v.cpu() for k, v in random_tensors(Flux1.model("flux1-dev"), seed=0, device="cuda")}
     save_file(sd, str(path))
     return time.perf_counter() - t
 
@@ -134,9 +134,9 @@ def bench_convert(src: Path, out: Path) -> dict:
 
 def bench_sweep(src: Path) -> dict:
     import quant.sweep
-    from quant.arch import detect
     from quant.checkpoint import open_safetensors
-    from quant.flux_blocks import ReferenceStack
+    from quant.models import detect
+    from quant.models.flux1_blocks import ReferenceStack
 
     out = {}
     with open_safetensors(src, hash_file=False) as source:

@@ -28,11 +28,12 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from comfyui_rig import ComfyServer, find_comfyui, loader, sampling, step_seconds  # noqa: E402
-from quant.arch import STOCK, detect  # noqa: E402
 from quant.checkpoint import open_safetensors  # noqa: E402
 from quant.capture_file import load_capture  # noqa: E402
-from quant.flux_blocks import ReferenceStack  # noqa: E402
 from quant.imatrix import Imatrix, load_imatrix  # noqa: E402
+from quant.models import Model, detect  # noqa: E402
+from quant.models.flux1 import Flux1  # noqa: E402
+from quant.models.flux1_blocks import ReferenceStack  # noqa: E402
 from quant.optimize import Target, optimize  # noqa: E402
 from quant.recipe import Recipe  # noqa: E402
 from quant.tensor_plan import average_bpw, plan_tensors  # noqa: E402
@@ -40,14 +41,14 @@ from quant.sweep import quantized_weights, sweep  # noqa: E402
 from quant.synthetic import random_state_dict  # noqa: E402
 
 
-def capture(folder: Path, cfg, runs: int, steps: int) -> tuple[Path, list[Path], Path]:
+def capture(folder: Path, stock: Model, runs: int, steps: int) -> tuple[Path, list[Path], Path]:
     """Sample in a real ComfyUI with Capture: -> (checkpoint, saved inputs, imatrix file)."""
     found = find_comfyui()
     if isinstance(found, str):
         sys.exit(f"bench/imatrix.py needs ComfyUI: {found}")
     server = ComfyServer(*found, folder)
     ckpt = server.models / "bench-imatrix.safetensors"
-    save_file(random_state_dict(cfg, seed=21), str(ckpt))
+    save_file(random_state_dict(stock, seed=21), str(ckpt))
     server.start()
     plain_s, capture_s = [], []
     try:
@@ -79,7 +80,7 @@ def whole_model_mse(stack: ReferenceStack, samples: list, types: tuple[str, ...]
                 state = stack.forward(b, state, inputs)
             clean.append(stack.output(state).float())
         originals = {}
-        lookup = None if imatrix is None else imatrix.block_importance(stack.arch.block_name)
+        lookup = None if imatrix is None else imatrix.block_importance(stack.model.block_name)
         try:
             for b, qtype in enumerate(types):
                 weights = stack.weights(b)
@@ -109,22 +110,23 @@ def main() -> None:
                     help="recipe targets (default: a third and two thirds of the way between the smallest and "
                          "largest of the types, uniform, on this model)")
     a = ap.parse_args()
-    cfg = STOCK.__class__(**{**STOCK.__dict__, "depth_double": a.depth[0], "depth_single": a.depth[1]})
+    stock = Flux1.model("flux1-stock", depth_double=a.depth[0], depth_single=a.depth[1])
     with tempfile.TemporaryDirectory() as base:
-        ckpt, captures, imatrix_file = capture(Path(base), cfg, a.runs, a.steps)
+        ckpt, captures, imatrix_file = capture(Path(base), stock, a.runs, a.steps)
         imatrix = load_imatrix(imatrix_file)
-        print(f"stock width {cfg.depth_double}+{cfg.depth_single}; imatrix from ComfyUI: {imatrix.describe()}; "
+        print(f"stock width {stock.config.depth_double}+{stock.config.depth_single}; "
+              f"imatrix from ComfyUI: {imatrix.describe()}; "
               f"{len(captures)} captured inputs")
         with open_safetensors(ckpt, hash_file=False) as source:
-            arch = detect(source.shapes)
-            stack = ReferenceStack(arch, source)
-            samples = [stack.prepare(load_capture(p, arch.hidden_size)[0]) for p in captures]
+            model = detect(source.shapes)
+            stack = ReferenceStack(model, source)
+            samples = [stack.prepare(load_capture(p, model.config.hidden_size)[0]) for p in captures]
             tables = {}
             for label, im in (("without", None), ("with", imatrix)):
-                importance = None if im is None else im.block_importance(arch.block_name)
+                importance = None if im is None else im.block_importance(model.block_name)
                 with torch.no_grad():
                     result = sweep(stack, samples, a.types, importance=importance)
-                tables[label] = result.table({}, arch.n_blocks, a.types).costs()
+                tables[label] = result.table({}, model.n_blocks, a.types).costs()
             print("| type | cost without imatrix | with | with / without |")
             print("|---|---|---|---|")
             for t in a.types:
@@ -133,12 +135,12 @@ def main() -> None:
                 print(f"| {t} | {without:.4g} | {with_im:.4g} | {with_im / without:.3f} |")
             print("| target bpw | recipe without imatrix: measured MSE | recipe with: measured MSE | ratio |")
             print("|---|---|---|---|")
-            uniform = [average_bpw(plan_tensors(arch, source.shapes, Recipe.uniform(arch, t))) for t in a.types]
+            uniform = [average_bpw(plan_tensors(model, source.shapes, Recipe.uniform(model, t))) for t in a.types]
             lo, hi = min(uniform), max(uniform)
             for bpw in a.bpw or [lo + (hi - lo) / 3, lo + 2 * (hi - lo) / 3]:
                 row = []
                 for label, im in (("without", None), ("with", imatrix)):
-                    alloc = optimize(arch, source.shapes, tables[label], Target(bpw=bpw))
+                    alloc = optimize(model, source.shapes, tables[label], Target(bpw=bpw))
                     row.append((whole_model_mse(stack, samples, alloc.types, im), " ".join(alloc.types)))
                 print(f"| {bpw:.2f} | {row[0][0]:.4g} ({row[0][1]}) | {row[1][0]:.4g} ({row[1][1]}) | "
                       f"{row[1][0] / row[0][0]:.3f} |")

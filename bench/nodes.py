@@ -29,12 +29,13 @@ from safetensors.torch import save_file  # noqa: E402
 
 from comfyui_rig import ComfyServer, find_comfyui, loader, sampling  # noqa: E402
 from quant.costs import CostTable, save_costs  # noqa: E402
-from quant.arch import STOCK, detect, flux_shapes  # noqa: E402
+from quant.models import Model  # noqa: E402
+from quant.models.flux1 import Flux1  # noqa: E402
 from quant.recipe import Recipe  # noqa: E402
 from quant.tensor_plan import average_bpw, plan_tensors  # noqa: E402
-from quant.synthetic import TINY, random_state_dict  # noqa: E402
+from quant.synthetic import random_state_dict  # noqa: E402
 
-MODELS = {"tiny": TINY, "stock": STOCK.__class__(**{**STOCK.__dict__, "depth_double": 1, "depth_single": 1})}
+MODELS = {"tiny": Flux1.model(), "stock": Flux1.model("flux1-stock", depth_double=1, depth_single=1)}
 GiB = 2**30
 
 
@@ -53,9 +54,9 @@ def timed(server: ComfyServer, workflow: dict) -> float:
 
 
 def bench_capture(server: ComfyServer, name: str, steps: int, types: str) -> None:
-    cfg = MODELS[name]
+    model = MODELS[name]
     unet = f"bench-{name}.safetensors"
-    save_file(random_state_dict(cfg, seed=3), str(server.models / unet))
+    save_file(random_state_dict(model, seed=3), str(server.models / unet))
     plain = lambda seed: {"load": loader(unet), **sampling(["load", 0], seed, "bench/p", steps=steps)}  # noqa: E731
     timed(server, plain(100))  # warm-up: load the model
     t_plain = min(timed(server, plain(101)), timed(server, plain(102)))
@@ -63,7 +64,7 @@ def bench_capture(server: ComfyServer, name: str, steps: int, types: str) -> Non
         "model": ["load", 0], "costs_file": f"bench-{name}", "step": 0, "samples_per_run": 1, "types": types}}}
     t_capture = timed(server, {**capture, **sampling(["capture", 0], 103, "bench/c", steps=steps)})
     n_types = len(types.split(","))
-    blocks = cfg.depth_double + cfg.depth_single
+    blocks = model.n_blocks
     step = t_plain / steps
     overhead = t_capture - t_plain
     print(f"capture {name:5s} ({blocks} blocks, {n_types} types, {steps} steps): plain run {t_plain:.2f}s "
@@ -73,12 +74,10 @@ def bench_capture(server: ComfyServer, name: str, steps: int, types: str) -> Non
     server.free()
 
 
-def uniform_table(cfg, types: list[str]) -> CostTable:
+def uniform_table(model: Model, types: list[str]) -> CostTable:
     """Costs that make the optimizer mix: later blocks cheaper, cheaper types dearer."""
-    shapes = flux_shapes(cfg)
-    arch = detect(shapes)
-    table = CostTable.empty(arch.fingerprint(), arch.n_blocks, types)
-    for b in range(arch.n_blocks):
+    table = CostTable.empty(model.fingerprint(), model.n_blocks, types)
+    for b in range(model.n_blocks):
         for i, t in enumerate(types):
             table.add(b, t, float((i + 1) ** 3) / (b + 1), 1)
     return table
@@ -86,16 +85,15 @@ def uniform_table(cfg, types: list[str]) -> CostTable:
 
 def bench_quantize(comfy: tuple[Path, Path], depth: str, types: list[str]) -> None:
     d, s = (int(v) for v in depth.split("+"))
-    cfg = STOCK.__class__(**{**STOCK.__dict__, "depth_double": d, "depth_single": s})
+    model = Flux1.model("flux1-stock", depth_double=d, depth_single=s)
     with tempfile.TemporaryDirectory() as base:
         server = ComfyServer(*comfy, Path(base))
         unet = "bench-quant.safetensors"
-        save_file(random_state_dict(cfg, seed=4), str(server.models / unet))
+        save_file(random_state_dict(model, seed=4), str(server.models / unet))
         costs = server.base / "models" / "mxgguf_costs"
         costs.mkdir(parents=True)
-        save_costs(uniform_table(cfg, types), costs / "bench.json")
-        arch = detect(flux_shapes(cfg))
-        lo, hi = (average_bpw(plan_tensors(arch, flux_shapes(cfg), Recipe.uniform(arch, t)))
+        save_costs(uniform_table(model, types), costs / "bench.json")
+        lo, hi = (average_bpw(plan_tensors(model, model.shapes(), Recipe.uniform(model, t)))
                   for t in (types[-1], types[0]))
         server.start()
         try:

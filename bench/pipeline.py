@@ -28,8 +28,9 @@ from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from quant.arch import STOCK, detect  # noqa: E402
 from quant.checkpoint import open_safetensors  # noqa: E402
+from quant.models import detect  # noqa: E402
+from quant.models.flux1 import Flux1  # noqa: E402
 from quant.recipe import Recipe  # noqa: E402
 from quant.tensor_plan import plan_tensors  # noqa: E402
 from quant.synthetic import random_state_dict  # noqa: E402
@@ -59,8 +60,8 @@ def ggml_seconds(src: Path, qtype: str) -> float:
     block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]]
     total = 0.0
     with open_safetensors(src, hash_file=False) as source:
-        arch = detect(source.shapes)
-        for p in plan_tensors(arch, source.shapes, Recipe.uniform(arch, qtype)):
+        model = detect(source.shapes)
+        for p in plan_tensors(model, source.shapes, Recipe.uniform(model, qtype)):
             if p.qtype != qtype:
                 continue
             x = np.ascontiguousarray(source.read(p.source_key).float().numpy().reshape(-1, p.shape[-1]))
@@ -79,8 +80,8 @@ def main() -> None:
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mxgguf-pipeline-"))
     src = work / "stock-1-1.safetensors"
-    cfg = STOCK.__class__(**{**STOCK.__dict__, "depth_double": 1, "depth_single": 1})
-    save_file(random_state_dict(cfg, seed=1), str(src))
+    model = Flux1.model("flux1-stock", depth_double=1, depth_single=1)
+    save_file(random_state_dict(model, seed=1), str(src))
     print(f"stock width 1+1 ({src.stat().st_size / 2**30:.2f} GiB bf16), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
     warm_compile_cache(a.types)

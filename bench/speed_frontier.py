@@ -25,8 +25,9 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from quant.arch import FLUX1_DEV, FluxArch, detect, flux_shapes  # noqa: E402
 from quant.costs import resolve_costs  # noqa: E402
+from quant.models import Model  # noqa: E402
+from quant.models.flux1 import Flux1  # noqa: E402
 from quant.optimize import Target, optimize, pareto  # noqa: E402
 from quant.speed import SpeedProfile, load_speed, save_speed, shape_key, weight_shapes  # noqa: E402
 
@@ -40,16 +41,16 @@ REFERENCE_MATMUL_SECONDS = 2 * math.prod(REFERENCE) * TOKENS / 700e12
 ATTENTION_RATE = 0.5  # attention's FLOP rate relative to the matmuls'
 
 
-def h200_profile(arch: FluxArch, shapes: dict) -> SpeedProfile:
+def h200_profile(model: Model, shapes: dict) -> SpeedProfile:
     per_param = REFERENCE_MATMUL_SECONDS / math.prod(REFERENCE)
     dequant, matmul = {}, {}
-    for shape in weight_shapes(arch, shapes):
+    for shape in weight_shapes(model, shapes):
         matmul[shape_key(shape)] = per_param * math.prod(shape)
         dequant[shape_key(shape)] = {t: r * per_param * math.prod(shape) for t, r in H200_DEQUANT_OVER_MATMUL.items()}
-    attention = 4 * TOKENS**2 * arch.hidden_size / (700e12 * ATTENTION_RATE)
+    attention = 4 * TOKENS**2 * model.config.hidden_size / (700e12 * ATTENTION_RATE)
     blocks = {}
-    for kind, block in (("double", 0), ("single", arch.depth_double)):
-        prefix = arch.prefix + arch.block_name(block) + "."
+    for kind, block in (("double", 0), ("single", model.config.depth_double)):
+        prefix = model.prefix + model.block_name(block) + "."
         fed = [s for k, s in shapes.items() if k.startswith(prefix) and len(s) == 2 and "mod" not in k]
         blocks[kind] = sum(per_param * math.prod(s) for s in fed) + attention
     return SpeedProfile("NVIDIA H200 (scaled from the issue's table)", TOKENS, "ComfyUI-GGUF", "bfloat16",
@@ -67,18 +68,18 @@ def main() -> None:
     ap.add_argument("--profile", help="a measured speed profile instead of the scaled H200 one")
     ap.add_argument("--write-profile", help="write the scaled H200 profile here")
     a = ap.parse_args()
-    shapes = flux_shapes(FLUX1_DEV)
-    arch = detect(shapes)
-    speed = load_speed(a.profile) if a.profile else h200_profile(arch, shapes)
+    model = Flux1.model("flux1-dev")
+    shapes = model.shapes()
+    speed = load_speed(a.profile) if a.profile else h200_profile(model, shapes)
     if a.write_profile:
         save_speed(speed, a.write_profile)
     costs = resolve_costs("builtin:flux1-dev").costs()
     target = Target(bpw=a.bpw)
-    frontier = pareto(arch, shapes, costs, target, speed, points=a.points)
+    frontier = pareto(model, shapes, costs, target, speed, points=a.points)
     free = frontier[-1]
     dequant = lambda f: f.predicted_slowdown - 1  # noqa: E731 (dequantization time, in bf16 steps)
     print(f"{target.describe()}, built-in FLUX.1-dev costs, {speed.device}, {speed.tokens} tokens")
-    print(f"bf16 step {speed.step_seconds(arch) * 1e3:.1f} ms (blocks); unbudgeted recipe: "
+    print(f"bf16 step {speed.step_seconds(model) * 1e3:.1f} ms (blocks); unbudgeted recipe: "
           f"slowdown {free.predicted_slowdown:.3f}, cost {free.predicted_cost:.1f}: {mix(free.types)}")
     print("| slowdown | dequant time vs unbudgeted | predicted cost | vs unbudgeted | bits/param | types |")
     print("|---|---|---|---|---|---|")
@@ -86,7 +87,7 @@ def main() -> None:
         print(f"| {f.predicted_slowdown:.3f} | {dequant(f) / dequant(free):.0%} | {f.predicted_cost:.1f} | "
               f"{f.predicted_cost / free.predicted_cost - 1:+.1%} | {f.bpw:.3f} | {mix(f.types)} |")
     bound = 1 + 0.8 * dequant(free)
-    at80 = optimize(arch, shapes, costs, target, speed=speed, max_slowdown=bound)
+    at80 = optimize(model, shapes, costs, target, speed=speed, max_slowdown=bound)
     extra = at80.predicted_cost / free.predicted_cost - 1
     print(f"at 80 % of the dequantization time (slowdown <= {bound:.3f}): cost {at80.predicted_cost:.1f} "
           f"({extra:+.1%}), slowdown {at80.predicted_slowdown:.3f}: {mix(at80.types)}")

@@ -32,21 +32,22 @@ from safetensors.torch import save_file  # noqa: E402
 
 from comfyui_rig import ComfyServer, find_comfyui, loader, sampling, step_seconds  # noqa: E402
 from quant.__main__ import convert  # noqa: E402
-from quant.arch import STOCK, detect, flux_shapes  # noqa: E402
 from quant.costs import resolve_costs  # noqa: E402
+from quant.models import Model  # noqa: E402
+from quant.models.flux1 import Flux1  # noqa: E402
 from quant.optimize import Target, optimize, pareto  # noqa: E402
 from quant.tensor_plan import plan_tensors  # noqa: E402
 from quant.speed import load_speed  # noqa: E402
 from quant.synthetic import random_state_dict  # noqa: E402
 
 
-def allocations(arch, shapes, costs, bpw: float, speed) -> dict:
+def allocations(model: Model, shapes, costs, bpw: float, speed) -> dict:
     """At one size: the unbudgeted optimum, the least cost at 80 % of its dequantization time,
     and the fastest reachable."""
-    free = optimize(arch, shapes, costs, Target(bpw=bpw), speed=speed)
-    faster = optimize(arch, shapes, costs, Target(bpw=bpw), speed=speed,
+    free = optimize(model, shapes, costs, Target(bpw=bpw), speed=speed)
+    faster = optimize(model, shapes, costs, Target(bpw=bpw), speed=speed,
                       max_slowdown=1 + 0.8 * (free.predicted_slowdown - 1))
-    fastest = pareto(arch, shapes, costs, Target(bpw=bpw), speed, points=2)[0]
+    fastest = pareto(model, shapes, costs, Target(bpw=bpw), speed, points=2)[0]
     return {"unbudgeted": free, "-20% dequant": faster, "fastest": fastest}
 
 
@@ -62,19 +63,18 @@ def main() -> None:
     found = find_comfyui()
     if isinstance(found, str):
         sys.exit(f"bench/speed_loader.py needs ComfyUI: {found}")
-    cfg = STOCK.__class__(**{**STOCK.__dict__, "depth_double": a.depth[0], "depth_single": a.depth[1]})
-    shapes = flux_shapes(cfg)
-    arch = detect(shapes)
+    model = Flux1.model("flux1-stock", depth_double=a.depth[0], depth_single=a.depth[1])
+    shapes = model.shapes()
     image_tokens = (a.size // 16) ** 2
     text_tokens = image_tokens // 8  # a ninth of the total, as the profile's block forwards split it
     tokens = image_tokens + text_tokens
     builtin = resolve_costs("builtin:flux1-dev").costs()
-    costs = builtin[: cfg.depth_double] + builtin[19: 19 + cfg.depth_single]
+    costs = builtin[: model.config.depth_double] + builtin[19: 19 + model.config.depth_single]
 
     with tempfile.TemporaryDirectory() as base:
         server = ComfyServer(*found, Path(base))
         source = server.models / "bench-speed.safetensors"
-        save_file(random_state_dict(cfg, seed=5), str(source))
+        save_file(random_state_dict(model, seed=5), str(source))
         profile = Path(base) / "profile.json"
         t0 = time.perf_counter()
         subprocess.run([str(found[1]), "-m", "quant", "speed", "--model", str(source), "--tokens", str(tokens),
@@ -82,10 +82,10 @@ def main() -> None:
                        cwd=ROOT, check=True, stderr=subprocess.DEVNULL)
         speed = load_speed(profile)
         print(f"profile: {speed.device}, {speed.dtype}, {tokens} tokens, {speed.dequantizer}: "
-              f"{time.perf_counter() - t0:.0f} s; unquantized blocks {speed.step_seconds(arch):.2f} s/step")
+              f"{time.perf_counter() - t0:.0f} s; unquantized blocks {speed.step_seconds(model):.2f} s/step")
         ref = max(speed.dequant_seconds, key=lambda k: math.prod(map(int, k.split("x"))))
         print(f"dequantize {ref}, ms: " + ", ".join(f"{t} {v * 1e3:.0f}" for t, v in speed.dequant_seconds[ref].items()))
-        recipes = allocations(arch, shapes, costs, a.bpw, speed)
+        recipes = allocations(model, shapes, costs, a.bpw, speed)
         files = {}
         for name, alloc in recipes.items():
             out = server.unet / f"bench-speed-{len(files)}.gguf"
@@ -110,13 +110,14 @@ def main() -> None:
         finally:
             server.stop()
     anchor = measured.pop("source (UNETLoader)")
-    print(f"stock width {cfg.depth_double}+{cfg.depth_single} blocks, {a.size}x{a.size} ({tokens} tokens), "
+    print(f"stock width {model.config.depth_double}+{model.config.depth_single} blocks, "
+          f"{a.size}x{a.size} ({tokens} tokens), "
           f"target {a.bpw} bpw; source checkpoint (UNETLoader): {anchor:.2f} s/step")
     print("| recipe | bits/param | predicted slowdown | measured slowdown | predicted / measured | types |")
     print("|---|---|---|---|---|---|")
     worst = 0.0
     for name, alloc in recipes.items():
-        predicted = speed.slowdown(arch, plan_tensors(arch, shapes, alloc.recipe))
+        predicted = speed.slowdown(model, plan_tensors(model, shapes, alloc.recipe))
         ratio = predicted / (measured[name] / anchor)
         worst = max(worst, abs(ratio - 1))
         print(f"| {name} | {alloc.bpw:.3f} | {predicted:.3f} | {measured[name] / anchor:.3f} | {ratio:.3f} | "

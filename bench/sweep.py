@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from quant.arch import STOCK, detect  # noqa: E402
 from quant.checkpoint import state_dict_source  # noqa: E402
-from quant.flux_blocks import ReferenceStack  # noqa: E402
+from quant.models import detect  # noqa: E402
+from quant.models.flux1 import Flux1  # noqa: E402
+from quant.models.flux1_blocks import ReferenceStack  # noqa: E402
 from quant.sweep import quantized_weights, sweep  # noqa: E402
-from quant.synthetic import TINY, random_state_dict  # noqa: E402
+from quant.synthetic import random_state_dict  # noqa: E402
 
 
 @torch.no_grad()
@@ -51,10 +52,10 @@ def main() -> None:
     ap.add_argument("--types", nargs="+", default=["Q8_0", "Q4_K", "Q2_K"])
     ap.add_argument("--resolution", type=int, default=256)
     a = ap.parse_args()
-    models = {"narrow 19+38 (hidden 256)": TINY.__class__(**{**TINY.__dict__, "depth_double": 19, "depth_single": 38}),
-              "stock 1+2 (hidden 3072)": STOCK.__class__(**{**STOCK.__dict__, "depth_double": 1, "depth_single": 2})}
-    for label, cfg in models.items():
-        sd = random_state_dict(cfg, dtype=torch.bfloat16)
+    models = {"narrow 19+38 (hidden 256)": Flux1.model(depth_double=19, depth_single=38),
+              "stock 1+2 (hidden 3072)": Flux1.model("flux1-stock", depth_double=1, depth_single=2)}
+    for label, model in models.items():
+        sd = random_state_dict(model, dtype=torch.bfloat16)
         stack = ReferenceStack(detect({k: tuple(v.shape) for k, v in sd.items()}), state_dict_source(sd, label))
         inputs = stack.make_inputs(0, a.resolution, a.resolution)
         t = time.perf_counter()

@@ -26,7 +26,7 @@ from ..quant import codecs
 from ..quant.atomic import write_new
 from ..quant.capture_file import save_capture
 from ..quant.costs import accumulate, model_fingerprint
-from ..quant.flux_stack import StackInputs, StackState, join_inputs
+from ..quant.models.flux1_stack import StackInputs, StackState, join_inputs
 from ..quant.imatrix import Imatrix, add_to_file, linear_inputs
 from ..quant.sweep import sweep
 from .common import CATEGORY, costs_path, diffusion_model, model_source, progress_bar, refuse_quantized
@@ -241,11 +241,14 @@ class CaptureLayerCosts(io.ComfyNode):
                 save_inputs: bool = False) -> io.NodeOutput:
         refuse_quantized(model, "costs must be measured on full-precision weights")
         path = costs_path(costs_file)
-        source, arch = model_source(model)
+        source, family_model = model_source(model)
+        if family_model.family.name != "flux1":  # ComfyFluxStack runs FLUX.1's forward only, for now
+            raise ValueError(f"Capture Layer Costs measures FLUX.1 models so far; this MODEL is "
+                             f"{family_model.describe()}")
         out = model.clone()
-        block_weights = [k for k, shape in source.shapes.items() if arch.is_quantizable(k, shape)]
+        block_weights = [k for k, shape in source.shapes.items() if family_model.is_quantizable(k, shape)]
         session = CaptureSession(out, path, codecs.parse_type_list(types), step, samples_per_run,
-                                 model_fingerprint(arch, source), block_weights, save_inputs)
+                                 model_fingerprint(family_model, source), block_weights, save_inputs)
         path.parent.mkdir(parents=True, exist_ok=True)
         out.set_model_patch_replace(session.block_patch, "dit", "double_block", 0)
         out.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,

@@ -4,7 +4,7 @@ a share of the unquantized step. Drawn with Pillow (which ComfyUI ships)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -12,23 +12,24 @@ from PIL import Image, ImageDraw
 
 from ..quant import codecs
 
-# One colour per type, from many bits (cool) to few (warm).
-_PALETTE = ["#3b4cc0", "#4f69d9", "#6788ee", "#84a7fc", "#a3c2fe", "#c0d4f5", "#dddcdc", "#f2cbb7",
-            "#f7ac8e", "#ee8468", "#d65244", "#b40426", "#7a0016", "#444444", "#888888"]
+# One colour per type, whatever else a plan holds, told apart at a glance: Kelly's colours of
+# maximum contrast, neighbours in bits far apart in hue (F32 grey, 8 bits green, 4 orange, 3 red).
+TYPE_COLOURS = {"F32": "#848482", "F16": "#a1caf1", "BF16": "#0067a5", "Q8_0": "#008856", "Q6_K": "#8db600",
+                "Q5_K": "#f3c300", "Q5_1": "#c2b280", "Q5_0": "#654522", "Q4_K": "#f38400", "Q4_1": "#e68fac",
+                "IQ4_NL": "#875692", "Q4_0": "#882d17", "IQ4_XS": "#604e97", "Q3_K": "#be0032", "Q2_K": "#2b3d26"}
 _W_BAR, _H_PLOT, _TOP, _LEFT, _BOTTOM = 10, 220, 40, 48, 70
 _H_SHARES = 60  # the step-time strip
 
 
 def type_colours(types: Sequence[str]) -> dict[str, str]:
-    """The colour of each type in a plan: by bits, most first (the canvas panel uses the same)."""
-    order = sorted(set(types), key=lambda t: -codecs.bits_per_weight(t))
-    return {t: _PALETTE[i % len(_PALETTE)] for i, t in enumerate(order)}
+    """The colour of each type in a plan, by bits, most first (the canvas panel uses the same)."""
+    return {t: TYPE_COLOURS[t] for t in sorted(set(types), key=lambda t: -codecs.bits_per_weight(t))}
 
 
-def block_chart(types: Sequence[str], costs: Sequence[float | None], depth_double: int, title: str,
+def block_chart(types: Sequence[str], costs: Sequence[float | None], groups: Mapping[str, int], title: str,
                 step_shares: Sequence[float] | None = None) -> torch.Tensor:
-    """An IMAGE (1, H, W, 3) float tensor in [0, 1]. ``step_shares``: each block's dequantization
-    time over the unquantized model's step time."""
+    """An IMAGE (1, H, W, 3) float tensor in [0, 1]. ``groups``: blocks per block group, in order;
+    ``step_shares``: each block's dequantization time over the unquantized model's step time."""
     n = len(types)
     width = max(640, _LEFT + n * _W_BAR + 20)
     height = _TOP + _H_PLOT + _BOTTOM + (_H_SHARES + 30 if step_shares is not None else 0)
@@ -48,12 +49,14 @@ def block_chart(types: Sequence[str], costs: Sequence[float | None], depth_doubl
         if cost is not None and cost > 0:
             y = base - int(_H_PLOT * (math.log10(cost) - lo) / span)
             draw.ellipse([x + 2, y - 2, x + 6, y + 2], fill="black")
-    if 0 < depth_double < n:  # where the single blocks start
-        x = _LEFT + depth_double * _W_BAR - 1
+    first = 0
+    for n_group in list(groups.values())[:-1]:  # where each later group starts
+        first += n_group
+        x = _LEFT + first * _W_BAR - 1
         draw.line([x, _TOP, x, base], fill="#999999")
     draw.text((4, _TOP), f"{max_bits:.1f}b", fill="black")
     draw.text((4, base - 10), "0", fill="black")
-    draw.text((_LEFT, base + 4), "blocks: double | single;  bars: bits per weight;  dots: cost (log)", fill="black")
+    draw.text((_LEFT, base + 4), f"blocks: {' | '.join(groups)};  bars: bits per weight;  dots: cost (log)", fill="black")
     x = _LEFT
     for t, c in colours.items():
         draw.rectangle([x, base + 24, x + 10, base + 34], fill=c)

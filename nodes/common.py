@@ -1,6 +1,8 @@
 """What the three nodes share: the costs folder, the model's weights as a source, the mx GGUF type, progress."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,10 +14,10 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
-from ..quant.arch import REFERENCE_TOKENS, FluxArch, detect  # the step the slowdown is predicted for
 from ..quant.atomic import checked_name
 from ..quant.checkpoint import Source, state_dict_source
 from ..quant.costs import BUILTIN, CostError, CostTable, resolve_costs
+from ..quant.models import Model, detect
 from ..quant.speed import (PROFILED_TYPES, SpeedError, SpeedProfile, comfyui_gguf_dequantizer, covers, device_name,
                            find_comfyui_gguf, load_speed, measure, save_speed, weight_shapes)
 from ..quant.tensor_plan import tensor_type
@@ -23,8 +25,10 @@ from ..quant.tensor_plan import tensor_type
 CATEGORY = "mxgguf"
 MixedGGUF = io.Custom("MX_GGUF")  # Quantize's output, Save's input: a quantize_model result
 COSTS_FOLDER = "mxgguf_costs"  # models/mxgguf_costs/*.json
-SPEED_SUFFIX = ".speed.json"  # speed profiles kept beside the costs, one per device and model width
+SPEED_SUFFIX = ".speed.json"  # speed profiles kept beside the costs, one per device, family and model width
 BUILTIN_CHOICES = [f"builtin:{name}" for name in BUILTIN]
+# Costs estimated from the MODEL's own weights (``quant.estimate``): any family, no capture needed.
+ESTIMATE_CHOICE = "estimate from the weights"
 # Quantize's target choices -> Target.of's keywords
 TARGETS = {"bits per parameter": "bpw", "file size (GB)": "size_gb", "card size (GB)": "card_gb"}
 
@@ -46,6 +50,9 @@ def costs_path(name: str) -> Path:
 
 def cost_table(name: str) -> CostTable:
     """The cost table a costs choice names: a built-in one, or a file in models/mxgguf_costs."""
+    if name == ESTIMATE_CHOICE:
+        raise CostError("costs estimated from the weights are made from the MODEL when Mixed GGUF Quantize "
+                        "runs: its summary and chart show the plan then")
     spec = name if name.startswith("builtin:") else costs_path(name)
     if isinstance(spec, Path) and not spec.exists():
         raise CostError(f"costs file {name!r} does not exist yet in models/{COSTS_FOLDER}; run Capture Layer "
@@ -54,7 +61,8 @@ def cost_table(name: str) -> CostTable:
 
 
 def costs_choices() -> list[str]:
-    return BUILTIN_CHOICES + [n for n in folder_paths.get_filename_list(COSTS_FOLDER) if not n.endswith(SPEED_SUFFIX)]
+    files = [n for n in folder_paths.get_filename_list(COSTS_FOLDER) if not n.endswith(SPEED_SUFFIX)]
+    return BUILTIN_CHOICES + [ESTIMATE_CHOICE] + files
 
 
 IMATRIX_SUFFIX = ".imatrix.gguf"  # importance matrices Capture writes beside the costs
@@ -87,31 +95,39 @@ def file_state(find: Callable[[str], Path], name: str) -> tuple[int, int] | str:
     return st.st_mtime_ns, st.st_size
 
 
-def speed_profile(model, arch: FluxArch, shapes, types: Sequence[str]) -> SpeedProfile:
+def speed_profile(model, family_model: Model, shapes, types: Sequence[str]) -> SpeedProfile:
     """The speed profile of the model's load device for this model's weights in ``types``: the one
     kept in models/mxgguf_costs/, else measured now with ComfyUI-GGUF's dequantize functions
     (seconds on a GPU, a minute or more on a CPU) and kept, with the types it had before."""
     device = model.load_device
     slug = "".join(c if c.isalnum() else "-" for c in device_name(device)).strip("-").lower()
-    path = Path(folder_paths.get_folder_paths(COSTS_FOLDER)[0]) / f"{slug}_hidden{arch.hidden_size}{SPEED_SUFFIX}"
-    stored = {tensor_type(t, s) for t in types for s in weight_shapes(arch, shapes)}
+    path = Path(folder_paths.get_folder_paths(COSTS_FOLDER)[0]) / f"{slug}_{speed_profile_name(family_model)}"
+    stored = {tensor_type(t, s) for t in types for s in weight_shapes(family_model, shapes)}
+    tokens = family_model.family.reference_tokens  # the step the slowdown is predicted for
     kept_types: set[str] = set()
     if path.exists():
         try:
             kept = load_speed(path)
         except SpeedError:
             kept = None  # unreadable: measured again below, and replaced
-        if kept is not None and kept.tokens == REFERENCE_TOKENS:
-            if covers(kept, arch, shapes, sorted(stored)):
+        if kept is not None and kept.tokens == tokens:
+            if covers(kept, family_model, shapes, sorted(stored)):
                 return kept
             kept_types = set.intersection(set(PROFILED_TYPES), *(set(t) for t in kept.dequant_seconds.values()))
     module = find_comfyui_gguf(folder_paths.get_folder_paths("custom_nodes"))
-    profile = measure(arch, shapes, device, REFERENCE_TOKENS, sorted(stored | kept_types),
+    profile = measure(family_model, shapes, device, tokens, sorted(stored | kept_types),
                       dequantizer=comfyui_gguf_dequantizer(module) if module else None,
                       dequantizer_name="ComfyUI-GGUF" if module else "mxgguf", progress=progress_bar(1))
     path.parent.mkdir(parents=True, exist_ok=True)
     save_speed(profile, path, overwrite=True)  # only a profile found unreadable or short of types above
     return profile
+
+
+def speed_profile_name(family_model: Model) -> str:
+    """A kept profile's file name after the device: its family and a digest of its config (the
+    block times depend on both; profiles from before families are measured again once)."""
+    config = json.dumps(family_model.fingerprint(), sort_keys=True).encode()
+    return f"{family_model.family.name}_{hashlib.sha256(config).hexdigest()[:8]}{SPEED_SUFFIX}"
 
 
 def diffusion_model(model) -> torch.nn.Module:
@@ -139,7 +155,7 @@ def refuse_patched(model) -> None:
                          f"the merged model (ModelSave) and load that")
 
 
-def model_source(model, name: str = "ComfyUI MODEL") -> tuple[Source, FluxArch]:
+def model_source(model, name: str = "ComfyUI MODEL") -> tuple[Source, Model]:
     """The MODEL's diffusion weights as a checkpoint read tensor by tensor (no copies)."""
     state = diffusion_model(model).state_dict()
     source = state_dict_source(state, name)

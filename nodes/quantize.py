@@ -13,15 +13,16 @@ from comfy_api.latest import io
 
 from ..quant import codecs
 from ..quant.atomic import checked_name
-from ..quant.costs import check_model, model_fingerprint
+from ..quant.costs import CostTable, check_model, model_fingerprint, noting_costs
+from ..quant.estimate import estimate_costs
 from ..quant.imatrix import load_imatrix
 from ..quant.mixed import MixedModel, quantize_model
 from ..quant.optimize import GiB, Allocation, Target, optimize
 from ..quant.speed import SpeedProfile
 from .chart import block_chart
-from .common import (BUILTIN_CHOICES, CATEGORY, TARGETS, MixedGGUF, cost_table, costs_choices, costs_path, file_state,
-                     imatrix_choices, imatrix_path, model_source, progress_bar, refuse_patched,
-                     refuse_quantized, speed_profile)
+from .common import (BUILTIN_CHOICES, CATEGORY, ESTIMATE_CHOICE, TARGETS, MixedGGUF, cost_table, costs_choices,
+                     costs_path, file_state, imatrix_choices, imatrix_path, model_source, progress_bar,
+                     refuse_patched, refuse_quantized, speed_profile)
 
 
 class DequantizedWeight:
@@ -34,13 +35,15 @@ class DequantizedWeight:
         return self.mixed.dequantized(self.key, weight.device).to(weight.dtype)
 
 
-def summary(alloc: Allocation, mixed: MixedModel, costs_name: str, target: Target, speed: SpeedProfile,
-            max_slowdown: float | None) -> str:
+def summary(alloc: Allocation, mixed: MixedModel, costs_name: str, table: CostTable, target: Target,
+            speed: SpeedProfile, max_slowdown: float | None) -> str:
     counts = Counter(alloc.types)
     budget = f", at most {max_slowdown:g}x" if max_slowdown else ""
+    cost = ("estimated cost {:.4g} (sum of per-block weight errors: an estimate from the weights, not measured)"
+            if table.estimated else "predicted cost {:.4g} (sum of per-block final-state MSE, " + costs_name + ")")
     lines = [f"{mixed.bpw:.3f} bits per parameter, {mixed.data_bytes / GiB:.2f} GiB of tensor data",
              f"target: {target.describe()}{budget}",
-             f"predicted cost {alloc.predicted_cost:.4g} (sum of per-block final-state MSE, {costs_name})",
+             cost.format(alloc.predicted_cost),
              f"predicted step time {alloc.predicted_slowdown:.2f}x the unquantized model's ({speed.device}, "
              f"{speed.dtype}, {speed.tokens} tokens, {speed.dequantizer} dequantize)",
              "types: " + ", ".join(f"{t} x{n}" for t, n in counts.most_common()),
@@ -55,10 +58,11 @@ class MixedGGUFQuantize(io.ComfyNode):
             node_id="MxMixedGGUFQuantize",
             display_name="Mixed GGUF Quantize",
             category=CATEGORY,
-            description="Chooses a GGUF type per FLUX block that meets the target at the least total cost "
+            description="Chooses a GGUF type per block (FLUX.1, FLUX.2, Chroma, Qwen-Image, Wan, HiDream, "
+                        "Lumina 2, Z-Image) that meets the target at the least total cost "
                         "(exact), and quantizes. Sample the MODEL output to see the mixed model before saving.",
             inputs=[
-                io.Model.Input("model", tooltip="The full-precision FLUX model to quantize (not GGUF or fp8)."),
+                io.Model.Input("model", tooltip="The full-precision model to quantize (not GGUF or fp8)."),
                 io.Combo.Input("costs", options=costs_choices(), default=BUILTIN_CHOICES[0],
                                tooltip="Per-block costs: the built-in FLUX.1-dev table (also right for its "
                                        "finetunes) or a file made by Capture Layer Costs. A file that Capture "
@@ -105,6 +109,8 @@ class MixedGGUFQuantize(io.ComfyNode):
             return f"unknown target {target!r}; one of {list(TARGETS)}"
         if costs.startswith("builtin:"):
             return True if costs in BUILTIN_CHOICES else f"no built-in cost table {costs!r}"
+        if costs == ESTIMATE_CHOICE:
+            return True
         try:
             checked_name(costs)
         except ValueError as e:
@@ -115,7 +121,7 @@ class MixedGGUFQuantize(io.ComfyNode):
     def fingerprint_inputs(cls, costs: str, imatrix: str = "none", **_: object) -> tuple:
         """Run again when the costs file or the importance matrix changed on disk (a new capture,
         ``quant costs merge``), though the graph did not: ComfyUI would reuse the old outputs."""
-        costs_state = costs if costs.startswith("builtin:") else file_state(costs_path, costs)
+        costs_state = costs if costs.startswith("builtin:") or costs == ESTIMATE_CHOICE else file_state(costs_path, costs)
         imatrix_state = imatrix if imatrix == "none" else file_state(imatrix_path, imatrix)
         return costs_state, imatrix_state
 
@@ -127,28 +133,34 @@ class MixedGGUFQuantize(io.ComfyNode):
         if target not in TARGETS:
             raise ValueError(f"unknown target {target!r}; one of {list(TARGETS)}")
         size_target = Target.of(**{TARGETS[target]: value})
-        source, arch = model_source(model)
-        table = cost_table(costs)
-        check_model(table, model_fingerprint(arch, source))
+        source, family_model = model_source(model)
+        importance = None if imatrix == "none" else load_imatrix(imatrix_path(imatrix))
+        if costs == ESTIMATE_CHOICE:
+            table = estimate_costs(family_model, source, codecs.QUANTIZED_TYPE_NAMES, importance, imatrix,
+                                   device=model.load_device, progress=progress_bar(len(source.shapes)))
+        else:
+            table = cost_table(costs)
+        check_model(table, model_fingerprint(family_model, source))
         allowed = None if types.strip().lower() == "all" else codecs.parse_type_list(types)
         per_block = table.costs()
-        speed = speed_profile(model, arch, source.shapes, allowed or sorted({t for c in per_block for t in c}))
+        speed = speed_profile(model, family_model, source.shapes,
+                              allowed or sorted({t for c in per_block for t in c}))
         slowdown_budget = max_slowdown if max_slowdown > 0 else None
-        alloc = optimize(arch, source.shapes, per_block, size_target, allowed, speed=speed,
+        alloc = optimize(family_model, source.shapes, per_block, size_target, allowed, speed=speed,
                          max_slowdown=slowdown_budget)
-        importance = None if imatrix == "none" else load_imatrix(imatrix_path(imatrix))
-        mixed = quantize_model(source, arch, alloc.recipe, device=model.load_device,
+        recipe = noting_costs(alloc.recipe, table, costs)
+        mixed = quantize_model(source, family_model, recipe, device=model.load_device,
                                progress=progress_bar(sum(math.prod(s) for s in source.shapes.values())),
                                predicted_cost=alloc.predicted_cost, imatrix=importance, imatrix_name=imatrix)
         out = model.clone()
         for t in mixed.plan:
             if t.qtype != "F32":
                 out.add_weight_wrapper(f"diffusion_model.{t.key}", DequantizedWeight(mixed, t.key))
-        text = summary(alloc, mixed, costs, size_target, speed, slowdown_budget)
+        text = summary(alloc, mixed, costs, table, size_target, speed, slowdown_budget)
         if importance is not None:
             text += f"\nimportance matrix: {imatrix} ({importance.describe()})"
-        step = speed.step_seconds(arch)
-        shares = [s / step for s in speed.block_dequant(mixed.plan, arch.n_blocks)]
+        step = speed.step_seconds(family_model)
+        shares = [s / step for s in speed.block_dequant(mixed.plan, family_model.n_blocks)]
         chart = block_chart(alloc.types, [per_block[b].get(t) for b, t in enumerate(alloc.types)],
-                            arch.depth_double, text.splitlines()[0], shares)
+                            family_model.depths, text.splitlines()[0], shares)
         return io.NodeOutput(mixed, out, text, chart, ui={"text": [text]})

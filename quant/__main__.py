@@ -14,19 +14,21 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import codecs
-from .arch import FLUX1_DEV, REFERENCE_TOKENS, ArchitectureError, detect, flux_shapes
+from .models import DEFAULT_MODEL, FAMILIES, NAMED_CONFIGS, ArchitectureError, Model, detect, named_model
 from .atomic import check_target
 from .checkpoint import CheckpointError, open_safetensors
 from .encode import write_gguf
 from .gguf_file import GGUFWriteError, WriteResult, read_summary
-from .costs import CostError, CostTable, accumulate, check_model, default_costs, model_fingerprint, resolve_costs
+from .costs import (CostError, CostTable, accumulate, check_model, default_costs, model_fingerprint, noting_costs,
+                    resolve_costs, save_costs)
 from .optimize import CARD_HEADROOM_GIB, Allocation, Target, TargetError, optimize, pareto
-from .plan import allocation_json, table_model_shapes
+from .plan import allocation_json
 from .recipe import Recipe, RecipeError, load_recipe, save_recipe
 from .tensor_plan import average_bpw, output_name, plan_tensors
 from .imatrix import ImatrixError, load_imatrix
 from .speed import SpeedError, SpeedProfile, load_speed
 
+ESTIMATE = "estimate"  # --costs: estimate from the checkpoint's weights
 USER_ERRORS = (ArchitectureError, RecipeError, CheckpointError, GGUFWriteError, CostError, TargetError,
                SpeedError, ImatrixError, FileExistsError, FileNotFoundError, ValueError)
 
@@ -38,9 +40,9 @@ def convert(src: Path, out: Path | None, recipe: Recipe | None = None, qtype: st
     matrix file ``imatrix`` (of this model) where given."""
     importance = load_imatrix(imatrix) if imatrix else None
     with open_safetensors(src) as source:
-        arch = detect(source.shapes)
-        recipe = recipe or Recipe.uniform(arch, qtype or "Q8_0")
-        plan = plan_tensors(arch, source.shapes, recipe)
+        model = detect(source.shapes)
+        recipe = recipe or Recipe.uniform(model, qtype or "Q8_0")
+        plan = plan_tensors(model, source.shapes, recipe)
         out = out or src.parent / output_name(src.name, average_bpw(plan))
         check_target(out, overwrite)  # before any work
         total = sum(t.numel for t in plan)
@@ -56,15 +58,31 @@ def target_from(args: argparse.Namespace) -> Target | None:
     return Target.of(args.bpw, args.size_gb, args.card_gb)
 
 
-def costs_for(arch, source, spec: str | None) -> CostTable:
-    """The costs to optimize with: the file given, else the built-in table of this model's shape."""
-    fingerprint = model_fingerprint(arch, source)
-    table = resolve_costs(spec) if spec else default_costs(fingerprint)
+def costs_for(model: Model, source, spec: str | None, imatrix: Path | None = None) -> CostTable:
+    """The costs to optimize with: the file given, else the built-in table of this model's shape,
+    else (or given ``estimate``) an estimate from the checkpoint's weights."""
+    fingerprint = model_fingerprint(model, source)
+    table = resolve_costs(spec) if spec and spec != ESTIMATE else None if spec else default_costs(fingerprint)
     if table is None:
-        raise CostError(f"no built-in cost table fits {arch.describe()}; measure one with "
-                        f"'python -m quant costs' and pass it with --costs")
+        logging.getLogger(__package__).info(
+            "costs: estimated from the weights of %s (%s); measured costs pick better recipes",
+            source.name, "no built-in table fits " + model.describe() if spec is None else "as asked")
+        return estimate_with_progress(model, source, imatrix)
     check_model(table, fingerprint)
     return table
+
+
+def estimate_with_progress(model: Model, source, imatrix: Path | None = None,
+                           types: Sequence[str] = codecs.QUANTIZED_TYPE_NAMES) -> CostTable:
+    from .estimate import estimate_costs
+
+    importance = load_imatrix(imatrix) if imatrix else None
+    with tqdm(unit="weight", desc="estimating costs") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        return estimate_costs(model, source, types, importance, imatrix.name if imatrix else "", progress=progress)
 
 
 def speed_for(args: argparse.Namespace) -> SpeedProfile | None:
@@ -73,20 +91,22 @@ def speed_for(args: argparse.Namespace) -> SpeedProfile | None:
     return load_speed(args.speed) if args.speed else None
 
 
-def allocate(arch, shapes, table: CostTable, target: Target, args: argparse.Namespace, name: str) -> Allocation:
-    return optimize(arch, shapes, table.costs(), target, allowed=args.types, name=name, speed=speed_for(args),
+def allocate(model: Model, shapes, table: CostTable, target: Target, args: argparse.Namespace,
+             name: str) -> Allocation:
+    return optimize(model, shapes, table.costs(), target, allowed=args.types, name=name, speed=speed_for(args),
                     max_slowdown=args.max_slowdown)
 
 
-def describe_allocation(alloc: Allocation) -> str:
-    text = f"{alloc.bpw:.3f} bits/param, predicted cost {alloc.predicted_cost:.4g}"
+def describe_allocation(alloc: Allocation, table: CostTable) -> str:
+    cost = "estimated cost (weight error)" if table.estimated else "predicted cost"
+    text = f"{alloc.bpw:.3f} bits/param, {cost} {alloc.predicted_cost:.4g}"
     if alloc.predicted_slowdown is not None:
         text += f", predicted step time {alloc.predicted_slowdown:.3f}x the unquantized model's"
     return text
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"{s['file']}: {s['arch']}, {s['n_tensors']} tensors, {s['params'] / 1e6:.1f} M params, "
+    lines = [f"{s['file']}: {s['model']}, {s['n_tensors']} tensors, {s['params'] / 1e6:.1f} M params, "
              f"{s['size_bytes'] / 2**20:.1f} MiB, {s['bpw']:.3f} bits/param"]
     runs: list[tuple[int, int, str]] = []  # consecutive blocks of one type
     for i, t in enumerate(s["blocks"]):
@@ -96,6 +116,8 @@ def format_summary(s: dict) -> str:
             runs.append((i, i, t))
     lines += [f"  blocks {a}-{b}: {t}" if a != b else f"  block {a}: {t}" for a, b, t in runs]
     lines += [f"  {t}: {n / 1e6:.1f} M params" for t, n in sorted(s["type_params"].items())]
+    if s.get("costs"):
+        lines.append(f"  recipe chosen by costs: {s['costs']}")
     return "\n".join(lines)
 
 
@@ -104,11 +126,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     target = target_from(args)
     if target is not None:
         with open_safetensors(args.src, hash_file=False) as source:
-            arch = detect(source.shapes)
-            table = costs_for(arch, source, args.costs)
-            alloc = allocate(arch, source.shapes, table, target, args, Path(args.src).stem)
-        recipe = alloc.recipe
-        print(f"recipe for {target.describe()}: {describe_allocation(alloc)}")
+            model = detect(source.shapes)
+            table = costs_for(model, source, args.costs, Path(args.imatrix) if args.imatrix else None)
+            alloc = allocate(model, source.shapes, table, target, args, Path(args.src).stem)
+        recipe = noting_costs(alloc.recipe, table, args.costs or 'built-in table')
+        print(f"recipe for {target.describe()}: {describe_allocation(alloc, table)}")
     elif args.type is None and recipe is None:
         raise ValueError("give --type, --recipe, or a target (--bpw, --size-gb, --card-gb)")
     elif args.speed or args.max_slowdown is not None:
@@ -124,32 +146,37 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if target is None:
         raise ValueError("give a target: --bpw, --size-gb or --card-gb")
     table = resolve_costs(args.costs)
-    if args.model:
+    if args.model in NAMED_CONFIGS:
+        model = named_model(args.model)
+        check_model(table, model.fingerprint())
+        shapes = model.shapes()
+    elif args.model:
         with open_safetensors(args.model, hash_file=False) as source:
-            arch, shapes = detect(source.shapes), dict(source.shapes)
-            check_model(table, model_fingerprint(arch, source))
+            model, shapes = detect(source.shapes), dict(source.shapes)
+            check_model(table, model_fingerprint(model, source))
     else:
-        arch, shapes = table_model_shapes(table.model)
+        model = table.family_model
+        shapes = model.shapes()
     if args.pareto:
-        return print_frontier(arch, shapes, table, target, args)
-    alloc = allocate(arch, shapes, table, target, args, args.name or "")
+        return print_frontier(model, shapes, table, target, args)
+    alloc = allocate(model, shapes, table, target, args, args.name or "")
     if args.output:
-        save_recipe(alloc.recipe, args.output)
+        save_recipe(noting_costs(alloc.recipe, table, args.costs or 'built-in table'), args.output)
     if args.json:
         print(json.dumps(allocation_json(alloc)))
     else:
-        print(f"{target.describe()}: {describe_allocation(alloc)}, {alloc.data_bytes / 2**30:.2f} GiB of tensor data"
+        print(f"{target.describe()}: {describe_allocation(alloc, table)}, {alloc.data_bytes / 2**30:.2f} GiB of tensor data"
               + (f"; recipe written to {args.output}" if args.output else ""))
     return 0
 
 
-def print_frontier(arch, shapes, table: CostTable, target: Target, args: argparse.Namespace) -> int:
+def print_frontier(model: Model, shapes, table: CostTable, target: Target, args: argparse.Namespace) -> int:
     """What a faster file costs at this size: least cost at slowdowns from the fastest reachable
     to the unbudgeted optimum's."""
     speed = speed_for(args)
     if speed is None:
         raise ValueError("--pareto needs --speed PROFILE (measure one with 'python -m quant speed')")
-    frontier = pareto(arch, shapes, table.costs(), target, speed, args.types, args.pareto)
+    frontier = pareto(model, shapes, table.costs(), target, speed, args.types, args.pareto)
     free = frontier[-1]
     rows = [{"predicted_slowdown": f.predicted_slowdown, "predicted_cost": f.predicted_cost, "bpw": f.bpw,
              "blocks": list(f.types)} for f in frontier]
@@ -167,48 +194,47 @@ def print_frontier(arch, shapes, table: CostTable, target: Target, args: argpars
 
 
 def cmd_costs(args: argparse.Namespace) -> int:
-    """Measure costs on synthetic samples with the reference FLUX blocks, adding to a costs file."""
+    """Measure costs on synthetic samples with the family's reference blocks, adding to a costs file."""
     import torch
 
-    from .flux_blocks import ReferenceStack
     from .sweep import sweep
 
     types = args.types or list(codecs.QUANTIZED_TYPE_NAMES)
     with open_safetensors(args.src, hash_file=False) as source:
-        arch = detect(source.shapes)
-        fingerprint = model_fingerprint(arch, source)
+        model = detect(source.shapes)
+        fingerprint = model_fingerprint(model, source)
         dtype = getattr(torch, args.dtype)
-        stack = ReferenceStack(arch, source, device=args.device or "cpu", dtype=dtype)
+        stack = model.family.reference_stack(model, source, device=args.device or "cpu", dtype=dtype)
         importance = None
         if args.imatrix:
             imatrix = load_imatrix(args.imatrix)
-            imatrix.check_model({arch.strip_prefix(k): s for k, s in source.shapes.items()})
-            importance = imatrix.block_importance(arch.block_name)
+            imatrix.check_model({model.strip_prefix(k): s for k, s in source.shapes.items()})
+            importance = imatrix.block_importance(model.block_name)
 
-        provenance = {"measured_with": "quant.flux_blocks (headless)", "checkpoint": Path(args.src).name}
+        provenance = {"measured_with": f"{type(stack).__module__} (headless)", "checkpoint": Path(args.src).name}
         if args.imatrix:
             provenance["imatrix"] = Path(args.imatrix).name
 
         n_samples = len(args.inputs) if args.inputs else args.samples
-        pending = stack_samples(args, stack, arch, {"dtype": args.dtype})
-        with tqdm(total=n_samples * arch.n_blocks * len(types), unit="cost", desc="costs") as bar:
+        pending = stack_samples(args, stack, {"dtype": args.dtype})
+        with tqdm(total=n_samples * model.n_blocks * len(types), unit="cost", desc="costs") as bar:
             # a sweep per --batch samples: each (block, type) is quantized once for all of them
             while group := list(itertools.islice(pending, args.batch)):
                 result = sweep(stack, [inputs for inputs, _ in group], types,
                                progress=lambda done, _t, n=len(group): bar.update(n), importance=importance)
                 accumulate(args.output, result.table(  # after every sweep: an interrupt keeps what was measured
-                    fingerprint, arch.n_blocks, types, [sample for _, sample in group], provenance))
-    print(f"costs of {len(types)} types x {arch.n_blocks} blocks over {n_samples} sample(s) added to {args.output}")
+                    fingerprint, model.n_blocks, types, [sample for _, sample in group], provenance))
+    print(f"costs of {len(types)} types x {model.n_blocks} blocks over {n_samples} sample(s) added to {args.output}")
     return 0
 
 
-def stack_samples(args: argparse.Namespace, stack, arch, extra: dict) -> Iterator[tuple[object, dict]]:
+def stack_samples(args: argparse.Namespace, stack, extra: dict) -> Iterator[tuple[object, dict]]:
     """(inputs, description) for the headless stack: the saved captures given, else synthetic
     samples (noised random latents at spread-out sigmas, random text states)."""
     from .capture_file import load_capture
 
     for path in args.inputs or []:
-        inputs, sample = load_capture(path, arch.hidden_size)
+        inputs, sample = load_capture(path, stack.width)
         yield stack.prepare(inputs), {**sample, "capture": Path(path).name, **extra}
     for i in range(0 if args.inputs else args.samples):
         seed = args.seed + i
@@ -218,24 +244,36 @@ def stack_samples(args: argparse.Namespace, stack, arch, extra: dict) -> Iterato
                 "resolution": [args.resolution, args.resolution], **extra})
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """Estimate costs from a checkpoint's weights alone (no forward runs), as a costs file."""
+    check_target(Path(args.output), args.overwrite)
+    with open_safetensors(args.src, hash_file=False) as source:
+        model = detect(source.shapes)
+        table = estimate_with_progress(model, source, Path(args.imatrix) if args.imatrix else None,
+                                       args.types or codecs.QUANTIZED_TYPE_NAMES)
+    save_costs(table, args.output)
+    print(f"estimated costs of {len(table.types)} types x {model.n_blocks} blocks of {model.describe()} written "
+          f"to {args.output}")
+    return 0
+
+
 def cmd_imatrix(args: argparse.Namespace) -> int:
     """Collect an importance matrix headless: what enters each block weight, on saved captures
     (or synthetic samples), added to the file given."""
     import torch
 
-    from .flux_blocks import ReferenceStack
     from .imatrix import Imatrix, add_to_file
 
     check_target(Path(args.output), overwrite=True)  # its folder, before any work; an existing file is added to
     with open_safetensors(args.src, hash_file=False) as source:
-        arch = detect(source.shapes)
-        stack = ReferenceStack(arch, source, device=args.device or "cpu")
+        model = detect(source.shapes)
+        stack = model.family.reference_stack(model, source, device=args.device or "cpu")
         collected = Imatrix()
         n_samples = len(args.inputs) if args.inputs else args.samples
         with tqdm(total=n_samples, unit="sample", desc="imatrix") as bar, torch.no_grad():
-            for inputs, sample in stack_samples(args, stack, arch, {}):
+            for inputs, sample in stack_samples(args, stack, {}):
                 state = stack.start(inputs)
-                for b in range(arch.n_blocks):
+                for b in range(model.n_blocks):
                     state = stack.forward(b, state, inputs, collected.add)
                 collected.chunk_count += 1
                 name = sample.get("capture", "synthetic")
@@ -263,12 +301,14 @@ def cmd_speed(args: argparse.Namespace) -> int:
     from .speed import find_comfyui_gguf, comfyui_gguf_dequantizer, measure, save_speed
 
     check_target(Path(args.output), args.overwrite)  # before any work
-    if args.model:
+    if args.model in NAMED_CONFIGS:
+        model = named_model(args.model)
+        shapes = model.shapes()
+    else:
         with open_safetensors(args.model, hash_file=False) as source:
             shapes = dict(source.shapes)
-    else:
-        shapes = flux_shapes(FLUX1_DEV)
-    arch = detect(shapes)
+        model = detect(shapes)
+    tokens = args.tokens or model.family.reference_tokens
     module = find_comfyui_gguf([args.comfyui_gguf] if args.comfyui_gguf else [Path(__file__).resolve().parents[2]])
     if args.comfyui_gguf and module is None:
         raise FileNotFoundError(f"no ComfyUI-GGUF/dequant.py in {args.comfyui_gguf}")
@@ -278,11 +318,11 @@ def cmd_speed(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        profile = measure(arch, shapes, args.device or "cpu", args.tokens, dequantizer=dequantizer,
+        profile = measure(model, shapes, args.device or "cpu", tokens, dequantizer=dequantizer,
                           dequantizer_name=name, progress=progress)
     save_speed(profile, args.output, args.overwrite)
-    print(f"{profile.device}, {args.tokens} tokens: unquantized ({profile.dtype}) step "
-          f"{profile.step_seconds(arch) * 1e3:.1f} ms for {arch.describe()}; profile written to {args.output}")
+    print(f"{profile.device}, {tokens} tokens: unquantized ({profile.dtype}) step "
+          f"{profile.step_seconds(model) * 1e3:.1f} ms for {model.describe()}; profile written to {args.output}")
     return 0
 
 
@@ -295,7 +335,7 @@ def cmd_recipe(args: argparse.Namespace) -> int:
     if args.action == "import":
         with open(args.file, encoding="utf-8") as f:
             name, config = pick_configuration(yaml.safe_load(f), args.name)
-        recipe = from_casts(config, args.depth_double, args.depth_single, args.default, name)
+        recipe = from_casts(config, named_model(args.model), args.default, name)
         save_recipe(recipe, args.output)
         print(f"recipe {name or '(unnamed)'} written to {args.output}")
         return 0
@@ -323,20 +363,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Make a small random FLUX checkpoint, convert it with a mixed recipe, read it back."""
+    """Make a small random checkpoint of a family, convert it with a mixed recipe, read it back."""
     from safetensors.torch import save_file
 
-    from .synthetic import TINY, random_state_dict
+    from .models import family
+    from .synthetic import random_state_dict
 
     folder = Path(args.dir or tempfile.mkdtemp(prefix="mxgguf-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
-    src = folder / "tiny-flux.safetensors"
-    save_file(random_state_dict(TINY), str(src))
-    arch = detect(flux_shapes(TINY))
-    ladder = ["Q8_0", "Q6_K", "Q5_K", "Q5_1", "IQ4_XS", "Q4_K"]  # more bits where FLUX is most sensitive
-    types = tuple(ladder[min(i * len(ladder) // arch.n_blocks, len(ladder) - 1)] for i in range(arch.n_blocks))
-    recipe = Recipe(types, arch.depth_double, arch.depth_single, name="demo ladder")
-    print(f"source: {src} ({arch.describe()})")
+    fam = family(args.family)
+    model = Model(fam, fam.tiny)
+    src = folder / f"tiny-{fam.name}.safetensors"
+    save_file(random_state_dict(model), str(src))
+    ladder = ["Q8_0", "Q6_K", "Q5_K", "Q5_1", "IQ4_XS", "Q4_K"]  # more bits where early blocks are most sensitive
+    types = [ladder[min(i * len(ladder) // model.n_blocks, len(ladder) - 1)] for i in range(model.n_blocks)]
+    recipe = Recipe.for_model(model, types, name="demo ladder")
+    print(f"source: {src} ({model.describe()})")
     r = convert(src, None, recipe, overwrite=True)
     print(format_summary(read_summary(r.path)))
     return 0
@@ -377,7 +419,7 @@ def add_device_argument(cmd: argparse.ArgumentParser, what: str = "torch device,
 
 def add_sample_arguments(cmd: argparse.ArgumentParser) -> None:
     """The checkpoint and the samples ``stack_samples`` gives: saved captures, else synthetic ones."""
-    cmd.add_argument("src", help="FLUX checkpoint (.safetensors)")
+    cmd.add_argument("src", help="checkpoint (.safetensors) of a family with reference blocks (FLUX.1)")
     cmd.add_argument("--inputs", nargs="+", metavar="CAPTURE",
                      help="saved captures (Capture Layer Costs with save_inputs); default: synthetic samples")
     cmd.add_argument("--samples", type=_positive, default=1, help="synthetic samples, without --inputs")
@@ -387,16 +429,17 @@ def add_sample_arguments(cmd: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m quant", description="Mixed-quantization GGUF for FLUX.")
+    p = argparse.ArgumentParser(prog="python -m quant", description="Mixed-quantization GGUF for diffusion transformers.")
     sub = p.add_subparsers(dest="command", required=True)
     convert_cmd = sub.add_parser("convert", help="safetensors -> GGUF (one type, or a recipe)")
-    convert_cmd.add_argument("src", help="FLUX checkpoint (.safetensors, BFL/ComfyUI layout)")
+    convert_cmd.add_argument("src", help="checkpoint (.safetensors, ComfyUI's single-file layout) of a known family")
     how = convert_cmd.add_mutually_exclusive_group()
     how.add_argument("--type", choices=codecs.TYPE_NAMES, help="every block this type")
     how.add_argument("--recipe", help="recipe YAML (see recipes/README.md)")
     add_target_arguments(convert_cmd, how)
     convert_cmd.add_argument("--costs",
-                             help="costs file or builtin:NAME (default: the built-in table of the model's shape)")
+                             help="costs file, builtin:NAME or 'estimate' (default: the built-in table of the model's "
+                                  "shape, else an estimate from the checkpoint's weights)")
     add_output_argument(convert_cmd, "output .gguf (default: <model>_mxN_N.gguf beside the source)", required=False,
                         overwrite="replace an existing output file")
     add_device_argument(convert_cmd, "torch device for the codecs, e.g. cuda (default cpu)")
@@ -409,9 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_cmd.add_argument("--json", action="store_true")
     inspect_cmd.set_defaults(run=cmd_inspect)
     optimize_cmd = sub.add_parser("optimize", help="the least-cost recipe for a size target")
-    optimize_cmd.add_argument("--costs", required=True, help="costs file or builtin:flux1-dev")
+    optimize_cmd.add_argument("--costs", required=True, help="costs file or builtin:NAME")
     add_target_arguments(optimize_cmd, optimize_cmd.add_mutually_exclusive_group(required=True))
-    optimize_cmd.add_argument("--model", help="checkpoint to take shapes from (default: FLUX.1 widths)")
+    optimize_cmd.add_argument("--model", metavar="NAME|CHECKPOINT",
+                              help=f"a named configuration ({', '.join(NAMED_CONFIGS)}) or a checkpoint to take "
+                                   f"shapes from (default: the costs table's model)")
     optimize_cmd.add_argument("--name", help="recipe name")
     add_output_argument(optimize_cmd, "write the recipe YAML here", required=False)
     optimize_cmd.add_argument("--json", action="store_true",
@@ -437,6 +482,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and picks recipes as float32 does, but its own rounding adds to every cost (Q8_0's "
                                 "about 2.7x at stock width): predicted costs run high (bench/forwards.py)")
     costs_cmd.set_defaults(run=cmd_costs)
+    estimate_cmd = sub.add_parser("estimate", help="estimate per-block costs from a checkpoint's weights alone "
+                                                   "(any family; seconds; measured costs pick better recipes)")
+    estimate_cmd.add_argument("src", help="checkpoint (.safetensors) of a known family")
+    add_output_argument(estimate_cmd, "costs JSON to write", overwrite="replace an existing file")
+    estimate_cmd.add_argument("--types", nargs="+", choices=codecs.QUANTIZED_TYPE_NAMES,
+                              help="default: every quantized type")
+    estimate_cmd.add_argument("--imatrix", metavar="FILE",
+                              help="weigh each weight's column errors by this importance matrix's mean squares")
+    estimate_cmd.set_defaults(run=cmd_estimate)
     imatrix_cmd = sub.add_parser("imatrix",
                                  help="collect an importance matrix headless (llama.cpp's GGUF imatrix format)")
     add_sample_arguments(imatrix_cmd)
@@ -451,9 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
     speed_cmd = sub.add_parser("speed", help="measure what each type costs per sampling step on a device")
     add_output_argument(speed_cmd, "speed profile JSON to write", overwrite="replace an existing profile")
     add_device_argument(speed_cmd)
-    speed_cmd.add_argument("--tokens", type=_positive, default=REFERENCE_TOKENS,
-                           help=f"tokens per sample the blocks see ({REFERENCE_TOKENS}: 1024x1024 with 512 of text)")
-    speed_cmd.add_argument("--model", help="checkpoint whose weight shapes to measure (default: FLUX.1-dev's)")
+    speed_cmd.add_argument("--tokens", type=_positive,
+                           help="tokens per sample the blocks see (default: the family's usual size, e.g. FLUX.1's "
+                                "4608 at 1024x1024 with 512 of text)")
+    speed_cmd.add_argument("--model", metavar="NAME|CHECKPOINT", default=DEFAULT_MODEL,
+                           help=f"a named configuration ({', '.join(NAMED_CONFIGS)}) or a checkpoint whose weight "
+                                f"shapes to measure (default {DEFAULT_MODEL})")
     speed_cmd.add_argument("--comfyui-gguf", metavar="FOLDER",
                            help="folder holding ComfyUI-GGUF, whose dequantize functions are timed (default: the "
                                 "folder this pack sits in, if it has ComfyUI-GGUF; else this pack's own)")
@@ -470,15 +527,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_argument(recipe_import, "recipe YAML to write")
     recipe_import.add_argument("--name", help="which configuration, when the file holds several")
     recipe_import.add_argument("--default", default="BF16", help="type of blocks no cast names (default BF16)")
-    recipe_import.add_argument("--depth-double", type=int, default=FLUX1_DEV.depth_double)
-    recipe_import.add_argument("--depth-single", type=int, default=FLUX1_DEV.depth_single)
+    recipe_import.add_argument("--model", choices=NAMED_CONFIGS, default=DEFAULT_MODEL,
+                               help=f"the model the casts' block numbers count (default {DEFAULT_MODEL})")
     recipe_export = rsub.add_parser("export",
                                     help="recipe YAML -> llama-quantize --tensor-type options or sd.cpp rules")
     recipe_export.add_argument("file")
     recipe_export.add_argument("--format", choices=["llama.cpp", "sd.cpp"], default="llama.cpp")
     recipe_cmd.set_defaults(run=cmd_recipe)
-    demo_cmd = sub.add_parser("demo", help="convert a small random FLUX-layout model end to end")
+    demo_cmd = sub.add_parser("demo", help="convert a small random model end to end")
     demo_cmd.add_argument("--dir", help="folder for the demo files (default: a new temp folder)")
+    demo_cmd.add_argument("--family", choices=FAMILIES, default=named_model(DEFAULT_MODEL).family.name,
+                          help="the family whose layout the random model has")
     demo_cmd.set_defaults(run=cmd_demo)
     return p
 

@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_output
-from .flux_stack import StackInputs
+from .models.flux1_stack import StackInputs
 
 
 CAPTURE_FORMAT = "mxgguf-capture/1"

@@ -44,6 +44,12 @@ class Source:
     # The file's SHA-256 when called: hashed on a thread from opening, so it overlaps the work.
     sha256: Callable[[], str] | None = None
     dtypes: dict[str, torch.dtype] | None = None
+    # Rows start..stop-1 of a tensor without reading the rest, where the source can.
+    read_rows: Callable[[str, int, int], torch.Tensor] | None = None
+
+    def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start..stop-1`` (along the first axis) of tensor ``key``."""
+        return self.read_rows(key, start, stop) if self.read_rows else self.read(key)[start:stop]
 
 
 @dataclass(frozen=True)
@@ -100,18 +106,27 @@ def open_safetensors(path: str | os.PathLike[str], hash_file: bool = True) -> It
     with open(path, "rb", buffering=0) as f:
         entries = _read_header(f, path.name, os.fstat(f.fileno()).st_size)
 
-        def read(key: str) -> torch.Tensor:
-            e = entries[key]
-            buf = torch.empty(e.end - e.start, dtype=torch.uint8)
-            f.seek(e.start)
+        def read_bytes(key: str, start: int, stop: int) -> torch.Tensor:
+            buf = torch.empty(stop - start, dtype=torch.uint8)
+            f.seek(start)
             got = f.readinto(memoryview(buf.numpy())) if buf.numel() else 0
             if got != buf.numel():
                 raise CheckpointError(f"{path.name}: {key} is cut short ({got} of {buf.numel()} bytes)")
-            return buf.view(e.dtype).reshape(e.shape)
+            return buf
+
+        def read(key: str) -> torch.Tensor:
+            e = entries[key]
+            return read_bytes(key, e.start, e.end).view(e.dtype).reshape(e.shape)
+
+        def read_rows(key: str, start: int, stop: int) -> torch.Tensor:
+            e = entries[key]
+            row = (e.end - e.start) // e.shape[0]
+            stop = min(stop, e.shape[0])
+            return read_bytes(key, e.start + start * row, e.start + stop * row).view(e.dtype).reshape(-1, *e.shape[1:])
 
         with _hashing(path) if hash_file else contextlib.nullcontext() as sha256:
             yield Source(path.name, {k: e.shape for k, e in entries.items()}, read, sha256,
-                         {k: e.dtype for k, e in entries.items()})
+                         {k: e.dtype for k, e in entries.items()}, read_rows)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ models refuse to merge) and the samples it was measured on.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -20,11 +21,15 @@ from typing import Any
 import torch
 
 from . import codecs
-from .arch import IDENTITY_KEYS, FluxArch
 from .atomic import atomic_write_text, load_json
 from .checkpoint import Source
+from .models import ArchitectureError, Model, from_fingerprint
+from .recipe import Recipe
 
 COSTS_FORMAT = "mxgguf-costs/1"
+# What a table's costs are (its provenance's "measure"); tables of different measures never merge.
+FINAL_HIDDEN_STATE = "final hidden state"  # measured: the blocks' output error, one block quantized
+ESTIMATED = "estimate: weight error"  # from the weights alone (quant.estimate)
 # Published tables shipped with the pack: used for any model of their shape (finetunes share
 # their base's sensitivities), referred to as "builtin:<name>".
 BUILTIN = {"flux1-dev": Path(__file__).parent / "builtin" / "flux1-dev.costs.json"}
@@ -35,17 +40,17 @@ class CostError(ValueError):
     """A cost table that is malformed, or does not belong with the model or table at hand."""
 
 
-def model_fingerprint(arch: FluxArch, source: Source | None = None) -> dict[str, Any]:
-    """Architecture facts plus, given the checkpoint, a hash of a few of its weights.
+def model_fingerprint(model: Model, source: Source | None = None) -> dict[str, Any]:
+    """The model's family and config plus, given the checkpoint, a hash of a few of its weights.
 
     Values are hashed as bf16, the coarsest dtype checkpoints ship in, so the same model
     loaded as bf16, fp16 or fp32 has the same fingerprint.
     """
-    fp = arch.fingerprint()
+    fp = model.fingerprint()
     if source is not None:
         h = hashlib.sha256()
-        for key in IDENTITY_KEYS:
-            x = source.read(arch.prefix + key).detach().cpu().reshape(-1)[:_FINGERPRINT_VALUES]
+        for key in model.family.identity_keys:
+            x = source.read(model.prefix + key).detach().cpu().reshape(-1)[:_FINGERPRINT_VALUES]
             h.update(x.to(torch.float32).to(torch.bfloat16).view(torch.int16).numpy().tobytes())
         fp["weights_sha256"] = h.hexdigest()[:16]
     return fp
@@ -106,6 +111,9 @@ class CostTable:
             raise CostError("a published table holds means without counts; it cannot be merged with measurements")
         if self.n_blocks != other.n_blocks:
             raise CostError(f"cost tables have {self.n_blocks} and {other.n_blocks} blocks")
+        if self.measure != other.measure:
+            raise CostError(f"cost tables of different measures ({self.measure} and {other.measure}) cannot be "
+                            f"merged: their costs are not on one scale")
         mine, theirs = self.provenance.get("imatrix"), other.provenance.get("imatrix")
         if mine != theirs:
             raise CostError(f"cost tables measured with different importance matrices ({mine or 'none'} and "
@@ -139,18 +147,44 @@ class CostTable:
         return {"format": COSTS_FORMAT, "model": self.model, "provenance": self.provenance,
                 "types": self.types, "sse": self.sse, "count": self.count, "samples": self.samples}
 
+    @property
+    def measure(self) -> str:
+        """What the costs are: measured final-state errors (tables from before this was recorded
+        too), or an estimate from the weights."""
+        return str(self.provenance.get("measure", FINAL_HIDDEN_STATE))
+
+    @property
+    def estimated(self) -> bool:
+        return self.measure == ESTIMATED
+
+    @property
+    def family_model(self) -> Model:
+        """The model the table was measured on, at its family's tensor shapes."""
+        return from_fingerprint(self.model)
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CostTable:
         if not isinstance(d, Mapping) or d.get("format") != COSTS_FORMAT:
             raise CostError(f"not a cost table (expected format {COSTS_FORMAT!r})")
         try:
-            t = cls(dict(d["model"]), list(d["types"]), [[float(v) for v in r] for r in d["sse"]],
+            t = cls(_normalized(d["model"]), list(d["types"]), [[float(v) for v in r] for r in d["sse"]],
                     [[int(v) for v in r] for r in d["count"]], list(d.get("samples", [])),
                     dict(d.get("provenance", {})))
         except (KeyError, TypeError, ValueError) as e:
             raise CostError(f"malformed cost table: {e!r}") from None
         t.validate()
         return t
+
+
+def _normalized(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    """A table's model fingerprint with every field of its family's config (a table written
+    before a field existed, or before families, takes the defaults: the family's main model)."""
+    try:
+        model = from_fingerprint(fingerprint)
+    except (ArchitectureError, TypeError) as e:
+        raise CostError(f"the table's model is not one this pack knows: {e}") from None
+    extra = {k: fingerprint[k] for k in ("weights_sha256",) if k in fingerprint}
+    return {**model.fingerprint(), **extra}
 
 
 def load_costs(path: str | os.PathLike[str]) -> CostTable:
@@ -184,6 +218,9 @@ def resolve_costs(spec: str | os.PathLike[str]) -> CostTable:
 def check_model(table: CostTable, model: Mapping[str, Any]) -> None:
     """Refuse costs measured on another model (a table without a weights hash fits any of its shape)."""
     if why := same_model(table.model, model):
+        theirs, ours = table.family_model, from_fingerprint(model)
+        if theirs.family is not ours.family or theirs.config != ours.config:
+            why = f"they are for {theirs.describe()}, this model is {ours.describe()}"
         raise CostError(f"the costs are for another model ({why})")
 
 
@@ -194,3 +231,10 @@ def default_costs(model: Mapping[str, Any]) -> CostTable | None:
         if same_model(table.model, model) is None:
             return table
     return None
+
+
+def noting_costs(recipe: Recipe, table: CostTable, name: str) -> Recipe:
+    """``recipe`` with a note of the costs it was chosen by, ``name`` (a file, ``builtin:...``) or
+    that they were estimated: the GGUF records it in its recipe, and ``inspect`` shows it."""
+    return dataclasses.replace(recipe, notes={**recipe.notes, "costs": "estimated from the weights"
+                                              if table.estimated else name})

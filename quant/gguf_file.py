@@ -19,8 +19,9 @@ from typing import Any
 
 import gguf
 import numpy as np
+import yaml
 
-from .arch import GGUF_ARCH, detect
+from .models import detect, family
 from .atomic import atomic_output
 from .recipe import Recipe, recipe_yaml
 from .tensor_plan import TensorPlan, average_bpw
@@ -67,11 +68,12 @@ def write_tensors(source_name: str, recipe: Recipe, plan: Sequence[TensorPlan],
     total = sum(t.numel for t in plan)
     done = 0
     with atomic_output(out_path, overwrite) as tmp:
-        writer = gguf.GGUFWriter(tmp, GGUF_ARCH)
+        writer = gguf.GGUFWriter(tmp, family(recipe.family).gguf_arch)
         writer.add_name(Path(source_name).stem)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.add_file_type(_file_type(plan))
         writer.add_string(f"{PACK_KEY}.version", PACK_VERSION)
+        writer.add_string(f"{PACK_KEY}.family", recipe.family)
         writer.add_string(f"{PACK_KEY}.recipe", recipe_yaml(recipe))
         writer.add_float32(f"{PACK_KEY}.bpw", bpw)
         writer.add_string(f"{PACK_KEY}.source.name", source_name)
@@ -101,7 +103,7 @@ def write_tensors(source_name: str, recipe: Recipe, plan: Sequence[TensorPlan],
         except OSError as e:
             raise GGUFWriteError(e.errno, f"writing {out_path.name} failed after {done / total:.0%} "
                                           f"of the parameters: {e.strerror or e}; nothing was written") from e
-        finally:
+        finally:  # on every path: the temp file is renamed, or removed, only once released
             writer.close()
         if source_sha256:
             _replace_in_header(tmp, placeholder, source_sha256())
@@ -155,8 +157,8 @@ def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What a GGUF holds: types per block, size, bits per parameter, our metadata."""
     reader = gguf.GGUFReader(path)
     shapes = {t.name: tuple(int(v) for v in reversed(t.shape)) for t in reader.tensors}
-    arch = detect(shapes)
-    per_block: list[Counter[str]] = [Counter() for _ in range(arch.n_blocks)]
+    model = detect(shapes)
+    per_block: list[Counter[str]] = [Counter() for _ in range(model.n_blocks)]
     type_params: Counter[str] = Counter()
     data_bytes = params = 0
     for t in reader.tensors:
@@ -164,8 +166,8 @@ def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
         params += n
         data_bytes += int(t.n_bytes)
         type_params[t.tensor_type.name] += n
-        block = arch.block_of(t.name)
-        if block is not None and len(t.shape) == 2:
+        block = model.block_of(t.name)
+        if block is not None and model.is_quantizable(t.name, shapes[t.name]):
             per_block[block][t.tensor_type.name] += n
     meta = {}
     for field in reader.fields.values():
@@ -174,11 +176,22 @@ def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {
         "file": Path(path).name,
         "size_bytes": Path(path).stat().st_size,
-        "arch": arch.describe(),
+        "model": model.describe(),
+        "family": model.family.name,
         "n_tensors": len(reader.tensors),
         "params": params,
         "bpw": 8 * data_bytes / params,
         "blocks": ["+".join(sorted(c)) if c else "-" for c in per_block],
         "type_params": dict(type_params),
+        "costs": _recipe_notes(meta).get("costs"),
         "metadata": meta,
     }
+
+
+def _recipe_notes(meta: dict[str, Any]) -> dict[str, Any]:
+    """The notes of the recipe a file records (``mxgguf.recipe``), if any."""
+    try:
+        notes = yaml.safe_load(meta.get(f"{PACK_KEY}.recipe") or "{}").get("notes")
+    except (yaml.YAMLError, AttributeError):
+        return {}
+    return notes if isinstance(notes, dict) else {}

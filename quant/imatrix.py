@@ -11,8 +11,8 @@ stable-diffusion.cpp (and llama.cpp before its GGUF format) writes the legacy ``
 layout instead: int32 entry count; per entry its name (int32 length + bytes), ``ncall``
 (int32) and its values (int32 count + float32 each, the mean square times ``ncall``); then
 the call count and the dataset name. Importers divide by ``ncall``: stored here as sums
-with count ``ncall``, which gives the same means. stable-diffusion.cpp names a FLUX weight
-``model.diffusion_model.<name>``: that prefix is dropped on import and added on export.
+with count ``ncall``, which gives the same means. stable-diffusion.cpp names a diffusion model's
+weight ``model.diffusion_model.<name>``: that prefix is dropped on import and added on export.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import gguf
 import numpy as np
 import torch
 
-from .arch import COMFY_PREFIX
+from .models import COMFY_PREFIX
 from .atomic import atomic_output
 
 SUM_SUFFIX, COUNT_SUFFIX = ".in_sum2", ".counts"
@@ -70,7 +70,7 @@ class Imatrix:
 
     def block_importance(self, block_name: Callable[[int], str]) -> Callable[[int, str], torch.Tensor | None]:
         """``importance`` by block index and block-relative weight name (as the sweep and the
-        stacks name them), ``block_name`` giving a block's prefix (``FluxArch.block_name``)."""
+        stacks name them), ``block_name`` giving a block's prefix (``Model.block_name``)."""
         return lambda block, name: self.importance(f"{block_name(block)}.{name}")
 
     def merged(self, other: Imatrix) -> Imatrix:
@@ -102,7 +102,7 @@ class Imatrix:
                 + (f" ({', '.join(self.datasets)})" if self.datasets else ""))
 
 
-DAT_PREFIX = COMFY_PREFIX  # stable-diffusion.cpp names a FLUX model's weights as ComfyUI's checkpoints do
+DAT_PREFIX = COMFY_PREFIX  # stable-diffusion.cpp names a model's weights as ComfyUI's checkpoints do
 
 
 def load_imatrix(path: str | os.PathLike[str]) -> Imatrix:
@@ -134,7 +134,7 @@ def load_imatrix(path: str | os.PathLike[str]) -> Imatrix:
         sums = np.asarray(t.data, dtype=np.float64).reshape(-1)
         count = np.asarray(counts.data, dtype=np.float64).reshape(-1)
         if count.size != 1:
-            raise ImatrixError(f"{name}: {weight} holds {count.size} matrices (an expert weight?); FLUX has one")
+            raise ImatrixError(f"{name}: {weight} holds {count.size} matrices (stacked expert weights?); one is expected per weight")
         if not (np.isfinite(sums).all() and np.isfinite(count).all()) or count[0] < 0 or (sums < 0).any():
             raise ImatrixError(f"{name}: {weight} holds NaN, infinite or negative values")
         out.sums[weight], out.counts[weight] = sums, int(count[0])
@@ -154,17 +154,19 @@ def save_imatrix(imatrix: Imatrix, path: str | os.PathLike[str], overwrite: bool
     """Write ``imatrix`` atomically in llama.cpp's GGUF imatrix format."""
     with atomic_output(path, overwrite) as tmp:
         writer = gguf.GGUFWriter(tmp, arch="")
-        writer.add_type("imatrix")
-        writer.add_array("imatrix.datasets", imatrix.datasets or ["mxgguf"])
-        writer.add_uint32("imatrix.chunk_count", imatrix.chunk_count)
-        writer.add_uint32("imatrix.chunk_size", imatrix.chunk_size)
-        for name in sorted(imatrix.sums):
-            writer.add_tensor(name + SUM_SUFFIX, imatrix.sums[name].astype(np.float32)[None, :])
-            writer.add_tensor(name + COUNT_SUFFIX, np.array([[float(imatrix.counts[name])]], dtype=np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        try:  # closed on every path: the temp file is renamed, or removed, only once released
+            writer.add_type("imatrix")
+            writer.add_array("imatrix.datasets", imatrix.datasets or ["mxgguf"])
+            writer.add_uint32("imatrix.chunk_count", imatrix.chunk_count)
+            writer.add_uint32("imatrix.chunk_size", imatrix.chunk_size)
+            for name in sorted(imatrix.sums):
+                writer.add_tensor(name + SUM_SUFFIX, imatrix.sums[name].astype(np.float32)[None, :])
+                writer.add_tensor(name + COUNT_SUFFIX, np.array([[float(imatrix.counts[name])]], dtype=np.float32))
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
     load_imatrix(path)  # read back
 
 

@@ -15,11 +15,11 @@ from functools import cached_property
 import torch
 
 from . import codecs
-from .arch import FluxArch
 from .checkpoint import Source
 from .encode import encode_tensor, imatrix_metadata
 from .gguf_file import WriteResult, write_tensors
 from .imatrix import Imatrix
+from .models import Model
 from .recipe import Recipe
 from .tensor_plan import TensorPlan, average_bpw, plan_tensors
 
@@ -32,7 +32,7 @@ class MixedModel:
     """A recipe applied to a model: the plan of every tensor and its encoded bytes (CPU)."""
 
     source_name: str
-    arch: FluxArch
+    model: Model
     recipe: Recipe
     plan: list[TensorPlan]
     encoded: dict[str, torch.Tensor]  # GGUF tensor name -> flat uint8
@@ -64,12 +64,12 @@ class MixedModel:
                              out_path, overwrite=overwrite, progress=progress, quantize_metadata=self.quantize_metadata)
 
 
-def quantize_model(source: Source, arch: FluxArch, recipe: Recipe, *, device: torch.device | str | None = None,
+def quantize_model(source: Source, model: Model, recipe: Recipe, *, device: torch.device | str | None = None,
                    progress: QuantizeProgress | None = None, predicted_cost: float | None = None,
                    imatrix: Imatrix | None = None, imatrix_name: str = "") -> MixedModel:
     """Quantize every tensor of ``source`` as ``recipe`` says, one at a time; with an
     ``imatrix`` of this model, each weight it covers with its importance."""
-    plan = plan_tensors(arch, source.shapes, recipe)
+    plan = plan_tensors(model, source.shapes, recipe)
     if imatrix is not None:
         imatrix.check_model({t.key: t.shape for t in plan})
     total, done = sum(t.numel for t in plan), 0
@@ -80,4 +80,4 @@ def quantize_model(source: Source, arch: FluxArch, recipe: Recipe, *, device: to
         if progress:
             progress(done, total)
     metadata = imatrix_metadata(imatrix, imatrix_name) if imatrix is not None else {}
-    return MixedModel(source.name, arch, recipe, plan, encoded, predicted_cost, metadata)
+    return MixedModel(source.name, model, recipe, plan, encoded, predicted_cost, metadata)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .arch import FluxArch
+from .models import Model
 from .recipe import Recipe
 from .tensor_plan import plan_tensors, tensor_type
 
@@ -41,8 +41,18 @@ HEADER_RESERVE = 2**20
 CARD_HEADROOM_GIB = 2.0
 
 
+# More bytes than any file will hold: a larger target means no limit.
+NO_LIMIT = 2**62
+
+
 class TargetError(ValueError):
     """A target the allowed, costed types cannot meet, or a malformed one."""
+
+
+def _check_positive(value: float) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise TargetError(f"target must be a positive number, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -57,20 +67,24 @@ class Target:
         given = [v for v in (self.bpw, self.size_bytes, self.card_gib) if v is not None]
         if len(given) != 1:
             raise TargetError("give exactly one target: bits per parameter, file size or card size")
-        if not (math.isfinite(given[0]) and given[0] > 0):
-            raise TargetError(f"target must be a positive number, got {given[0]!r}")
+        _check_positive(given[0])
 
     @classmethod
     def of(cls, bpw: float | None = None, size_gb: float | None = None, card_gb: float | None = None) -> Target:
         """A target as users give it: bits per parameter, a file size in GB, or a card's GB."""
-        return cls(bpw=bpw, size_bytes=None if size_gb is None else int(size_gb * GB), card_gib=card_gb)
+        if size_gb is not None:
+            size_gb = min(_check_positive(size_gb) * GB, NO_LIMIT)
+        return cls(bpw=bpw, size_bytes=None if size_gb is None else int(size_gb), card_gib=card_gb)
 
     def data_budget(self, total_params: int) -> int:
-        """Bytes available to tensor data."""
+        """Bytes available to tensor data (at most NO_LIMIT)."""
         if self.bpw is not None:
-            return math.floor(self.bpw * total_params / 8)
-        size = self.size_bytes if self.size_bytes is not None else math.floor((self.card_gib - CARD_HEADROOM_GIB) * GiB)
-        return size - HEADER_RESERVE
+            budget = self.bpw * total_params / 8
+        elif self.size_bytes is not None:
+            budget = self.size_bytes - HEADER_RESERVE
+        else:
+            budget = (self.card_gib - CARD_HEADROOM_GIB) * GiB - HEADER_RESERVE
+        return math.floor(min(budget, NO_LIMIT))
 
     def describe(self) -> str:
         if self.bpw is not None:
@@ -116,36 +130,35 @@ class BlockOptions:
         return self.fixed_bytes + small, self.fixed_bytes + best
 
 
-def block_options(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Sequence[Mapping[str, float]],
+def block_options(model: Model, shapes: Mapping[str, Sequence[int]], costs: Sequence[Mapping[str, float]],
                   allowed: Sequence[str] | None = None, speed: SpeedProfile | None = None) -> BlockOptions:
     """Options per block from the costs (one mapping type -> cost per block) and the model's shapes;
     with ``speed``, each option's share of the unquantized step spent dequantizing it."""
-    if len(costs) != arch.n_blocks:
-        raise TargetError(f"the costs cover {len(costs)} blocks, the model has {arch.n_blocks}")
+    if len(costs) != model.n_blocks:
+        raise TargetError(f"the costs cover {len(costs)} blocks, the model has {model.n_blocks}")
     types = sorted({t for c in costs for t in c})
     if allowed is not None:
         if unknown := [t for t in allowed if t not in types]:
             raise TargetError(f"no costs for allowed type(s) {unknown}; the costs have {types}")
         types = [t for t in types if t in allowed]
     # bytes of every block under every type, by the same rules the writer's plan follows
-    plan = plan_tensors(arch, shapes, Recipe.uniform(arch, "F32"))
-    decided = [p.block is not None and arch.is_quantizable(p.key, p.shape) for p in plan]
-    fixed = sum(p.nbytes for p, d in zip(plan, decided) if not d)
-    block_bytes = {t: [0] * arch.n_blocks for t in types}
-    block_seconds = {t: [0.0] * arch.n_blocks for t in types}
-    for p, d in zip(plan, decided):
-        if d:
+    plan = plan_tensors(model, shapes, Recipe.uniform(model, "F32"))
+    fixed = sum(p.nbytes for p in plan if not p.decided)
+    block_bytes = {t: [0] * model.n_blocks for t in types}
+    block_seconds = {t: [0.0] * model.n_blocks for t in types}
+    for p in plan:
+        if p.decided:
             for t in types:
                 qtype = tensor_type(t, p.shape)
                 block_bytes[t][p.block] += replace(p, qtype=qtype).nbytes
                 if speed is not None:
                     block_seconds[t][p.block] += speed.dequant(p.shape, qtype)
     options, shares = [], []
-    step = speed.step_seconds(arch) if speed is not None else 1.0
-    for b in range(arch.n_blocks):
+    step = speed.step_seconds(model) if speed is not None else 1.0
+    for b in range(model.n_blocks):
         present = [t for t in types if t in costs[b]]
         if not present:
-            raise TargetError(f"block {b} ({arch.block_name(b)}) has no cost for any allowed type")
+            raise TargetError(f"block {b} ({model.block_name(b)}) has no cost for any allowed type")
         options.append([(t, block_bytes[t][b], costs[b][t]) for t in present])
         shares.append([block_seconds[t][b] / step for t in present])
     return BlockOptions(options, fixed, sum(p.numel for p in plan), shares if speed is not None else None)
@@ -158,7 +171,11 @@ def solve(options: Sequence[Sequence[tuple[str, int, float]]], budget: int) -> t
     """
     unit = reduce(math.gcd, (b for opts in options for _, b, _ in opts))
     weights = [np.array([b // unit for _, b, _ in opts]) for opts in options]
-    cap = budget // unit
+    # Beyond what the least-cost option of every group takes together, more budget changes nothing:
+    # the table stops there, so a target far above the largest file is answered at once.
+    unconstrained = sum(int(w[min(range(len(opts)), key=lambda i: (opts[i][2], opts[i][1]))])
+                        for opts, w in zip(options, weights))
+    cap = min(budget // unit, unconstrained)
     if cap < sum(int(w.min()) for w in weights):
         return None
     # best[c]: least cost of the groups so far within c units; 'at most c' makes it monotone
@@ -264,7 +281,7 @@ def _both_out_of_reach(blocks: BlockOptions, target: Target, budget: int, max_sl
                        f"at that size the least slowdown is {fastest:.3f}x; {at_slowdown}")
 
 
-def optimize(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Sequence[Mapping[str, float]],
+def optimize(model: Model, shapes: Mapping[str, Sequence[int]], costs: Sequence[Mapping[str, float]],
              target: Target, allowed: Sequence[str] | None = None, name: str = "",
              speed: SpeedProfile | None = None, max_slowdown: float | None = None) -> Allocation:
     """The minimum-cost recipe that meets ``target`` and, given, a predicted step time of at most
@@ -275,7 +292,7 @@ def optimize(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Sequenc
             raise TargetError("a slowdown budget needs a speed profile ('python -m quant speed')")
         if not (math.isfinite(max_slowdown) and max_slowdown >= 1.0):
             raise TargetError(f"the slowdown budget is a step-time ratio of at least 1, got {max_slowdown!r}")
-    blocks = block_options(arch, shapes, costs, allowed, speed)
+    blocks = block_options(model, shapes, costs, allowed, speed)
     budget = target.data_budget(blocks.total_params)
     result = solve(blocks.options, budget - blocks.fixed_bytes)
     if result is None:
@@ -285,10 +302,10 @@ def optimize(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Sequenc
                                    max_slowdown - 1.0)
         if result is None:
             raise _both_out_of_reach(blocks, target, budget, max_slowdown)
-    return _allocation(arch, blocks, result, target, name, max_slowdown)
+    return _allocation(model, blocks, result, target, name, max_slowdown)
 
 
-def _allocation(arch: FluxArch, blocks: BlockOptions, result: tuple[list[int], float], target: Target, name: str,
+def _allocation(model: Model, blocks: BlockOptions, result: tuple[list[int], float], target: Target, name: str,
                 max_slowdown: float | None) -> Allocation:
     chosen, cost = result
     types = tuple(blocks.options[b][i][0] for b, i in enumerate(chosen))
@@ -300,16 +317,16 @@ def _allocation(arch: FluxArch, blocks: BlockOptions, result: tuple[list[int], f
         notes["predicted_slowdown"] = round(slowdown, 4)
     if max_slowdown is not None:
         notes["max_slowdown"] = max_slowdown
-    recipe = Recipe(types, arch.depth_double, arch.depth_single, name=name or f"mx{bpw:.2f}", notes=notes)
+    recipe = Recipe.for_model(model, types, name=name or f"mx{bpw:.2f}", notes=notes)
     return Allocation(recipe, cost, bpw, data, slowdown)
 
 
-def pareto(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Sequence[Mapping[str, float]],
+def pareto(model: Model, shapes: Mapping[str, Sequence[int]], costs: Sequence[Mapping[str, float]],
            target: Target, speed: SpeedProfile, allowed: Sequence[str] | None = None,
            points: int = 10) -> list[Allocation]:
     """For one size target, the least-cost allocation at ``points`` slowdown budgets spread evenly
     from the least reachable slowdown to that of the unbudgeted optimum (repeats dropped), fastest first."""
-    blocks = block_options(arch, shapes, costs, allowed, speed)
+    blocks = block_options(model, shapes, costs, allowed, speed)
     budget = target.data_budget(blocks.total_params)
     free = solve(blocks.options, budget - blocks.fixed_bytes)
     if free is None:
@@ -324,5 +341,5 @@ def pareto(arch: FluxArch, shapes: Mapping[str, Sequence[int]], costs: Sequence[
             blocks.options, blocks.step_shares, budget - blocks.fixed_bytes, bound - 1.0)
         if result is not None and not (out and out[-1].types == tuple(blocks.options[b][i][0]
                                                                        for b, i in enumerate(result[0]))):
-            out.append(_allocation(arch, blocks, result, target, "", bound))
+            out.append(_allocation(model, blocks, result, target, "", bound))
     return out

@@ -1,8 +1,8 @@
 """What a target means before anything is quantized: the least-cost allocation for a cost
 table's model, as the numbers a user reads (``optimize --json``, the Quantize node's panel).
 
-A cost table records its model's widths and depths, not its tensors: the plan is computed
-for FLUX.1's tensor shapes at those widths, which is every FLUX.1 checkpoint's layout.
+A cost table records its model's family and config, not its tensors: the plan is computed
+for the family's tensor shapes at that config, which is every checkpoint of that layout.
 """
 from __future__ import annotations
 
@@ -10,18 +10,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .arch import FluxArch, FluxConfig, detect, flux_shapes
 from .costs import CostTable
+from .models import Model
 from .optimize import GiB, Allocation, Target, optimize
 
 # Card sizes a plan reports fitting (GB as cards are sold, GiB of memory).
 CARD_SIZES_GB = (6, 8, 10, 12, 16, 20, 24, 32, 48, 80)
-
-
-def table_model_shapes(model: dict[str, Any]) -> tuple[FluxArch, dict[str, tuple[int, ...]]]:
-    """A cost table's model at FLUX.1's tensor shapes (for tables measured without a checkpoint at hand)."""
-    shapes = flux_shapes(FluxConfig.from_fingerprint(model))
-    return detect(shapes), shapes
 
 
 def allocation_json(alloc: Allocation) -> dict[str, Any]:
@@ -40,17 +34,27 @@ def fits_cards(arch_params: int, data_bytes: int) -> list[int]:
 
 
 def plan(table: CostTable, target: Target, allowed: Sequence[str] | None = None) -> dict[str, Any]:
-    """The allocation for ``target`` on the table's model at FLUX.1's shapes: ``allocation_json``'s
+    """The allocation for ``target`` on the table's model at its family's shapes: ``allocation_json``'s
     fields plus each block's cost, the size in GB and GiB, the cards it fits, and what the
     shapes are. TargetError where the target cannot be met."""
-    arch, shapes = table_model_shapes(table.model)
+    model = table.family_model
+    shapes = model.shapes()
     per_block = table.costs()
-    alloc = optimize(arch, shapes, per_block, target, allowed)
+    alloc = optimize(model, shapes, per_block, target, allowed)
     params = sum(math.prod(s) for s in shapes.values())
     return {**allocation_json(alloc),
             "block_costs": [per_block[b][t] for b, t in enumerate(alloc.types)],
             "size_gb": alloc.data_bytes / 1e9, "size_gib": alloc.data_bytes / GiB,
             "fits_cards_gb": fits_cards(params, alloc.data_bytes),
-            "target": target.describe(), "depth_double": arch.depth_double,
-            "shapes": f"FLUX.1 tensor shapes at hidden size {arch.hidden_size} ({params / 1e9:.2f} B parameters)"}
+            "target": target.describe(), "family": model.family.name, "groups": group_starts(model),
+            "shapes": f"{model.describe()}: {params / 1e9:.2f} B parameters"}
+
+
+def group_starts(model: Model) -> list[dict[str, Any]]:
+    """Each block group's name and first block index, for charts that mark where groups begin."""
+    starts, first = [], 0
+    for group, n in model.depths.items():
+        starts.append({"name": group, "first": first, "blocks": n})
+        first += n
+    return starts
 

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from . import codecs
-from .arch import GGUF_ARCH, FluxArch
 from .atomic import atomic_write_text, load_document
+from .models import ArchitectureError, Family, Model, family, legacy_family
 
 RECIPE_FORMAT = "mxgguf-recipe/1"
 _RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
@@ -27,37 +27,50 @@ class RecipeError(ValueError):
 
 @dataclass(frozen=True)
 class Recipe:
-    """A GGUF type name for each block index (0 .. n_blocks-1)."""
+    """A GGUF type name for each block index (0 .. n_blocks-1) of a family's model, whose
+    block groups hold ``depths`` blocks each (in the family's forward order)."""
 
     types: tuple[str, ...]
-    depth_double: int
-    depth_single: int
+    family: str
+    depths: tuple[tuple[str, int], ...]  # (group name, blocks), as the family lists its groups
     name: str = ""
     notes: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if len(self.types) != self.depth_double + self.depth_single:
-            raise RecipeError(f"recipe has {len(self.types)} block types for "
-                              f"{self.depth_double} + {self.depth_single} blocks")
+        if len(self.types) != sum(n for _, n in self.depths):
+            raise RecipeError(f"recipe has {len(self.types)} block types for {self.depth_text()} blocks")
         for block, t in enumerate(self.types):
             if t not in codecs.TYPE_NAMES:
                 raise RecipeError(f"block {block}: unknown type {t!r}; known: {', '.join(codecs.TYPE_NAMES)}")
 
     @classmethod
-    def uniform(cls, arch: FluxArch, qtype: str) -> Recipe:
-        qtype = codecs.get_codec(qtype).name
-        return cls((qtype,) * arch.n_blocks, arch.depth_double, arch.depth_single, name=f"uniform {qtype}")
+    def for_model(cls, model: Model, types: Sequence[str], name: str = "",
+                  notes: Mapping[str, Any] | None = None) -> Recipe:
+        return cls(tuple(types), model.family.name, tuple(model.depths.items()), name, dict(notes or {}))
 
-    def check_fits(self, arch: FluxArch) -> None:
-        if (self.depth_double, self.depth_single) != (arch.depth_double, arch.depth_single):
-            raise RecipeError(
-                f"recipe {self.name or ''!s} is for {self.depth_double} double + {self.depth_single} single "
-                f"blocks, the model has {arch.depth_double} + {arch.depth_single}")
+    @classmethod
+    def uniform(cls, model: Model, qtype: str) -> Recipe:
+        qtype = codecs.get_codec(qtype).name
+        return cls.for_model(model, (qtype,) * model.n_blocks, name=f"uniform {qtype}")
+
+    def block_name(self, block: int) -> str:
+        """The block's key prefix in the family's checkpoints (``double_blocks.3``)."""
+        return family(self.family).block_name([n for _, n in self.depths], block)
+
+    def depth_text(self) -> str:
+        return " + ".join(f"{n} {g}" for g, n in self.depths)
+
+    def check_fits(self, model: Model) -> None:
+        if self.family != model.family.name:
+            raise RecipeError(f"recipe {self.name or ''!s} is for {family(self.family).title}, "
+                              f"the model is {model.family.title}")
+        if self.depths != tuple(model.depths.items()):
+            theirs = " + ".join(f"{n} {g}" for g, n in model.depths.items())
+            raise RecipeError(f"recipe {self.name or ''!s} is for {self.depth_text()} blocks, the model has {theirs}")
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"format": RECIPE_FORMAT, "arch": GGUF_ARCH, "name": self.name,
-                             "depth": {"double": self.depth_double, "single": self.depth_single},
-                             "blocks": list(self.types)}
+        d: dict[str, Any] = {"format": RECIPE_FORMAT, "family": self.family, "name": self.name,
+                             "depth": dict(self.depths), "blocks": list(self.types)}
         if self.notes:
             d["notes"] = dict(self.notes)
         return d
@@ -80,32 +93,45 @@ def parse_blocks(spec: str, n_blocks: int) -> list[int]:
 def recipe_from_dict(d: Mapping[str, Any]) -> Recipe:
     """Build a recipe from its YAML mapping (``blocks`` a list, or ranges -> type plus ``default``)."""
     if not isinstance(d, Mapping):
-        raise RecipeError("a recipe is a YAML mapping with 'depth' and 'blocks'")
-    known = {"format", "arch", "name", "depth", "blocks", "default", "notes"}
+        raise RecipeError("a recipe is a YAML mapping with 'family', 'depth' and 'blocks'")
+    known = {"format", "family", "arch", "name", "depth", "blocks", "default", "notes"}
     if unknown := set(d) - known:
         raise RecipeError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(known)}")
     if d.get("format", RECIPE_FORMAT) != RECIPE_FORMAT:
         raise RecipeError(f"recipe format {d['format']!r} is not {RECIPE_FORMAT!r}")
-    if d.get("arch", GGUF_ARCH) != GGUF_ARCH:
-        raise RecipeError(f"recipe is for arch {d['arch']!r}; only {GGUF_ARCH!r} is supported")
+    fam = _recipe_family(d)
     depth = d.get("depth")
-    if not isinstance(depth, Mapping) or not {"double", "single"} <= set(depth):
-        raise RecipeError("recipe needs 'depth: {double: D, single: S}'")
-    nd, ns = int(depth["double"]), int(depth["single"])
+    groups = [g.name for g in fam.groups]
+    if not isinstance(depth, Mapping) or set(depth) != set(groups):
+        raise RecipeError(f"a {fam.title} recipe needs 'depth: {{{', '.join(f'{g}: N' for g in groups)}}}'")
+    depths = tuple((g, int(depth[g])) for g in groups)
+    n_blocks = sum(n for _, n in depths)
     blocks, default = d.get("blocks"), d.get("default")
     if isinstance(blocks, Sequence) and not isinstance(blocks, str):
         types = [str(t) for t in blocks]
     elif isinstance(blocks, Mapping) or blocks is None:
-        slots: list[str | None] = [None if default is None else str(default)] * (nd + ns)
+        slots: list[str | None] = [None if default is None else str(default)] * n_blocks
         for spec, qtype in (blocks or {}).items():
-            for b in parse_blocks(spec, nd + ns):
+            for b in parse_blocks(spec, n_blocks):
                 slots[b] = str(qtype)
         if missing := [b for b, t in enumerate(slots) if t is None]:
             raise RecipeError(f"blocks {missing} have no type: list them or give a 'default'")
         types = [t for t in slots if t is not None]
     else:
         raise RecipeError("'blocks' must be a list (one type per block) or a mapping of ranges to types")
-    return Recipe(tuple(t.upper() for t in types), nd, ns, str(d.get("name", "")), dict(d.get("notes") or {}))
+    return Recipe(tuple(t.upper() for t in types), fam.name, depths, str(d.get("name", "")),
+                  dict(d.get("notes") or {}))
+
+
+def _recipe_family(d: Mapping[str, Any]) -> type[Family]:
+    """The family a recipe names: ``family``; recipes from before families name none (or the
+    GGUF ``arch`` of the one family there was)."""
+    try:
+        if "family" in d:
+            return family(str(d["family"]))
+        return legacy_family(d.get("arch"))
+    except ArchitectureError as e:
+        raise RecipeError(str(e)) from None
 
 
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import codecs
-from .arch import COMFY_PREFIX, FLUX1_DEV, block_name
+from .models import COMFY_PREFIX, Model
 from .recipe import Recipe, RecipeError, parse_blocks
 
 # llama.cpp file-type suffixes name mixes, not types: Q4_K_S is Q4_K blocks.
@@ -30,19 +30,18 @@ def _type_name(name: str) -> str:
     return upper
 
 
-def from_casts(config: Mapping[str, Any], depth_double: int = FLUX1_DEV.depth_double,
-               depth_single: int = FLUX1_DEV.depth_single, default: str = "BF16", name: str = "") -> Recipe:
-    """A recipe from one configuration of mixed-gguf-converter (a mapping with ``casts``)."""
+def from_casts(config: Mapping[str, Any], model: Model, default: str = "BF16", name: str = "") -> Recipe:
+    """A recipe for ``model`` from one configuration of mixed-gguf-converter (a mapping with ``casts``)."""
     casts = config.get("casts") if isinstance(config, Mapping) else None
     if not isinstance(casts, list):
         raise RecipeError("a configuration needs 'casts': a list of {castto, layers}")
-    types = [_type_name(default)] * (depth_double + depth_single)
+    types = [_type_name(default)] * model.n_blocks
     for i, cast in enumerate(casts):
         if not isinstance(cast, Mapping) or "castto" not in cast or "layers" not in cast:
             raise RecipeError(f"cast {i} needs 'castto' and 'layers', got {cast!r}")
         for block in parse_blocks(str(cast["layers"]), len(types)):
             types[block] = _type_name(cast["castto"])
-    return Recipe(tuple(types), depth_double, depth_single, name=name, notes={"imported_from": "casts"})
+    return Recipe.for_model(model, types, name=name, notes={"imported_from": "casts"})
 
 
 def pick_configuration(data: Any, name: str | None) -> tuple[str, Mapping[str, Any]]:
@@ -61,7 +60,7 @@ def pick_configuration(data: Any, name: str | None) -> tuple[str, Mapping[str, A
 
 
 def _block_pattern(recipe: Recipe, block: int) -> str:
-    return re.escape(block_name(block, recipe.depth_double) + ".")
+    return re.escape(recipe.block_name(block) + ".")
 
 
 def llama_cpp_tensor_types(recipe: Recipe) -> list[str]:

@@ -5,14 +5,13 @@ weight at every step. How much depends on the type: a profile records, for each 
 shape of the model and each type, the time to dequantize that weight as the loader does
 (ComfyUI-GGUF's own functions where they can be found, this pack's otherwise: the profile
 says which), the matmul time of that weight at a reference token count, and the time of one
-double and one single block forward at that token count, all in the dtype ComfyUI computes
-in on that device. A recipe's predicted step time over the unquantized model's is then
+block forward of each block group (FLUX.1: a double and a single block) at that token count,
+all in the dtype ComfyUI computes in on that device. A recipe's predicted step time over the unquantized model's is then
 
     slowdown = 1 + (dequantization time of its weights) / (unquantized step time),
 
 the step being the blocks' forwards (embedders and final layer are small and the same
-either way; they stay F32, used as they are). Seconds on a GPU, minutes at FLUX.1's full
-shape on a CPU.
+either way; they stay F32, used as they are). Seconds on a GPU, minutes at full width on a CPU.
 """
 from __future__ import annotations
 
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import codecs
-from .arch import REFERENCE_TOKENS, FluxArch
+from .models import Model
 from .atomic import atomic_write_text, load_json
 from .tensor_plan import TensorPlan
 
@@ -57,14 +56,22 @@ class SpeedProfile:
     tokens: int
     dequantizer: str
     dtype: str  # the compute dtype: weights are dequantized to it, blocks run in it
-    block_seconds: dict[str, float]  # "double", "single": one block's unquantized forward
+    block_seconds: dict[str, float]  # block group ("double", "single", ...) -> one block's unquantized forward
     dequant_seconds: dict[str, dict[str, float]]  # shape key -> type -> seconds
     matmul_seconds: dict[str, float]  # shape key -> seconds, at ``tokens``
     provenance: dict[str, Any] = field(default_factory=dict)
 
-    def step_seconds(self, arch: FluxArch) -> float:
+    def step_seconds(self, model: Model) -> float:
         """The unquantized model's blocks, one step."""
-        return arch.depth_double * self.block_seconds["double"] + arch.depth_single * self.block_seconds["single"]
+        measured_on = self.provenance.get("family", model.family.name)  # profiles before families: FLUX.1's
+        if measured_on != model.family.name:
+            raise SpeedError(f"the speed profile was measured on another model family ({measured_on}), "
+                             f"not on {model.family.title}")
+        missing = set(model.depths) - set(self.block_seconds)
+        if missing:
+            raise SpeedError(f"the speed profile has no block time for {', '.join(sorted(missing))} blocks; "
+                             f"it was measured on another model family")
+        return sum(n * self.block_seconds[group] for group, n in model.depths.items())
 
     def dequant(self, shape: Sequence[int], qtype: str) -> float:
         """Seconds to dequantize one weight of ``shape`` stored as ``qtype`` (F32: none, it is used as is)."""
@@ -80,13 +87,13 @@ class SpeedProfile:
         """Dequantization seconds per step of each block's weights under ``plan``."""
         per_block = [0.0] * n_blocks
         for t in plan:
-            if t.block is not None and len(t.shape) == 2:
+            if t.decided:
                 per_block[t.block] += self.dequant(t.shape, t.qtype)
         return per_block
 
-    def slowdown(self, arch: FluxArch, plan: Iterable[TensorPlan]) -> float:
+    def slowdown(self, model: Model, plan: Iterable[TensorPlan]) -> float:
         """Predicted step time of ``plan``'s file over the unquantized model's."""
-        return 1.0 + sum(self.block_dequant(plan, arch.n_blocks)) / self.step_seconds(arch)
+        return 1.0 + sum(self.block_dequant(plan, model.n_blocks)) / self.step_seconds(model)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": SPEED_FORMAT, "device": self.device, "tokens": self.tokens, "dequantizer": self.dequantizer,
@@ -104,8 +111,8 @@ class SpeedProfile:
                     {s: float(v) for s, v in d["matmul_seconds"].items()}, dict(d.get("provenance", {})))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise SpeedError(f"malformed speed profile: {e!r}") from None
-        if set(p.block_seconds) != {"double", "single"} or min(p.block_seconds.values()) <= 0:
-            raise SpeedError("a speed profile needs positive double and single block times")
+        if not p.block_seconds or min(p.block_seconds.values()) <= 0:
+            raise SpeedError("a speed profile needs a positive block time for each block group")
         if any(v < 0 for types in p.dequant_seconds.values() for v in types.values()):
             raise SpeedError("a speed profile's times are >= 0")
         return p
@@ -180,35 +187,21 @@ def _random_weights(names: Mapping[str, Sequence[int]], device: torch.device, dt
     return out
 
 
-def _block_seconds(arch: FluxArch, shapes: Mapping[str, Sequence[int]], device: torch.device, tokens: int,
+def _block_seconds(model: Model, shapes: Mapping[str, Sequence[int]], device: torch.device, tokens: int,
                    dtype: torch.dtype, gen: torch.Generator) -> dict[str, float]:
-    """Forwards of the model's first double and first single block (random weights of their
-    shapes) on ``tokens`` tokens, a ninth of them text (4096 + 512 at 1024x1024)."""
-    from .flux_blocks import BlockWeights, double_block, position_embedding, single_block
+    """One forward of the first block of each group (random weights of its shapes) on ``tokens`` tokens."""
+    def weights(block: int) -> dict[str, torch.Tensor]:
+        prefix = model.prefix + model.block_name(block) + "."
+        return _random_weights({k[len(prefix):]: s for k, s in shapes.items() if k.startswith(prefix)}, device, dtype, gen)
 
-    txt, img = max(1, tokens // 9), tokens - max(1, tokens // 9)
-    hidden = arch.hidden_size
-    out = {}
-    for kind, block in (("double", 0), ("single", arch.depth_double)):
-        prefix = arch.prefix + arch.block_name(block) + "."
-        names = {k[len(prefix):]: s for k, s in shapes.items() if k.startswith(prefix)}
-        w = BlockWeights(_random_weights(names, device, dtype, gen))
-        x_img = torch.randn(1, img, hidden, generator=gen, device=device).to(dtype)
-        x_txt = torch.randn(1, txt, hidden, generator=gen, device=device).to(dtype)
-        vec = torch.randn(1, hidden, generator=gen, device=device).to(dtype)
-        pe = position_embedding(torch.zeros(1, tokens, 3, device=device), arch.rope_axes)  # positions: no time
-        with torch.no_grad():
-            if kind == "double":
-                out[kind] = _best_seconds(lambda: double_block(w, x_img, x_txt, vec, pe, arch.heads), device)
-            else:
-                x = torch.cat((x_txt, x_img), 1)
-                out[kind] = _best_seconds(lambda: single_block(w, x, vec, pe, arch.heads), device)
-    return out
+    runs = model.family.block_runs(model, weights, tokens, device, dtype, gen)
+    with torch.no_grad():
+        return {group: _best_seconds(run, device) for group, run in runs.items()}
 
 
-def weight_shapes(arch: FluxArch, shapes: Mapping[str, Sequence[int]]) -> list[tuple[int, ...]]:
+def weight_shapes(model: Model, shapes: Mapping[str, Sequence[int]]) -> list[tuple[int, ...]]:
     """The distinct shapes of the weights a recipe decides."""
-    found = {tuple(s) for k, s in shapes.items() if arch.is_quantizable(arch.strip_prefix(k), s)}
+    found = {tuple(s) for k, s in shapes.items() if model.is_quantizable(model.strip_prefix(k), s)}
     return sorted(found)
 
 
@@ -220,19 +213,18 @@ def device_name(device: torch.device | str) -> str:
     return f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu" else device.type
 
 
-def covers(profile: SpeedProfile, arch: FluxArch, shapes: Mapping[str, Sequence[int]],
+def covers(profile: SpeedProfile, model: Model, shapes: Mapping[str, Sequence[int]],
            types: Sequence[str] = PROFILED_TYPES) -> bool:
     """Whether ``profile`` times every weight shape of this model in every one of ``types``."""
-    return all(set(types) <= set(profile.dequant_seconds.get(shape_key(s), {})) for s in weight_shapes(arch, shapes))
+    return all(set(types) <= set(profile.dequant_seconds.get(shape_key(s), {})) for s in weight_shapes(model, shapes))
 
 
 def compute_dtype(device: torch.device | str) -> torch.dtype:
-    """What ComfyUI computes FLUX in: bf16 on a GPU, float32 on a CPU."""
+    """What ComfyUI computes diffusion models in: bf16 on a GPU, float32 on a CPU."""
     return torch.bfloat16 if torch.device(device).type != "cpu" else torch.float32
 
 
-def measure(arch: FluxArch, shapes: Mapping[str, Sequence[int]], device: torch.device | str,
-            tokens: int = REFERENCE_TOKENS, types: Sequence[str] = PROFILED_TYPES,
+def measure(model: Model, shapes: Mapping[str, Sequence[int]], device: torch.device | str, tokens: int, types: Sequence[str] = PROFILED_TYPES,
             dequantizer: Dequantizer | None = None, dequantizer_name: str = "mxgguf", dtype: torch.dtype | None = None,
             progress: Callable[[int, int], None] | None = None) -> SpeedProfile:
     """Measure a profile for the model of ``shapes`` on ``device``, computing in ``dtype`` (default:
@@ -241,7 +233,7 @@ def measure(arch: FluxArch, shapes: Mapping[str, Sequence[int]], device: torch.d
     dtype = dtype or compute_dtype(device)
     dequantize = dequantizer or own_dequantizer
     gen = torch.Generator(device).manual_seed(0)
-    weights = weight_shapes(arch, shapes)
+    weights = weight_shapes(model, shapes)
     total, done = len(weights) * (len(types) + 1) + 1, 0
 
     def step() -> None:
@@ -264,11 +256,12 @@ def measure(arch: FluxArch, shapes: Mapping[str, Sequence[int]], device: torch.d
             per_type[qtype] = _best_seconds(lambda: dequantize(raw, qtype, shape, dtype), device)
             step()
         del w, x
-    blocks = _block_seconds(arch, shapes, device, tokens, dtype, gen)
+    blocks = _block_seconds(model, shapes, device, tokens, dtype, gen)
     step()
     return SpeedProfile(device_name(device), tokens, dequantizer_name, str(dtype).removeprefix("torch."), blocks,
                         dequant, matmul,
-                        {"torch": torch.__version__, "hidden_size": arch.hidden_size})
+                        {"torch": torch.__version__, "family": model.family.name, "model": model.describe(),
+                         "block_times": model.family.block_timing})
 
 
 def _stored(w: torch.Tensor, qtype: str) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """A recipe applied to a checkpoint: the output type of every tensor (its *plan*).
 
-Under the fixed policy of ``quant.arch`` only block weights follow the recipe; everything
+Under the fixed policy of ``quant.models`` only block weights follow the recipe; everything
 else stays F32. From the plan come the exact average bits per parameter over the whole
 file and the file name ``<model>_mxN_N.gguf``.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import codecs
-from .arch import FluxArch
+from .models import Model
 from .recipe import Recipe
 
 # Where a row does not fill the type's blocks, take the type llama.cpp falls back to.
@@ -29,6 +29,7 @@ class TensorPlan:
     shape: tuple[int, ...]
     qtype: str
     block: int | None
+    decided: bool = False  # by the recipe (a block's quantizable weight); else F32 by policy
 
     @property
     def numel(self) -> int:
@@ -47,15 +48,18 @@ def tensor_type(qtype: str, shape: Sequence[int]) -> str:
     return "F16"
 
 
-def plan_tensors(arch: FluxArch, shapes: Mapping[str, Sequence[int]], recipe: Recipe) -> list[TensorPlan]:
-    """The output type of every tensor, in source order."""
-    recipe.check_fits(arch)
+def plan_tensors(model: Model, shapes: Mapping[str, Sequence[int]], recipe: Recipe) -> list[TensorPlan]:
+    """The output type of every tensor of the model, in source order."""
+    recipe.check_fits(model)
     plan = []
     for source_key, shape in shapes.items():
-        key = arch.strip_prefix(source_key)
-        block = arch.block_of(key)
-        qtype = tensor_type(recipe.types[block], shape) if arch.is_quantizable(key, shape) else "F32"
-        plan.append(TensorPlan(key, source_key, tuple(shape), qtype, block))
+        if not source_key.startswith(model.prefix):  # beside the model in a full checkpoint (its VAE...)
+            continue
+        key = model.strip_prefix(source_key)
+        block = model.block_of(key)
+        decided = model.is_quantizable(key, shape)
+        qtype = tensor_type(recipe.types[block], shape) if decided else "F32"
+        plan.append(TensorPlan(key, source_key, tuple(shape), qtype, block, decided))
     return plan
 
 
@@ -65,10 +69,10 @@ def average_bpw(plan: Sequence[TensorPlan]) -> float:
 
 
 def block_params(plan: Sequence[TensorPlan], n_blocks: int) -> list[int]:
-    """Parameters the recipe decides in each block (its 2-D weights)."""
+    """Parameters the recipe decides in each block (its quantizable weights)."""
     counts = [0] * n_blocks
     for t in plan:
-        if t.block is not None and len(t.shape) == 2:
+        if t.decided:
             counts[t.block] += t.numel
     return counts
 

@@ -13,18 +13,20 @@ args.cpu = not torch.cuda.is_available()  # before model_management picks a devi
 import comfy.ops  # noqa: E402
 from comfy.ldm.flux.layers import DoubleStreamBlock, EmbedND, SingleStreamBlock  # noqa: E402
 
-from quant.arch import detect  # noqa: E402
+from quant.models import detect  # noqa: E402
 from quant.checkpoint import state_dict_source  # noqa: E402
-from quant.flux_blocks import ReferenceStack, position_embedding  # noqa: E402
-from quant.flux_stack import StackInputs  # noqa: E402
-from quant.synthetic import TINY, random_state_dict  # noqa: E402
+from quant.models.flux1_blocks import ReferenceStack, position_embedding  # noqa: E402
+from quant.models.flux1_stack import StackInputs  # noqa: E402
+from quant.synthetic import random_state_dict
+from quant.models.flux1 import Flux1  # noqa: E402
 
+TINY = Flux1.model()
 torch.manual_seed(0)
 sd = {k: v.float() for k, v in random_state_dict(TINY, seed=4).items()}
 arch = detect({k: tuple(v.shape) for k, v in sd.items()})
 ours = ReferenceStack(arch, state_dict_source(sd, "tiny"))
 ops = comfy.ops.disable_weight_init
-heads, hidden = TINY.heads, TINY.hidden
+heads, hidden = TINY.config.heads, TINY.config.hidden_size
 
 
 def comfy_block(kind, i):
@@ -52,13 +54,13 @@ with torch.no_grad():
     for b in range(arch.n_blocks):
         ref = state
         state = ours.forward(b, state, inputs)
-        if b < arch.depth_double:
+        if b < arch.config.depth_double:
             img_c, txt_c = comfy_block("double", b)(img=ref.img.clone(), txt=ref.txt.clone(), vec=inputs.vec,
                                                      pe=pe_comfy)
             got, want = torch.cat([state.txt, state.img], 1), torch.cat([txt_c, img_c], 1)
         else:
             x = ref.img if ref.txt is None else torch.cat((ref.txt, ref.img), 1)
-            want = comfy_block("single", b - arch.depth_double)(x.clone(), vec=inputs.vec, pe=pe_comfy)
+            want = comfy_block("single", b - arch.config.depth_double)(x.clone(), vec=inputs.vec, pe=pe_comfy)
             got = state.img
         worst = max(worst, ((got - want).abs().max() / want.abs().max()).item())
 result["block_max_rel"] = worst

@@ -89,11 +89,11 @@ class ComfyServer:
         return self.base / "output"
 
     def start(self, timeout: float = 120) -> None:
-        log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [str(self.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-             "--base-directory", str(self.base), "--disable-auto-launch"],
-            cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.log_path, "w") as log:  # the server holds its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [str(self.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+                 "--base-directory", str(self.base), "--disable-auto-launch"],
+                cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -235,11 +235,16 @@ def loader(unet_name: str, kind: str = "safetensors") -> dict:
                        "patch_on_device": False}}
 
 
-def sampling(model: list, seed: int, prefix: str, steps: int = 4, size: int = 64, cfg: float = 1.0) -> dict:
-    """Nodes that sample a FLUX MODEL output and save the latent: conditioning from the fixture node."""
+def sampling(model: list, seed: int, prefix: str, steps: int = 4, size: int = 64, cfg: float = 1.0,
+             video: bool = False) -> dict:
+    """Nodes that sample a MODEL output and save the latent: conditioning from the fixture node, an
+    image latent (FLUX.1, Chroma, Qwen-Image, Lumina 2) or a one-frame video latent (Wan)."""
+    latent = ({"class_type": "EmptyHunyuanLatentVideo",
+               "inputs": {"width": size, "height": size, "length": 1, "batch_size": 1}} if video else
+              {"class_type": "EmptySD3LatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}})
     return {
-        "cond": {"class_type": "MxTestFluxConditioning", "inputs": {"model": model, "seed": seed, "tokens": 8}},
-        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "cond": {"class_type": "MxTestConditioning", "inputs": {"model": model, "seed": seed, "tokens": 8}},
+        "latent": latent,
         "sample": {"class_type": "KSampler", "inputs": {
             "model": model, "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "euler",
             "scheduler": "simple", "positive": ["cond", 0], "negative": ["cond", 1],

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
-from quant.synthetic import TINY, random_state_dict
+from quant.synthetic import random_state_dict
+from flux_models import TINY
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def test_user_errors_are_one_line(tmp_path: Path) -> None:
     bad.write_text("depth: {double: 2, single: 4}\nblocks: [Q8_0]\n")
     (tmp_path / "x.safetensors").write_bytes(b"\x00")
     r = run_cli("convert", str(tmp_path / "x.safetensors"), "--recipe", str(bad))
-    assert r.returncode == 2 and "1 block types for 2 + 4" in r.stderr
+    assert r.returncode == 2 and "1 block types for 2 double + 4 single blocks" in r.stderr
     r = run_cli("convert", str(tmp_path / "x.safetensors"), "--type", "Q8_0")
     assert r.returncode == 2 and "not a readable safetensors file" in r.stderr
 
@@ -76,8 +76,11 @@ def test_costs_then_convert_at_target(tiny_checkpoint: Path, tmp_path: Path) -> 
     assert r.returncode == 0, r.stderr
     summary = json.loads(run_cli("inspect", str(tmp_path / "o.gguf"), "--json").stdout)
     assert summary["bpw"] <= 7.0 and set(summary["blocks"]) <= {"Q8_0", "Q4_K", "Q2_K"}
+    assert summary["costs"] == str(costs)
     r = run_cli("convert", str(tiny_checkpoint), "--bpw", "7.0", "-o", str(tmp_path / "p.gguf"))
-    assert r.returncode == 2 and "no built-in cost table fits" in r.stderr
+    assert r.returncode == 0 and "no built-in table fits FLUX.1 [dev] (2 double + 4 single blocks" in r.stderr
+    assert json.loads(run_cli("inspect", str(tmp_path / "p.gguf"), "--json").stdout)["costs"] == \
+        "estimated from the weights"
 
 
 def test_merge_costs(tmp_path: Path) -> None:
@@ -98,11 +101,11 @@ def test_merge_costs(tmp_path: Path) -> None:
 def test_costs_from_saved_captures(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """Saved stack inputs (as Capture Layer Costs writes them) measure the same costs headless
     as sweeping those inputs directly; a capture from another width is refused."""
-    from quant.arch import detect
+    from quant.models import detect
     from quant.checkpoint import open_safetensors
     from quant.costs import load_costs
     from quant.capture_file import save_capture
-    from quant.flux_blocks import ReferenceStack
+    from quant.models.flux1_blocks import ReferenceStack
     from quant.sweep import sweep
 
     with open_safetensors(tiny_checkpoint) as source:

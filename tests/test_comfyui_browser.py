@@ -18,7 +18,8 @@ from quant import codecs
 from quant.costs import resolve_costs
 from quant.optimize import Target
 from quant.plan import plan
-from quant.synthetic import TINY, random_state_dict
+from quant.synthetic import random_state_dict
+from flux_models import TINY
 
 pytestmark = pytest.mark.comfy
 

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from comfyui_rig import PACK_ROOT, ComfyServer, sample_workflow, saved_latent
-from quant.arch import STOCK
-from quant.synthetic import TINY, random_state_dict
+from flux_models import STOCK, TINY, flux
+from quant.synthetic import random_state_dict
 
 pytestmark = pytest.mark.comfy
 
@@ -68,7 +68,7 @@ def test_dequant_float32_equals_gguf_py_dequantized_weights(comfy: ComfyServer, 
 def test_stock_width_model_with_unpatched_detection(comfy: ComfyServer, tmp_path: Path) -> None:
     """FLUX.1's real widths (hidden 3072), one double + one single block: ComfyUI's own
     detection builds it, and the mixed GGUF samples."""
-    cfg = STOCK.__class__(**{**STOCK.__dict__, "depth_double": 1, "depth_single": 1})
+    cfg = flux(STOCK, depth_double=1, depth_single=1)
     src = tmp_path / "stock-flux.safetensors"
     save_file(random_state_dict(cfg, seed=2), str(src))
     recipe = tmp_path / "r.yaml"

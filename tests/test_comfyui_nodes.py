@@ -17,21 +17,22 @@ from safetensors.torch import load_file, save_file
 
 from comfyui_rig import PACK_ROOT, ComfyServer, Messages, WorkflowError, loader, sample_workflow, sampling, saved_latent
 from quant import codecs
-from quant.arch import STOCK, detect, flux_shapes
+from flux_models import STOCK, TINY, flux
+from quant.models import detect
 from quant.costs import accumulate, load_costs
 from quant.imatrix import load_imatrix
 from quant.optimize import Target, optimize, pareto
 from quant.recipe import Recipe
 from quant.tensor_plan import average_bpw, plan_tensors
 from quant.speed import load_speed
-from quant.synthetic import TINY, random_state_dict
+from quant.synthetic import random_state_dict
 from tests.cli_runner import run_cli
 
 pytestmark = pytest.mark.comfy
 
 CAPTURE, QUANTIZE, SAVE = "MxCaptureLayerCosts", "MxMixedGGUFQuantize", "MxSaveMxGGUF"
 TINY_TYPES = "Q8_0, Q6_K, Q5_K, Q4_K, Q3_K"
-STOCK_SHALLOW = STOCK.__class__(**{**STOCK.__dict__, "depth_double": 1, "depth_single": 1})
+STOCK_SHALLOW = flux(STOCK, depth_double=1, depth_single=1)
 
 
 def capture(model: list, costs_file: str, types: str, step: int = -1, per_run: int = 1) -> dict:
@@ -50,7 +51,7 @@ def save(mx: list, model_name: str) -> dict:
 
 def midway_bpw(cfg, low: str, high: str) -> float:
     """A target between two uniform types on this model (its embedders make bpw model-specific)."""
-    shapes = flux_shapes(cfg)
+    shapes = cfg.shapes()
     arch = detect(shapes)
     lo, hi = (average_bpw(plan_tensors(arch, shapes, Recipe.uniform(arch, t))) for t in (low, high))
     return round((lo + hi) / 2, 2)
@@ -103,7 +104,7 @@ def test_capture_keeps_latents_identical_and_costs_grow(comfy: ComfyServer, tiny
     assert all(costs[b]["Q3_K"] > costs[b]["Q8_0"] for b in range(table.n_blocks))
     # every step of both runs went into the importance matrix beside the costs, for every block weight
     imatrix = load_imatrix(costs_file(comfy, "tiny-grow.imatrix.gguf"))
-    shapes = flux_shapes(TINY)
+    shapes = TINY.shapes()
     arch = detect(shapes)
     assert set(imatrix.sums) == {k for k, s in shapes.items() if arch.is_quantizable(k, s)}
     assert imatrix.chunk_count == 8 and imatrix.datasets == ["ComfyUI sampling"]
@@ -154,13 +155,13 @@ def test_max_slowdown_in_a_real_graph(comfy: ComfyServer, tiny: str, tiny_costs:
                       "chart": {"class_type": "PreviewImage", "inputs": {"images": ["quant", 3]}}})
     assert "predicted step time" in free["outputs"]["quant"]["text"][0]
     (kept,) = costs_file(comfy, "").glob("*.speed.json")
-    assert kept.name.startswith("cpu-") and "hidden256" in kept.name
+    assert kept.name.startswith("cpu-") and "_flux1_" in kept.name  # per device, family and config
     options = comfy.object_info(QUANTIZE)[QUANTIZE]["input"]["required"]["costs"][1]["options"]
     assert tiny_costs in options and kept.name not in options
     measured_at = kept.stat().st_mtime_ns
     speed = load_speed(kept)
     assert speed.tokens == 4608 and speed.dequantizer == "ComfyUI-GGUF" and speed.dtype == "float32"
-    shapes = flux_shapes(TINY)
+    shapes = TINY.shapes()
     arch = detect(shapes)
     costs = load_costs(costs_file(comfy, tiny_costs)).costs()
     fastest = pareto(arch, shapes, costs, Target(bpw=bpw), speed, points=2)[0]
@@ -353,7 +354,7 @@ def test_quantized_models_are_refused(comfy: ComfyServer, tiny: str, tiny_costs:
 def test_lora_patched_model_is_refused_by_quantize(comfy: ComfyServer, tiny: str, tiny_costs: str) -> None:
     loras = comfy.base / "models" / "loras"
     loras.mkdir(exist_ok=True)
-    hidden = TINY.hidden
+    hidden = TINY.config.hidden_size
     save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.randn(3 * hidden, 4),
                "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.randn(4, hidden)},
               str(loras / "nodes-lora.safetensors"))
@@ -399,7 +400,8 @@ def test_plan_route_equals_optimize_json(comfy: ComfyServer, tiny_costs: str) ->
         assert {k: answer[k] for k in cli} == cli, (target, value, types)
         assert len(answer["block_costs"]) == len(cli["blocks"]) == 57
         assert answer["size_gib"] == cli["size_bytes"] / 2**30
-        assert "FLUX.1 tensor shapes" in answer["shapes"]
+        assert answer["shapes"].startswith("FLUX.1 [dev] (19 double + 38 single blocks") and answer["family"] == "flux1"
+        assert answer["groups"] == [{"name": "double", "first": 0, "blocks": 19}, {"name": "single", "first": 19, "blocks": 38}]
     _, small = http_json(comfy, "/mxgguf/plan", costs="builtin:flux1-dev", target="bpw", value=4.5)
     assert 8 not in small["fits_cards_gb"] and 12 in small["fits_cards_gb"]  # 6.7 GB of data: over 6 GiB
     bpw = midway_bpw(TINY, "Q4_K", "Q8_0")

@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from quant.arch import detect, flux_shapes
+from quant.models import detect
 from quant.checkpoint import state_dict_source
 from quant.costs import (CostError, CostTable, accumulate, check_model, default_costs, load_costs,
                          model_fingerprint, resolve_costs, save_costs)
-from quant.synthetic import TINY, random_state_dict
+from quant.synthetic import random_state_dict
+from flux_models import FLUX1_DEV, TINY, flux
 
-ARCH = detect(flux_shapes(TINY))
+ARCH = detect(TINY.shapes())
 
 
 def fingerprint(seed: int = 0) -> dict:
@@ -73,13 +74,26 @@ def test_builtin_flux1_dev() -> None:
     t = resolve_costs("builtin:flux1-dev")
     assert t.n_blocks == 57 and t.mean(0, "Q4_1") == pytest.approx(110.96)
     assert t.provenance["license"] == "Apache-2.0"
-    assert default_costs({"arch": "flux", "depth_double": 19, "depth_single": 38, "hidden_size": 3072,
-                          "guidance": True, "weights_sha256": "abcd"}) is not None
+    assert default_costs({**FLUX1_DEV.fingerprint(), "weights_sha256": "abcd"}) is not None
     assert default_costs(fingerprint()) is None
     with pytest.raises(CostError, match="published table"):
         t.merged(t)
     with pytest.raises(CostError, match="no built-in cost table 'sdxl'"):
         resolve_costs("builtin:sdxl")
+
+
+def test_tables_from_before_families_are_read(tmp_path: Path) -> None:
+    """A table written before families recorded FLUX.1 as ``arch: flux`` with four fields: it is
+    read as FLUX.1 at those fields (the rest at FLUX.1 [dev]'s) and merges with a new one."""
+    old = table().to_dict()
+    old["model"] = {"arch": "flux", "depth_double": 2, "depth_single": 4, "hidden_size": 256, "guidance": True}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    loaded = load_costs(tmp_path / "old.json")
+    assert loaded.model == flux(FLUX1_DEV, depth_double=2, depth_single=4, hidden_size=256).fingerprint()
+    old["model"]["arch"] = "sd3"
+    (tmp_path / "other.json").write_text(json.dumps(old))
+    with pytest.raises(CostError, match="arch 'sd3' is not 'flux'"):
+        load_costs(tmp_path / "other.json")
 
 
 def test_save_is_atomic_and_validated(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 from pathlib import Path
 
 import gguf
@@ -12,13 +13,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from quant import codecs
-from quant.arch import ArchitectureError, detect
+from quant.models import ArchitectureError, detect
 from quant.checkpoint import CheckpointError, open_safetensors, state_dict_source
 from quant.encode import write_gguf
 from quant.gguf_file import GGUFWriteError, read_summary
+from quant.imatrix import Imatrix, save_imatrix
 from quant.recipe import Recipe, RecipeError
 from quant.tensor_plan import average_bpw, plan_tensors
-from quant.synthetic import TINY, random_state_dict
+from quant.synthetic import random_state_dict
+from flux_models import TINY
 
 MIXED = ("Q8_0", "Q6_K", "Q5_K", "IQ4_XS", "Q4_K", "Q3_K")
 
@@ -26,7 +29,7 @@ MIXED = ("Q8_0", "Q6_K", "Q5_K", "IQ4_XS", "Q4_K", "Q3_K")
 def convert(src: Path, out: Path, types: tuple[str, ...] = MIXED, **kw):
     with open_safetensors(src) as source:
         arch = detect(source.shapes)
-        recipe = Recipe(types, arch.depth_double, arch.depth_single, name="test")
+        recipe = Recipe.for_model(arch, types, name="test")
         plan = plan_tensors(arch, source.shapes, recipe)
         return write_gguf(source, recipe, plan, out, **kw), plan
 
@@ -58,7 +61,8 @@ def test_summary(tiny_checkpoint: Path, tmp_path: Path) -> None:
     convert(tiny_checkpoint, tmp_path / "out.gguf")
     s = read_summary(tmp_path / "out.gguf")
     assert s["blocks"] == list(MIXED)
-    assert s["arch"].startswith("flux-dev (2 double + 4 single")
+    assert s["model"].startswith("FLUX.1 [dev] (2 double + 4 single") and s["family"] == "flux1"
+    assert s["metadata"]["general.architecture"] == "flux" and s["metadata"]["mxgguf.family"] == "flux1"
     assert set(s["type_params"]) == set(MIXED) | {"F32"}
 
 
@@ -117,9 +121,9 @@ def test_wrong_architecture(tmp_path: Path) -> None:
     with pytest.raises(ArchitectureError, match="SD1.x/SDXL"):
         convert(src, tmp_path / "out.gguf")
     diffusers = tmp_path / "diffusers.safetensors"
-    save_file({"transformer_blocks.0.attn.to_q.weight": torch.zeros(4, 4),
+    save_file({"single_transformer_blocks.0.attn.to_q.weight": torch.zeros(4, 4),
                "x_embedder.weight": torch.zeros(4, 4)}, str(diffusers))
-    with pytest.raises(ArchitectureError, match="diffusers layout"):
+    with pytest.raises(ArchitectureError, match="FLUX in the diffusers layout"):
         convert(diffusers, tmp_path / "out.gguf")
 
 
@@ -153,3 +157,40 @@ def test_interrupt_leaves_nothing(tiny_checkpoint: Path, tmp_path: Path) -> None
     with pytest.raises(KeyboardInterrupt):
         convert(tiny_checkpoint, tmp_path / "out.gguf", progress=cancel)
     assert leftovers(tmp_path) == []
+
+
+def held_by_this_process(path: Path) -> list[str]:
+    """How this process still holds ``path``: open descriptors, memory maps (Linux's /proc)."""
+    target = str(path.resolve())
+    held = [f"fd {fd.name}" for fd in Path("/proc/self/fd").iterdir() if _link(fd) == target]
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    return held + [f"mapped at {line.split()[0]}" for line in maps if line.endswith(" " + target)]
+
+
+def _link(fd: Path) -> str | None:
+    try:
+        return os.readlink(fd)
+    except OSError:  # closed since listing (the listing's own descriptor)
+        return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux's /proc to see open files")
+def test_temp_file_released_before_rename(tiny_checkpoint: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows cannot rename a file still open or mapped, and a crash between the rename and a
+    late close loses data: every writer closes (and unmaps) its temp file before it is renamed."""
+    seen: dict[str, list[str]] = {}
+
+    def checking(rename):
+        def wrapper(src, dst, *args, **kwargs):
+            seen[Path(src).name] = held_by_this_process(Path(src))
+            return rename(src, dst, *args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(os, "link", checking(os.link))
+    monkeypatch.setattr(os, "replace", checking(os.replace))
+    convert(tiny_checkpoint, tmp_path / "out.gguf")
+    imatrix = Imatrix()
+    imatrix.add("double_blocks.0.img_attn.qkv.weight", torch.randn(4, 256))
+    save_imatrix(imatrix, tmp_path / "out.imatrix.gguf")
+    assert len(seen) == 2 and not any(seen.values()), seen

@@ -12,11 +12,12 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from quant import codecs
-from quant.arch import FluxConfig, detect, flux_shapes
+from quant.models import detect
 from quant.checkpoint import state_dict_source
-from quant.flux_blocks import ReferenceStack
-from quant.imatrix import Imatrix, ImatrixError, add_to_file, load_imatrix, save_imatrix
-from quant.synthetic import TINY, random_state_dict
+from quant.models.flux1_blocks import ReferenceStack
+from quant.imatrix import Imatrix, ImatrixError, add_to_file, linear_inputs, load_imatrix, save_imatrix
+from quant.synthetic import random_state_dict
+from flux_models import TINY, flux
 from tests.cli_runner import run_cli
 
 WEIGHT = "double_blocks.0.img_attn.qkv.weight"
@@ -90,13 +91,32 @@ def save_imatrix_unchecked(imatrix: Imatrix, path: Path) -> None:
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
 
 
+def test_capture_hook_sums_what_add_sums() -> None:
+    """The hook Capture collects with (``linear_inputs``) adds, per weight, the squares of its
+    input's columns and the rows seen, exactly as ``Imatrix.add`` does on the same inputs."""
+    torch.manual_seed(0)
+    stack = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.GELU(), torch.nn.Linear(48, 16))
+    batches = [torch.randn(3, 5, 32), torch.randn(7, 32) - 0.5]
+    hooked, expected = Imatrix(), Imatrix()
+    with torch.no_grad():
+        with linear_inputs(stack, ["0.weight", "2.weight"], hooked):
+            outputs = [stack(x) for x in batches]
+        for x, y in zip(batches, outputs):
+            torch.testing.assert_close(y, stack(x), rtol=0, atol=0)  # the hooks only read
+            expected.add("0.weight", x)
+            expected.add("2.weight", stack[1](stack[0](x)))
+    assert hooked.counts == expected.counts == {"0.weight": 22, "2.weight": 22}
+    for name in expected.sums:
+        np.testing.assert_allclose(hooked.sums[name], expected.sums[name], rtol=1e-5)
+
+
 def test_zero_count_quantizes_without_importance() -> None:
     a = Imatrix(sums={WEIGHT: np.ones(256)}, counts={WEIGHT: 0})
     assert a.importance(WEIGHT) is None and a.importance("single_blocks.0.linear1.weight") is None
 
 
 def test_stack_observes_every_block_weight() -> None:
-    shapes = flux_shapes(TINY)
+    shapes = TINY.shapes()
     arch = detect(shapes)
     source = state_dict_source(random_state_dict(TINY, dtype=torch.float32), "tiny")
     stack = ReferenceStack(arch, source)
@@ -142,7 +162,7 @@ def test_collect_then_convert_with_it(tiny_checkpoint: Path, tmp_path: Path) -> 
 
 
 def test_imatrix_of_another_model_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    wide = FluxConfig(hidden=512, heads=8, depth_double=1, depth_single=1)
+    wide = flux(hidden_size=512, heads=8, depth_double=1, depth_single=1, mlp_hidden=2048)
     other = tmp_path / "wide.safetensors"
     save_file(random_state_dict(wide), str(other))
     im = tmp_path / "wide.imatrix.gguf"

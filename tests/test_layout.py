@@ -35,3 +35,17 @@ def test_layout_table_matches_the_tree() -> None:
     assert sorted((modules | folders) - named) == [], "modules missing from the README's layout table"
     gone = [n for n in named if not (ROOT / n).exists()]
     assert gone == [], "the README's layout table names paths that do not exist"
+
+
+def test_every_type_has_a_colour_of_its_own() -> None:
+    """The chart and the canvas panel colour a type the same in every plan; no two types alike
+    (read from nodes/chart.py, which imports ComfyUI's side of the pack)."""
+    import ast
+
+    from quant import codecs
+
+    tree = ast.parse((ROOT / "nodes" / "chart.py").read_text(encoding="utf-8"))
+    (colours,) = [ast.literal_eval(node.value) for node in tree.body
+                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "TYPE_COLOURS"]
+    assert sorted(colours) == sorted(codecs.TYPE_NAMES)
+    assert len(set(colours.values())) == len(colours)

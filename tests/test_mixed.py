@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from quant.arch import detect
+from quant.models import detect
 from quant.checkpoint import state_dict_source
 from quant.encode import write_gguf
 from quant.mixed import quantize_model
 from quant.recipe import Recipe
 from quant.tensor_plan import plan_tensors
-from quant.synthetic import TINY, random_state_dict
+from quant.synthetic import random_state_dict
+from flux_models import TINY
 
 TYPES = ("Q8_0", "Q6_K", "Q4_K", "IQ4_XS", "Q3_K", "BF16")
 
@@ -24,7 +25,7 @@ TYPES = ("Q8_0", "Q6_K", "Q4_K", "IQ4_XS", "Q3_K", "BF16")
 def model():
     sd = random_state_dict(TINY, seed=4)
     arch = detect({k: tuple(v.shape) for k, v in sd.items()})
-    return state_dict_source(sd, "tiny-flux.safetensors"), arch, Recipe(TYPES, arch.depth_double, arch.depth_single)
+    return state_dict_source(sd, "tiny-flux.safetensors"), arch, Recipe.for_model(arch, TYPES)
 
 
 def test_saved_file_equals_streamed_conversion(model, tmp_path: Path) -> None:

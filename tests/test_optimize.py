@@ -3,11 +3,13 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
-from quant.arch import FluxConfig, detect, flux_shapes
+from flux_models import FLUX1_DEV as FLUX1_DEV_MODEL
+from quant.models import detect
 from quant.costs import resolve_costs
 from quant.optimize import Target, TargetError, optimize, pareto, solve, solve_two_budgets
 from quant.recipe import load_recipe
@@ -15,7 +17,7 @@ from quant.tensor_plan import average_bpw, plan_tensors
 from quant.speed import SpeedProfile, shape_key, weight_shapes
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-FLUX1_DEV = flux_shapes(FluxConfig(hidden=3072, heads=24, context_in_dim=4096, depth_double=19, depth_single=38))
+FLUX1_DEV = FLUX1_DEV_MODEL.shapes()
 
 
 def brute_force(options, budget):
@@ -88,6 +90,30 @@ def test_size_and_card_targets() -> None:
     assert a.data_bytes <= 8 * 2**30 - 2**20
     card = optimize(arch, FLUX1_DEV, costs, Target(card_gib=12))
     assert card.data_bytes <= 10 * 2**30 - 2**20
+
+
+@pytest.mark.parametrize("target", [Target.of(size_gb=1000), Target.of(size_gb=1e6), Target.of(bpw=1e9),
+                                    Target.of(card_gb=1e308)], ids=["1000 GB", "1e6 GB", "1e9 bpw", "1e308 GB card"])
+def test_target_beyond_the_largest_file(target: Target) -> None:
+    """The least-cost allocation at once, in a table no larger than that allocation needs (a target's
+    size once set the table's: 1.2 GB at 1000 GB, a numpy allocation error beyond)."""
+    arch = detect(FLUX1_DEV)
+    costs = resolve_costs("builtin:flux1-dev").costs()
+    tracemalloc.start()
+    try:
+        a = optimize(arch, FLUX1_DEV, costs, target)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert a.predicted_cost == sum(min(c.values()) for c in costs)
+    assert peak < 64 * 2**20
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 0.0, -1.0])
+def test_target_not_a_positive_number(value: float) -> None:
+    for target in ("bpw", "size_gb", "card_gb"):
+        with pytest.raises(TargetError, match="positive number"):
+            Target.of(**{target: value})
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("flux1-dev_mx*.yaml")), ids=lambda p: p.stem)

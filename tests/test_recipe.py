@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quant.arch import FluxConfig, detect, flux_shapes
+from quant.models import detect
 from quant.recipe import Recipe, RecipeError, load_recipe, parse_blocks, recipe_from_dict, save_recipe
 from quant.tensor_plan import average_bpw, block_params, output_name, plan_tensors, tensor_type
-from quant.synthetic import TINY
+from flux_models import FLUX1_DEV, TINY
 
-ARCH = detect(flux_shapes(TINY))  # 2 double + 4 single
+ARCH = detect(TINY.shapes())  # 2 double + 4 single
 
 
 def test_list_and_ranges_agree() -> None:
@@ -33,10 +33,11 @@ def test_parse_blocks() -> None:
     ({"depth": {"double": 2, "single": 4}, "blocks": ["Q8_0"] * 5 + ["Q7_K"]}, "block 5: unknown type 'Q7_K'"),
     ({"depth": {"double": 2, "single": 4}, "blocks": {"0-9": "Q8_0"}}, "outside 0..5"),
     ({"depth": {"double": 2, "single": 4}, "blocks": {"0-2": "Q8_0"}}, r"blocks \[3, 4, 5\] have no type"),
-    ({"depth": {"double": 2, "single": 4}, "blocks": ["Q8_0"] * 5}, "5 block types for 2 \\+ 4"),
+    ({"depth": {"double": 2, "single": 4}, "blocks": ["Q8_0"] * 5}, "5 block types for 2 double \\+ 4 single"),
     ({"blocks": ["Q8_0"]}, "depth"),
     ({"depth": {"double": 1, "single": 0}, "blocks": ["Q8_0"], "colour": 1}, "unknown recipe keys"),
-    ({"depth": {"double": 1, "single": 0}, "blocks": ["Q8_0"], "arch": "sd3"}, "only 'flux'"),
+    ({"depth": {"double": 1, "single": 0}, "blocks": ["Q8_0"], "arch": "sd3"}, "arch 'sd3' is not 'flux'"),
+    ({"family": "sd3", "depth": {"blocks": 1}, "blocks": ["Q8_0"]}, "unknown model family 'sd3'"),
     (["Q8_0"], "a YAML mapping"),
 ])
 def test_bad_recipes(data: object, message: str) -> None:
@@ -45,13 +46,13 @@ def test_bad_recipes(data: object, message: str) -> None:
 
 
 def test_depth_mismatch_is_refused() -> None:
-    r = Recipe(("Q8_0",) * 57, 19, 38, name="flux1-dev")
-    with pytest.raises(RecipeError, match="19 double \\+ 38 single blocks, the model has 2 \\+ 4"):
-        plan_tensors(ARCH, flux_shapes(TINY), r)
+    r = Recipe.uniform(FLUX1_DEV, "Q8_0")
+    with pytest.raises(RecipeError, match="19 double \\+ 38 single blocks, the model has 2 double \\+ 4 single"):
+        plan_tensors(ARCH, TINY.shapes(), r)
 
 
 def test_round_trip(tmp_path: Path) -> None:
-    r = Recipe(("Q8_0", "Q6_K", "Q5_K", "IQ4_XS", "Q4_K", "Q2_K"), 2, 4, name="t", notes={"cost": 1.5})
+    r = Recipe.for_model(TINY, ("Q8_0", "Q6_K", "Q5_K", "IQ4_XS", "Q4_K", "Q2_K"), name="t", notes={"cost": 1.5})
     save_recipe(r, tmp_path / "r.yaml")
     assert load_recipe(tmp_path / "r.yaml") == r
     (tmp_path / "bad.yaml").write_text("blocks: [\n")
@@ -60,7 +61,7 @@ def test_round_trip(tmp_path: Path) -> None:
 
 
 def test_plan_policy_and_bpw() -> None:
-    shapes = flux_shapes(TINY)
+    shapes = TINY.shapes()
     plan = plan_tensors(ARCH, shapes, Recipe.uniform(ARCH, "Q8_0"))
     by_key = {t.key: t for t in plan}
     assert by_key["double_blocks.0.img_attn.qkv.weight"].qtype == "Q8_0"
@@ -74,8 +75,7 @@ def test_plan_policy_and_bpw() -> None:
 
 
 def test_flux1_dev_bpw_matches_published_size() -> None:
-    cfg = FluxConfig(hidden=3072, heads=24, context_in_dim=4096, depth_double=19, depth_single=38)
-    shapes = flux_shapes(cfg)
+    shapes = FLUX1_DEV.shapes()
     arch = detect(shapes)
     plan = plan_tensors(arch, shapes, Recipe.uniform(arch, "Q8_0"))
     params = sum(t.numel for t in plan)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from flux_models import FLUX1_DEV, flux
 from quant.recipe import Recipe, RecipeError
 from quant.recipe_formats import from_casts, llama_cpp_tensor_types, pick_configuration, sd_cpp_tensor_type_rules
 
@@ -11,7 +12,7 @@ CASTS = {"casts": [{"castto": "Q5_1", "layers": "0-2, 4"}, {"castto": "Q4_K_S", 
 
 
 def test_import_casts() -> None:
-    r = from_casts(CASTS, name="9_6")
+    r = from_casts(CASTS, FLUX1_DEV, name="9_6")
     assert r.types[:5] == ("Q5_1", "Q5_1", "Q5_1", "BF16", "Q5_1")
     assert set(r.types[19:]) == {"Q4_K"} and r.name == "9_6"
 
@@ -24,7 +25,7 @@ def test_import_casts() -> None:
 ])
 def test_bad_casts(config: dict, message: str) -> None:
     with pytest.raises(RecipeError, match=message):
-        from_casts(config)
+        from_casts(config, FLUX1_DEV)
 
 
 def test_pick_configuration() -> None:
@@ -36,7 +37,7 @@ def test_pick_configuration() -> None:
 
 
 def test_exports() -> None:
-    r = Recipe(("Q8_0", "Q6_K", "Q4_K"), 1, 2)
+    r = Recipe.for_model(flux(depth_double=1, depth_single=2), ("Q8_0", "Q6_K", "Q4_K"))
     assert llama_cpp_tensor_types(r) == ["--tensor-type double_blocks\\.0\\.=q8_0",
                                          "--tensor-type single_blocks\\.0\\.=q6_k",
                                          "--tensor-type single_blocks\\.1\\.=q4_k"]

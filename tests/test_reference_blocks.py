@@ -1,4 +1,4 @@
-"""quant.flux_blocks computes what ComfyUI's own FLUX blocks compute (skipped without ComfyUI)."""
+"""quant.models.flux1_blocks computes what ComfyUI's own FLUX blocks compute (skipped without ComfyUI)."""
 from __future__ import annotations
 
 import json

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from quant import codecs
-from quant.arch import detect, flux_shapes
+from quant.models import FAMILIES, detect
 from quant.recipe import Recipe
 from quant.tensor_plan import plan_tensors
 from quant.speed import (PROFILED_TYPES, SpeedError, comfyui_gguf_dequantizer, find_comfyui_gguf, load_speed,
                          measure, save_speed, shape_key, weight_shapes)
-from quant.synthetic import TINY
+from flux_models import TINY
 
-SHAPES = flux_shapes(TINY)
+SHAPES = TINY.shapes()
 
 
 def comfyui_gguf_module():
@@ -47,6 +47,22 @@ def test_measure_save_load_and_predict(tmp_path: Path) -> None:
                                               if t.block == 0 and len(t.shape) == 2))
     with pytest.raises(SpeedError, match=r"no time for Q6_K weights of shape \(\d+, \d+\)"):
         again.slowdown(arch, plan_tensors(arch, SHAPES, Recipe.uniform(arch, "Q6_K")))
+
+
+@pytest.mark.parametrize("family", ["flux2", "hidream", "wan", "z_image"])
+def test_every_group_of_a_family_is_timed(family: str) -> None:
+    """Families without reference blocks are timed by their blocks' matmuls and an attention:
+    each group on its own weights, so a step is the sum over groups, as a plan needs it."""
+    model = FAMILIES[family].model()
+    shapes = model.shapes()
+    profile = measure(model, shapes, "cpu", tokens=16, types=["Q8_0"])
+    assert set(profile.block_seconds) == set(model.depths) and min(profile.block_seconds.values()) > 0
+    assert profile.provenance["block_times"].startswith("estimated")
+    assert profile.step_seconds(model) == pytest.approx(
+        sum(n * profile.block_seconds[g] for g, n in model.depths.items()))
+    other = FAMILIES["lumina2"].model()
+    with pytest.raises(SpeedError, match="measured on another model family"):
+        profile.step_seconds(other)
 
 
 def test_malformed_profiles_are_refused(tmp_path: Path) -> None:

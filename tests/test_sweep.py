@@ -3,11 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quant.arch import detect
+from quant.models import detect
 from quant.checkpoint import state_dict_source
-from quant.flux_blocks import ReferenceStack
+from quant.models.flux1_blocks import ReferenceStack
 from quant.sweep import sweep
-from quant.synthetic import TINY, random_state_dict
+from quant.synthetic import random_state_dict
+from flux_models import TINY
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,8 @@ function planView(target, plan) {
   Object.assign(bars.style, { display: "flex", height: "18px", gap: "1px", margin: "2px 0" });
   plan.blocks.forEach((t, b) => {
     const bar = document.createElement("div");
-    bar.title = `block ${b}${b < plan.depth_double ? " (double)" : " (single)"}: ${t}, cost ${plan.block_costs[b].toPrecision(3)}`;
+    const group = plan.groups.findLast((g) => g.first <= b);
+    bar.title = `block ${b} (${group.name} ${b - group.first}): ${t}, cost ${plan.block_costs[b].toPrecision(3)}`;
     Object.assign(bar.style, { flex: "1", background: plan.type_colors[t] });
     bars.append(bar);
   });

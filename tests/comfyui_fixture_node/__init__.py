@@ -1,7 +1,8 @@
 """Test-only ComfyUI nodes for the pack's integration tests (never shipped as a node).
 
-- ``MxTestFluxConditioning``: random FLUX conditioning (text states, pooled vector,
-  guidance) shaped for the connected MODEL, so no text encoder is needed.
+- ``MxTestConditioning``: random conditioning shaped for the connected MODEL's family (text
+  states of its width; FLUX.1's pooled vector and guidance, Chroma's guidance, Lumina 2's
+  attention mask), so no text encoder is needed.
 - A FLUX detection patch for narrow test models: ComfyUI reads FLUX's depths from a
   checkpoint but assumes FLUX.1's widths (hidden 3072, 24 heads, context 4096). Where the
   tensors say otherwise, the widths are taken from them; stock-width files come through
@@ -43,7 +44,33 @@ def detect_unet_config(state_dict, key_prefix, metadata=None):
 detection.detect_unet_config = detect_unet_config
 
 
-class MxTestFluxConditioning:
+# Where each family's diffusion model takes its text states: the first layer reading them.
+TEXT_INPUTS = ("txt_in", "text_embedding.0", "cap_embedder.1")
+
+
+def _text_width(diffusion_model) -> int:
+    for path in TEXT_INPUTS:
+        try:
+            return int(diffusion_model.get_submodule(path).weight.shape[1])
+        except AttributeError:
+            continue
+    raise ValueError(f"no text input layer ({', '.join(TEXT_INPUTS)}) in {type(diffusion_model).__name__}")
+
+
+def _extras(model, tokens: int, gen: torch.Generator) -> dict:
+    """What the family's model_base reads from a conditioning beside the text states."""
+    kind = type(model.model).__name__
+    vector_in = getattr(model.model.diffusion_model, "vector_in", None)
+    if vector_in is not None:  # FLUX.1: CLIP's pooled vector and the distilled guidance
+        return {"pooled_output": torch.randn((1, vector_in.in_layer.weight.shape[1]), generator=gen), "guidance": 3.5}
+    if kind == "Chroma":  # no pooled vector; guidance is embedded (0, as real use passes)
+        return {"pooled_output": None, "guidance": 0.0}
+    if kind == "Lumina2":  # the text's length comes from its mask
+        return {"attention_mask": torch.ones((1, tokens), dtype=torch.long)}  # as text encoders give it
+    return {}
+
+
+class MxTestConditioning:
     CATEGORY = "mxgguf/tests"
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
     RETURN_NAMES = ("positive", "negative")
@@ -55,13 +82,12 @@ class MxTestFluxConditioning:
                              "tokens": ("INT", {"default": 8, "min": 1, "max": 512})}}
 
     def make(self, model, seed, tokens):
-        params = model.model.diffusion_model.params
+        width = _text_width(model.model.diffusion_model)
         out = []
         for i in range(2):
             gen = torch.Generator().manual_seed(seed + i)
-            cond = torch.randn((1, tokens, params.context_in_dim), generator=gen)
-            pooled = torch.randn((1, params.vec_in_dim), generator=gen)
-            out.append([[cond, {"pooled_output": pooled, "guidance": 3.5}]])
+            cond = torch.randn((1, tokens, width), generator=gen)
+            out.append([[cond, _extras(model, tokens, gen)]])
         return tuple(out)
 
 
@@ -84,4 +110,4 @@ class MxTestModelReport:
         return {"ui": {"report": [{"model_class": type(m).__name__, "config": config}]}}
 
 
-NODE_CLASS_MAPPINGS = {"MxTestFluxConditioning": MxTestFluxConditioning, "MxTestModelReport": MxTestModelReport}
+NODE_CLASS_MAPPINGS = {"MxTestConditioning": MxTestConditioning, "MxTestModelReport": MxTestModelReport}

@@ -4,15 +4,14 @@ import math
 
 import pytest
 
-from quant.arch import COMFY_PREFIX, STOCK, ArchitectureError, FluxConfig, detect, flux_shapes
-from quant.synthetic import TINY
+from flux_models import FLUX1_DEV, STOCK, TINY, flux
+from quant.models import COMFY_PREFIX, ArchitectureError, detect
 
 
 def test_flux1_dev_shape() -> None:
-    arch = detect(flux_shapes(FluxConfig(hidden=3072, heads=24, context_in_dim=4096,
-                                         depth_double=19, depth_single=38)))
-    assert (arch.depth_double, arch.depth_single, arch.n_blocks, arch.hidden_size) == (19, 38, 57, 3072)
-    assert arch.has_guidance and arch.variant == "flux-dev"
+    arch = detect(FLUX1_DEV.shapes())
+    assert arch == FLUX1_DEV and arch.n_blocks == 57 and arch.depths == {"double": 19, "single": 38}
+    assert arch.describe() == "FLUX.1 [dev] (19 double + 38 single blocks, hidden 3072)"
     assert arch.block_of("double_blocks.18.img_mlp.0.weight") == 18
     assert arch.block_of("single_blocks.0.linear1.weight") == 19
     assert arch.block_of("single_blocks.37.linear2.weight") == 56
@@ -20,7 +19,7 @@ def test_flux1_dev_shape() -> None:
 
 
 def test_quantizable_params_match_flux1_dev() -> None:
-    shapes = flux_shapes(FluxConfig(hidden=3072, heads=24, context_in_dim=4096, depth_double=1, depth_single=1))
+    shapes = flux(FLUX1_DEV, depth_double=1, depth_single=1).shapes()
     arch = detect(shapes)
     per_block = [0, 0]
     outside_blocks = norm_scales = 0
@@ -39,8 +38,8 @@ def test_quantizable_params_match_flux1_dev() -> None:
 
 
 def test_f32_policy() -> None:
-    arch = detect(flux_shapes(TINY))
-    for key, shape in flux_shapes(TINY).items():
+    arch = detect(TINY.shapes())
+    for key, shape in TINY.shapes().items():
         if key.startswith(("img_in", "txt_in", "time_in", "vector_in", "guidance_in", "final_layer")) \
                 or key.endswith((".scale", ".bias")):
             assert not arch.is_quantizable(key, shape), key
@@ -48,18 +47,19 @@ def test_f32_policy() -> None:
 
 
 def test_schnell_and_prefix() -> None:
-    shapes = {COMFY_PREFIX + k: v for k, v in flux_shapes(FluxConfig(guidance=False)).items()}
+    shapes = {COMFY_PREFIX + k: v for k, v in flux(FLUX1_DEV, guidance=False).shapes().items()}
     arch = detect(shapes)
-    assert arch.variant == "flux-schnell" and arch.prefix == COMFY_PREFIX
+    assert not arch.config.guidance and arch.prefix == COMFY_PREFIX and "[schnell]" in arch.describe()
     assert arch.strip_prefix(COMFY_PREFIX + "img_in.weight") == "img_in.weight"
 
 
 def test_stock_width_detected() -> None:
-    assert detect(flux_shapes(STOCK)).hidden_size == 3072
+    assert detect(STOCK.shapes()) == STOCK
 
 
 @pytest.mark.parametrize("keys, message", [
-    ({"transformer_blocks.0.attn.to_q.weight": (3072, 3072), "x_embedder.weight": (3072, 64)}, "diffusers layout"),
+    ({"single_transformer_blocks.0.attn.to_q.weight": (3072, 3072), "x_embedder.weight": (3072, 64)},
+     "FLUX in the diffusers layout"),
     ({"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3)}, "SD1.x/SDXL"),
     ({"model.layers.0.self_attn.q_proj.weight": (4096, 4096)}, "language model"),
     ({"joint_blocks.0.x_block.attn.qkv.weight": (4608, 1536)}, "SD3"),
@@ -76,7 +76,7 @@ def test_refuses_other_architectures(keys: dict, message: str) -> None:
 def test_refuses_unreadable_head_size(head_shape: tuple[int, ...] | None, message: str) -> None:
     """The head size comes from double block 0's query norm: without it, or not dividing the
     width, the attention the blocks compute is unknown."""
-    shapes = dict(flux_shapes(TINY))
+    shapes = dict(TINY.shapes())
     key = "double_blocks.0.img_attn.norm.query_norm.scale"
     if head_shape is None:
         del shapes[key]
@@ -87,11 +87,11 @@ def test_refuses_unreadable_head_size(head_shape: tuple[int, ...] | None, messag
 
 
 def test_head_size_and_rotary_axes() -> None:
-    arch = detect(flux_shapes(STOCK))
-    assert (arch.head_dim, arch.heads, arch.rope_axes) == (128, 24, (16, 56, 56))  # FLUX.1's axes_dim
+    config = detect(STOCK.shapes()).config
+    assert (config.head_dim, config.heads, config.rope_axes) == (128, 24, (16, 56, 56))  # FLUX.1's axes_dim
 
 
 def test_refuses_missing_blocks() -> None:
-    shapes = {k: v for k, v in flux_shapes(TINY).items() if not k.startswith("single_blocks.1.")}
+    shapes = {k: v for k, v in TINY.shapes().items() if not k.startswith("single_blocks.1.")}
     with pytest.raises(ArchitectureError, match=r"missing single_blocks \[1\]"):
         detect(shapes)

@@ -1,4 +1,4 @@
-"""FLUX's block stack in plain torch, for measuring costs without ComfyUI.
+"""FLUX.1's block stack in plain torch, for measuring costs without ComfyUI.
 
 The same computation as the BFL reference and ComfyUI's ``comfy.ldm.flux`` (modulation,
 fused qkv with RMSNorm on q and k, RoPE over (t, h, w) positions, joint attention over
@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .arch import FluxArch
-from .checkpoint import Source
-from .flux_stack import StackInputs, StackState, join_inputs
+from .family import Model
+from .flux1_stack import StackInputs, StackState, join_inputs
+
+if TYPE_CHECKING:
+    from ..checkpoint import Source
 
 ROPE_THETA = 10000
 
@@ -118,21 +121,26 @@ class ReferenceStack:
     ``weights(block)`` gives the block's tensors as a dict the sweep may swap entries of.
     """
 
-    def __init__(self, arch: FluxArch, source: Source, device: torch.device | str = "cpu",
+    def __init__(self, model: Model, source: Source, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32):
         # Weights stay in the checkpoint's dtype (one copy of the model, never a float32
         # second one); each linear casts its weight to the compute dtype as it runs.
-        self.arch, self.device, self.dtype = arch, torch.device(device), dtype
-        self._read = lambda key: source.read(arch.prefix + key).to(device=self.device)
+        self.model, self.device, self.dtype = model, torch.device(device), dtype
+        self._read = lambda key: source.read(model.prefix + key).to(device=self.device)
         self._blocks = []
-        for b in range(arch.n_blocks):
-            name = arch.block_name(b) + "."
-            keys = [arch.strip_prefix(k) for k in source.shapes if arch.strip_prefix(k).startswith(name)]
+        for b in range(model.n_blocks):
+            name = model.block_name(b) + "."
+            keys = [model.strip_prefix(k) for k in source.shapes if model.strip_prefix(k).startswith(name)]
             self._blocks.append({k[len(name):]: self._read(k) for k in keys})
 
     @property
     def n_blocks(self) -> int:
-        return self.arch.n_blocks
+        return self.model.n_blocks
+
+    @property
+    def width(self) -> int:
+        """The hidden states' width, as saved captures hold them."""
+        return self.model.config.hidden_size
 
     def weights(self, block: int) -> dict[str, Tensor]:
         return self._blocks[block]
@@ -152,13 +160,13 @@ class ReferenceStack:
                 observe: Callable[[str, Tensor], None] | None = None) -> StackState:
         """Block ``block`` on ``state``; ``observe(name, x)`` sees each linear layer's input, the
         weight named as in a GGUF (``double_blocks.0.img_attn.qkv.weight``)."""
-        prefix = self.arch.block_name(block) + "."
+        prefix = self.model.block_name(block) + "."
         w = BlockWeights(self._blocks[block], None if observe is None else lambda name, x: observe(prefix + name, x))
-        if block < self.arch.depth_double:
-            img, txt = double_block(w, state.img, state.txt, inputs.vec, inputs.pe, self.arch.heads)
+        if block < self.model.config.depth_double:
+            img, txt = double_block(w, state.img, state.txt, inputs.vec, inputs.pe, self.model.config.heads)
             return StackState(img, txt, state.txt_tokens)
         x = state.img if state.txt is None else torch.cat((state.txt, state.img), 1)
-        return StackState(single_block(w, x, inputs.vec, inputs.pe, self.arch.heads), None, state.txt_tokens)
+        return StackState(single_block(w, x, inputs.vec, inputs.pe, self.model.config.heads), None, state.txt_tokens)
 
     def output(self, state: StackState) -> Tensor:
         return state.image_tokens()
@@ -180,14 +188,14 @@ class ReferenceStack:
         mlp = lambda name, x: lin(f"{name}.out_layer", F.silu(lin(f"{name}.in_layer", x)))  # noqa: E731
         t = torch.tensor([sigma], device=self.device)
         vec = mlp("time_in", timestep_embedding(t).to(self.dtype))
-        if self.arch.has_guidance:
+        if self.model.config.guidance:
             vec = vec + mlp("guidance_in", timestep_embedding(torch.tensor([guidance], device=self.device)).to(self.dtype))
         vec = vec + mlp("vector_in", pooled)
         ids = torch.zeros(1, txt_tokens + h * w, 3, device=self.device)
         ids[0, txt_tokens:, 1] = torch.arange(h, device=self.device).repeat_interleave(w).float()
         ids[0, txt_tokens:, 2] = torch.arange(w, device=self.device).repeat(h).float()
         return StackInputs(lin("img_in", latent), lin("txt_in", context), vec,
-                           position_embedding(ids, self.arch.rope_axes))
+                           position_embedding(ids, self.model.config.rope_axes))
 
 
 def timestep_embedding(t: Tensor, dim: int = 256, max_period: int = 10000, time_factor: float = 1000.0) -> Tensor:
@@ -196,3 +204,18 @@ def timestep_embedding(t: Tensor, dim: int = 256, max_period: int = 10000, time_
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t[:, None].float() * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def block_runs(model: Model, weights: Callable[[int], Mapping[str, Tensor]], tokens: int, device: torch.device,
+               dtype: torch.dtype, gen: torch.Generator) -> dict[str, Callable[[], object]]:
+    """A forward of the first double and the first single block on ``tokens`` tokens, a ninth of
+    them text (4096 + 512 at 1024x1024), ready to be timed."""
+    cfg = model.config
+    txt, img = max(1, tokens // 9), tokens - max(1, tokens // 9)
+    x_img, x_txt, vec = (torch.randn(*shape, generator=gen, device=device).to(dtype)
+                         for shape in ((1, img, cfg.hidden_size), (1, txt, cfg.hidden_size), (1, cfg.hidden_size)))
+    pe = position_embedding(torch.zeros(1, tokens, 3, device=device), cfg.rope_axes)  # positions: no time
+    double, single = BlockWeights(weights(0)), BlockWeights(weights(cfg.depth_double))
+    x = torch.cat((x_txt, x_img), 1)
+    return {"double": lambda: double_block(double, x_img, x_txt, vec, pe, cfg.heads),
+            "single": lambda: single_block(single, x, vec, pe, cfg.heads)}

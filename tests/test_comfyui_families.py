@@ -1,0 +1,88 @@
+"""Every family's tensor names and shapes are those ComfyUI's own model class has, for the model
+ComfyUI's own detection picks from them: each named full-size model, and the tiny models the
+tests sample where ComfyUI detects them unaided (skipped without ComfyUI). FLUX.2 and Z-Image are
+newer than the test ComfyUI (2025-10): they are checked against their published layouts instead."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from safetensors.torch import save_file
+
+from comfyui_rig import PACK_ROOT, ComfyServer, find_comfyui, loader, sampling, saved_latent
+from quant.gguf_file import read_summary
+from quant.models import FAMILIES, NAMED_CONFIGS
+from quant.recipe import Recipe
+from quant.synthetic import random_state_dict
+from quant.tensor_plan import average_bpw, plan_tensors
+from test_comfyui_nodes import quantize, save
+
+pytestmark = pytest.mark.comfy
+# The class ComfyUI's detection must choose, per family.
+COMFY_CLASSES = {"flux1": {"Flux", "FluxSchnell"}, "chroma": {"Chroma"}, "qwen_image": {"QwenImage"},
+                 "wan": {"WAN21_T2V", "WAN21_I2V", "WAN22_T2V"}, "hidream": {"HiDream"}, "lumina2": {"Lumina2"}}
+NEWER_THAN_THE_TEST_COMFYUI = {"flux2", "z_image"}
+# ComfyUI reads their widths from the shapes; FLUX.1's and HiDream's it fixes (the tests patch FLUX.1's).
+TINY_DETECTED = ["wan", "qwen_image", "chroma", "lumina2"]
+ESTIMATE_CHOICE = "estimate from the weights"  # Quantize's costs choice (nodes.common, which imports ComfyUI)
+NAMED = sorted(n for n, (fam, _) in NAMED_CONFIGS.items() if fam.name not in NEWER_THAN_THE_TEST_COMFYUI)
+
+
+@pytest.fixture(scope="module")
+def comfy_shapes() -> dict:
+    found = find_comfyui()
+    if isinstance(found, str):
+        pytest.skip(f"real-ComfyUI integration test skipped: {found}")
+    root, python = found
+    script = Path(__file__).with_name("comfyui_family_shapes.py")
+    r = subprocess.run([str(python), str(script), str(root), str(PACK_ROOT), *NAMED, *TINY_DETECTED], cwd=root,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", NAMED + TINY_DETECTED)
+def test_comfyui_builds_our_layout(comfy_shapes: dict, name: str) -> None:
+    family = NAMED_CONFIGS[name][0].name if name in NAMED_CONFIGS else name
+    got = comfy_shapes[name]
+    assert got["class"] in COMFY_CLASSES[family], got
+    assert (got["only_ours"], got["only_comfy"], got["shapes"]) == ([], [], []), got
+
+
+# Families ComfyUI loads a tiny random checkpoint of unaided, and how their latents look.
+ROUND_TRIP = {"wan": {"video": True}, "qwen_image": {}, "chroma": {}, "lumina2": {}}
+TYPES = "Q8_0, Q6_K, Q4_K"
+
+
+@pytest.mark.parametrize("family", sorted(ROUND_TRIP))
+def test_quantize_save_load_and_sample(comfy: ComfyServer, family: str) -> None:
+    """A random checkpoint in the family's layout, which ComfyUI detects by itself: Quantize (on
+    costs estimated from its weights) and Save in one graph, then Unet Loader (GGUF) loads the
+    file and samples the latents Quantize's MODEL sampled, bit for bit (dequantized in float32)."""
+    model = FAMILIES[family].model()
+    name = f"family-{family}"
+    save_file(random_state_dict(model, seed=21), str(comfy.models / f"{name}.safetensors"))
+    lo, hi = (average_bpw(plan_tensors(model, model.shapes(), Recipe.uniform(model, t))) for t in ("Q4_K", "Q8_0"))
+    video = ROUND_TRIP[family].get("video", False)
+    entry = comfy.run({"load": loader(f"{name}.safetensors"),
+                       "quant": quantize(["load", 0], ESTIMATE_CHOICE, round((lo + hi) / 2, 2), TYPES),
+                       "savegguf": save(["quant", 0], name),
+                       **sampling(["quant", 1], 5, f"families/{family}-inline", steps=2, video=video)})
+    summary = entry["outputs"]["quant"]["text"][0]
+    assert "estimated cost" in summary and "an estimate from the weights" in summary
+    written = Path(entry["outputs"]["savegguf"]["text"][0].splitlines()[0])
+    inline = saved_latent(comfy, entry)
+    loaded = comfy.run({"load": loader(written.name, "gguf-f32"),
+                        **sampling(["load", 0], 5, f"families/{family}-gguf", steps=2, video=video)})
+    from_file = saved_latent(comfy, loaded)
+    assert torch.isfinite(inline).all() and inline.std() > 0
+    assert torch.equal(inline, from_file), f"max abs diff {(inline - from_file).abs().max().item()}"
+    file = read_summary(written)
+    assert file["family"] == family and file["costs"] == "estimated from the weights"
+    assert file["metadata"]["general.architecture"] == FAMILIES[family].gguf_arch
+    assert set(file["blocks"]) <= {"Q8_0", "Q6_K", "Q4_K"} and len(set(file["blocks"])) > 1
+    comfy.free()
