@@ -1,12 +1,15 @@
-"""Peak memory and time of a conversion, on full-width FLUX checkpoints made on the fly.
+"""Peak memory and time of a conversion, on full-width checkpoints of any family made on the fly.
 
-    python bench/convert_memory.py [--depths 2+4 4+8] [--recipe-types Q8_0,Q6_K,Q5_K,Q4_K] [--keep DIR]
+    python bench/convert_memory.py [--model flux1-dev] [--depths 2+4 4+8] [--recipe-types Q8_0,Q6_K,...]
+                                   [--keep DIR]
 
-For each depth it writes a random stock-width (hidden 3072) FLUX checkpoint in bf16, then
-converts it with ``python -m quant convert`` in a fresh process that reports its own peak
-RSS and its RSS after imports (the interpreter's baseline). Streaming means the peak above
-baseline stays flat as the model grows. Target: <= 2 GB above baseline, within 10 %
-between the two depths.
+For each depth (blocks per group, ``+`` between groups; groups whose config shares one count take
+the first) it writes a random checkpoint of the named full-size model (``python -m quant optimize
+--help`` lists them) in bf16 with that many blocks, then converts it with ``python -m quant
+convert`` in a fresh process that reports its own peak RSS and its RSS after imports (the
+interpreter's baseline). Streaming means the peak above baseline stays flat as the model grows.
+Target: <= 2 GB above baseline, within 10 % between depths. It also projects the full model's
+time (at the measured parameters per second) and memory (the same peak: it does not grow).
 """
 from __future__ import annotations
 
@@ -45,42 +48,59 @@ print(json.dumps({"baseline_kb": base, "peak_kb": status_kb("VmHWM"),
 """
 
 
-def make_checkpoint(path: Path, depth_double: int, depth_single: int) -> int:
+def make_checkpoint(path: Path, name: str, depths: dict[str, int]) -> int:
     """Write the random checkpoint from a separate process, so this one never holds a model
     (a process forked from a large parent starts out with the parent's pages)."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from safetensors.torch import save_file; "
-            "from quant.models.flux1 import Flux1; from quant.synthetic import random_state_dict; "
-            "model = Flux1.model('flux1-stock', depth_double=int(sys.argv[3]), depth_single=int(sys.argv[4])); "
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from safetensors.torch import save_file; "
+            "from quant.models import named_model; from quant.synthetic import random_state_dict; "
+            "model = named_model(sys.argv[3]); model = model.family.model(model.config, **json.loads(sys.argv[4])); "
             "sd = random_state_dict(model); save_file(sd, sys.argv[2]); print(sum(t.numel() for t in sd.values()))")
-    out = subprocess.run([sys.executable, "-c", code, str(ROOT), str(path), str(depth_double), str(depth_single)],
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT), str(path), name, json.dumps(depths)],
                          capture_output=True, text=True, check=True)
     return int(out.stdout.strip())
 
 
+def depth_fields(model, spec: str) -> dict[str, int]:
+    """``2+4`` -> the config's depth fields for the model's groups, in order."""
+    counts = [int(v) for v in spec.split("+")]
+    if len(counts) != len(model.family.groups):
+        raise SystemExit(f"{model.describe()} has {len(model.family.groups)} block groups; give as many counts")
+    fields: dict[str, int] = {}
+    for group, n in zip(model.family.groups, counts):
+        fields.setdefault(group.depth_field, n)
+    return fields
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="flux1-dev", help="named full-size model whose widths to use")
     ap.add_argument("--depths", nargs="+", default=["2+4", "4+8"])
     ap.add_argument("--recipe-types", default="Q8_0,Q6_K,Q5_K,Q4_K,IQ4_XS,Q3_K",
                     help="types assigned over the blocks, first to last")
     ap.add_argument("--keep", help="folder to keep the files in (default: a temp folder, removed)")
     a = ap.parse_args()
-    from quant.models.flux1 import Flux1
+    import math
+
+    from quant.models import named_model
     from quant.recipe import Recipe, save_recipe
 
+    full = named_model(a.model)
+    full_params = sum(math.prod(s) for s in full.shapes().values())
     folder = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="mxgguf-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     ladder = a.recipe_types.split(",")
     results = []
     try:
         for depth in a.depths:
-            nd, ns = (int(v) for v in depth.split("+"))
-            src, out, recipe_path = folder / f"stock-{depth}.safetensors", folder / f"stock-{depth}.gguf", folder / f"r-{depth}.yaml"
+            fields = depth_fields(full, depth)
+            model = full.family.model(full.config, **fields)
+            stem = f"{a.model}-{depth}"
+            src, out, recipe_path = folder / f"{stem}.safetensors", folder / f"{stem}.gguf", folder / f"r-{stem}.yaml"
             t = time.perf_counter()
-            params = make_checkpoint(src, nd, ns)
+            params = make_checkpoint(src, a.model, fields)
             made = time.perf_counter() - t
-            n = nd + ns
+            n = model.n_blocks
             types = tuple(ladder[i * len(ladder) // n] for i in range(n))
-            model = Flux1.model("flux1-stock", depth_double=nd, depth_single=ns)
             save_recipe(Recipe.for_model(model, types, name=f"bench {depth}"), recipe_path)
             out.unlink(missing_ok=True)
             proc = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(src), str(out), str(recipe_path)],
@@ -88,12 +108,16 @@ def main() -> None:
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             above = (r["peak_kb"] - r["baseline_kb"]) / 2**20
             results.append(above)
-            print(f"{depth:>5}: {params / 1e9:.2f} B params ({src.stat().st_size / 2**30:.2f} GiB bf16, made in {made:.0f} s)"
-                  f" -> {r['bytes'] / 2**30:.2f} GiB at {r['bpw']:.2f} bpw in {r['seconds']:.0f} s "
-                  f"({params / r['seconds'] / 1e6:.0f} Mparams/s); RSS baseline {r['baseline_kb'] / 2**20:.2f} GiB, "
+            rate = params / r["seconds"]
+            print(f"{model.describe()}: {params / 1e9:.2f} B params ({src.stat().st_size / 2**30:.2f} GiB bf16, made in "
+                  f"{made:.0f} s) -> {r['bytes'] / 2**30:.2f} GiB at {r['bpw']:.2f} bpw in {r['seconds']:.0f} s "
+                  f"({rate / 1e6:.0f} Mparams/s); RSS baseline {r['baseline_kb'] / 2**20:.2f} GiB, "
                   f"peak {r['peak_kb'] / 2**20:.2f} GiB, above baseline {above:.2f} GiB", flush=True)
             src.unlink()
             out.unlink()
+        print(f"{full.describe()}, {full_params / 1e9:.2f} B params: projected {full_params / rate / 60:.0f} min at "
+              f"{rate / 1e6:.0f} Mparams/s, peak above baseline as measured ({max(results):.2f} GiB: streaming "
+              f"holds one tensor at a time)")
         if len(results) > 1:
             print(f"peak above baseline, deepest vs shallowest: {results[-1] / results[0]:.3f}x "
                   f"(target <= 2 GiB each, within 10 %)")

@@ -23,6 +23,20 @@ const WORKFLOWS = {
       { model: [1, 0] }],
     [3, "MxSaveMxGGUF", [900, 80], { model_name: "flux1-dev" }, { mx_gguf: [2, 0] }],
   ],
+  // Wan 2.2 A14B is two experts, each its own checkpoint: both quantized for one card, on costs
+  // estimated from their weights (no measured table ships for Wan).
+  "quantize_wan22_experts_estimated_costs.json": [
+    [1, "UNETLoader", [40, 80], { unet_name: "wan2.2_t2v_high_noise_14B_fp16.safetensors", weight_dtype: "default" },
+      {}],
+    [2, "MxMixedGGUFQuantize", [420, 80], { costs: "estimate from the weights", target: "card size (GB)", value: 16 },
+      { model: [1, 0] }],
+    [3, "MxSaveMxGGUF", [940, 80], { model_name: "wan2.2_t2v_high_noise_14B" }, { mx_gguf: [2, 0] }],
+    [4, "UNETLoader", [40, 480], { unet_name: "wan2.2_t2v_low_noise_14B_fp16.safetensors", weight_dtype: "default" },
+      {}],
+    [5, "MxMixedGGUFQuantize", [420, 480], { costs: "estimate from the weights", target: "card size (GB)", value: 16 },
+      { model: [4, 0] }],
+    [6, "MxSaveMxGGUF", [940, 480], { model_name: "wan2.2_t2v_low_noise_14B" }, { mx_gguf: [5, 0] }],
+  ],
   "capture_quantize_save.json": [
     [1, "UNETLoader", [40, 80], FLUX, {}],
     [2, "DualCLIPLoader", [40, 260], { clip_name1: "clip_l.safetensors", clip_name2: "t5xxl_fp16.safetensors",

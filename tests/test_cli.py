@@ -162,3 +162,14 @@ def test_speed_profile_then_slowdown_budget(tiny_checkpoint: Path, tmp_path: Pat
     assert r.returncode == 2 and "--pareto needs --speed" in r.stderr
     r = run_cli("optimize", *common, "--max-slowdown", "1.0")
     assert r.returncode == 2 and "cannot both be met" in r.stderr
+
+
+def test_optimize_for_a_named_model() -> None:
+    """A named full-size model plans without its checkpoint; a table of another family is refused
+    saying what each is."""
+    r = run_cli("optimize", "--costs", "builtin:flux1-dev", "--model", "flux1-dev", "--bpw", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["bpw"] <= 5
+    r = run_cli("optimize", "--costs", "builtin:flux1-dev", "--model", "wan2.2-14b", "--bpw", "5")
+    assert r.returncode == 2 and "they are for FLUX.1 [dev] (19 double + 38 single blocks" in r.stderr
+    assert "this model is Wan T2V (40 blocks, dim 5120" in r.stderr

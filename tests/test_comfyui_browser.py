@@ -66,10 +66,14 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "example_workflows").gl
 
 def test_example_workflows_validate_against_the_server(comfy: ComfyServer) -> None:
     """Each example, opened in the page and turned into the prompt Run sends, is accepted by
-    /prompt with a FLUX model (random, stock layout names) and its companion files in place."""
+    /prompt with its model (a random FLUX.1 in the stock layout's names; Wan's names only) and its
+    companion files in place."""
     node, chromium, playwright = browser_tools()
-    assert [p.name for p in EXAMPLES] == ["capture_quantize_save.json", "quantize_flux_builtin_costs.json"]
+    assert [p.name for p in EXAMPLES] == ["capture_quantize_save.json", "quantize_flux_builtin_costs.json",
+                                          "quantize_wan22_experts_estimated_costs.json"]
     save_file(random_state_dict(TINY, seed=3), str(comfy.models / "flux1-dev.safetensors"))
+    for expert in ("high", "low"):  # validation lists names; nothing here loads them
+        (comfy.models / f"wan2.2_t2v_{expert}_noise_14B_fp16.safetensors").touch()
     for folder, name in (("text_encoders", "clip_l.safetensors"), ("text_encoders", "t5xxl_fp16.safetensors"),
                          ("vae", "ae.safetensors")):  # validation lists names; nothing here loads them
         (comfy.base / "models" / folder).mkdir(parents=True, exist_ok=True)

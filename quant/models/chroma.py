@@ -59,7 +59,8 @@ class Chroma(Family):
     name = "chroma"
     title = "Chroma"
     gguf_arch = "flux"  # ComfyUI-GGUF has no Chroma arch; ComfyUI's detection tells it from FLUX.1
-    groups = (BlockGroup("double", "double_blocks"), BlockGroup("single", "single_blocks"))
+    groups = (BlockGroup("double", "double_blocks", "depth_double"),
+              BlockGroup("single", "single_blocks", "depth_single"))
     # FLUX.1 requires time_in/vector_in, which Chroma lacks; Radiance lacks img_in.weight.
     recognized_by = ("img_in.weight", "double_blocks.0.img_attn.qkv.weight", f"{APPROXIMATOR}.in_proj.weight",
                      f"{APPROXIMATOR}.norms.0.scale")
@@ -75,9 +76,6 @@ class Chroma(Family):
     tiny = ChromaConfig(depth_double=1, depth_single=1)
     reference_tokens = 4608  # 1024x1024: 4096 image tokens and 512 of T5 text, as FLUX.1
 
-    @classmethod
-    def depths(cls, config: ChromaConfig) -> tuple[int, ...]:
-        return config.depth_double, config.depth_single
 
     @classmethod
     def describe(cls, config: ChromaConfig) -> str:

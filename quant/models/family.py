@@ -2,9 +2,9 @@
 
 A family is a class with class-level facts (its name, the GGUF architecture string
 ComfyUI-GGUF's loader accepts, its block groups in the order the forward runs them, the
-keys that recognize it, what it keeps F32 beyond the common rules) and three functions of
-a frozen ``Config`` dataclass: the tensor shapes it implies, the config read back from a
-checkpoint's shapes, and the block count of each group. Subclasses register themselves by
+keys that recognize it, what it keeps F32 beyond the common rules) and two functions of a
+frozen ``Config`` dataclass, whose fields hold each group's block count: the tensor shapes it
+implies, and the config read back from a checkpoint's shapes. Subclasses register themselves by
 name, as gguf-py's quant classes do, so a new family is one new module.
 
 A *block* is the unit the method mixes types over: the groups' blocks numbered in forward
@@ -34,14 +34,16 @@ class ArchitectureError(ValueError):
 
 @dataclass(frozen=True)
 class BlockGroup:
-    """Blocks ``<prefix>.0``, ``<prefix>.1``, ...; ``name`` is how recipes count them."""
+    """Blocks ``<prefix>.0``, ``<prefix>.1``, ...; ``name`` is how recipes count them, the config's
+    ``depth_field`` how many there are."""
 
     name: str
     prefix: str
+    depth_field: str
 
 
 class Family:
-    """A model family. Subclasses set the class facts and implement the three config functions."""
+    """A model family. Subclasses set the class facts and implement ``shapes`` and ``read_config``."""
 
     registry: ClassVar[dict[str, type[Family]]] = {}
 
@@ -87,7 +89,7 @@ class Family:
     @classmethod
     def depths(cls, config: Any) -> tuple[int, ...]:
         """Blocks in each group."""
-        raise NotImplementedError
+        return tuple(getattr(config, group.depth_field) for group in cls.groups)
 
     @classmethod
     def describe(cls, config: Any) -> str:

@@ -60,7 +60,8 @@ class Flux1(Family):
     title = "FLUX.1"
     gguf_arch = "flux"
     legacy_arch = "flux"  # cost tables and recipes before families named FLUX.1 by its GGUF arch
-    groups = (BlockGroup("double", "double_blocks"), BlockGroup("single", "single_blocks"))
+    groups = (BlockGroup("double", "double_blocks", "depth_double"),
+              BlockGroup("single", "single_blocks", "depth_single"))
     recognized_by = ("img_in.weight", "double_blocks.0.img_attn.qkv.weight", "time_in.in_layer.weight",
                      "vector_in.in_layer.weight")
     identity_keys = ("img_in.weight", "double_blocks.0.img_attn.qkv.weight", "final_layer.linear.weight")
@@ -91,9 +92,6 @@ class Flux1(Family):
 
         return block_runs(model, weights, tokens, device, dtype, gen)
 
-    @classmethod
-    def depths(cls, config: FluxConfig) -> tuple[int, ...]:
-        return config.depth_double, config.depth_single
 
     @classmethod
     def describe(cls, config: FluxConfig) -> str:

@@ -60,7 +60,8 @@ class Flux2(Family):
     name = "flux2"
     title = "FLUX.2"
     gguf_arch = "flux"  # ComfyUI-GGUF's loader lists no flux2; ComfyUI's detection tells it from FLUX.1
-    groups = (BlockGroup("double", "double_blocks"), BlockGroup("single", "single_blocks"))
+    groups = (BlockGroup("double", "double_blocks", "depth_double"),
+              BlockGroup("single", "single_blocks", "depth_single"))
     # The shared modulations are what ComfyUI tells FLUX.2 by; FLUX.1 and Chroma have none.
     recognized_by = ("img_in.weight", "double_blocks.0.img_attn.qkv.weight", "double_stream_modulation_img.lin.weight",
                      "single_stream_modulation.lin.weight")
@@ -84,9 +85,6 @@ class Flux2(Family):
                        mlp_hidden=768)
     reference_tokens = 4608  # 1024x1024: 4096 image tokens (16x16 pixels each) and at least 512 of text
 
-    @classmethod
-    def depths(cls, config: Flux2Config) -> tuple[int, ...]:
-        return config.depth_double, config.depth_single
 
     @classmethod
     def describe(cls, config: Flux2Config) -> str:

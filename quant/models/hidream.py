@@ -109,7 +109,8 @@ class HiDream(Family):
     name = "hidream"
     title = "HiDream-I1"
     gguf_arch = "hidream"
-    groups = (BlockGroup("double", "double_stream_blocks"), BlockGroup("single", "single_stream_blocks"))
+    groups = (BlockGroup("double", "double_stream_blocks", "depth_double"),
+              BlockGroup("single", "single_stream_blocks", "depth_single"))
     recognized_by = ("caption_projection.0.linear.weight",
                      "double_stream_blocks.0.block.ff_i.shared_experts.w3.weight")
     # The converter's list: the router's Parameter, and a Wan key it shares the list with (no HiDream tensor).
@@ -126,9 +127,6 @@ class HiDream(Family):
     tiny = HiDreamConfig(hidden_size=256, depth_double=2, depth_single=3, routed_experts=5)
     reference_tokens = 4224  # 1024x1024: 4096 image tokens and 128 of T5 text joined to them
 
-    @classmethod
-    def depths(cls, config: HiDreamConfig) -> tuple[int, ...]:
-        return config.depth_double, config.depth_single
 
     @classmethod
     def describe(cls, config: HiDreamConfig) -> str:

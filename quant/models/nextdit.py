@@ -57,14 +57,11 @@ class NextDiTFamily:
     before ``Family`` and sets the two modulation facts."""
 
     title: ClassVar[str]
-    groups = (BlockGroup("context_refiner", "context_refiner"), BlockGroup("noise_refiner", "noise_refiner"),
-              BlockGroup("layers", "layers"))
+    groups = (BlockGroup("context_refiner", "context_refiner", "refiner_depth"),
+              BlockGroup("noise_refiner", "noise_refiner", "refiner_depth"), BlockGroup("layers", "layers", "depth"))
     modulation_width: ClassVar[int]  # the timestep vector that modulates blocks is min(dim, this) wide
     modulation_index: ClassVar[int]  # the Linear's index in a block's adaLN_modulation Sequential
 
-    @classmethod
-    def depths(cls, config: NextDiTConfig) -> tuple[int, ...]:
-        return config.refiner_depth, config.refiner_depth, config.depth
 
     @classmethod
     def describe(cls, config: NextDiTConfig) -> str:

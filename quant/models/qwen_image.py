@@ -73,7 +73,7 @@ class QwenImage(Family):
     name = "qwen_image"
     title = "Qwen-Image"
     gguf_arch = "qwen_image"
-    groups = (BlockGroup("blocks", "transformer_blocks"),)
+    groups = (BlockGroup("blocks", "transformer_blocks", "depth"),)
     recognized_by = ("txt_norm.weight", "img_in.weight", "txt_in.weight", "transformer_blocks.0.img_mod.1.weight",
                      "transformer_blocks.0.img_mlp.net.0.proj.weight")
     identity_keys = ("img_in.weight", "transformer_blocks.0.attn.to_q.weight", "proj_out.weight")
@@ -89,9 +89,6 @@ class QwenImage(Family):
     tiny = QwenImageConfig(depth=2)
     reference_tokens = 4352  # 1024x1024: 4096 image tokens and 256 of Qwen2.5-VL text
 
-    @classmethod
-    def depths(cls, config: QwenImageConfig) -> tuple[int, ...]:
-        return (config.depth,)
 
     @classmethod
     def describe(cls, config: QwenImageConfig) -> str:

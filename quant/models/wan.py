@@ -81,7 +81,7 @@ class Wan(Family):
     name = "wan"
     title = "Wan 2.1/2.2"
     gguf_arch = "wan"
-    groups = (BlockGroup("blocks", "blocks"),)
+    groups = (BlockGroup("blocks", "blocks", "depth"),)
     recognized_by = ("head.modulation", "patch_embedding.weight", "text_embedding.2.weight",
                      "blocks.0.self_attn.norm_q.weight")
     kept_in_blocks = (".modulation",)
@@ -108,9 +108,6 @@ class Wan(Family):
     tiny = WanConfig(dim=256, ffn_dim=1024, depth=4)
     reference_tokens = 32760  # 81 frames at 832x480: 21 latent frames of 30x52 tokens
 
-    @classmethod
-    def depths(cls, config: WanConfig) -> tuple[int, ...]:
-        return (config.depth,)
 
     @classmethod
     def describe(cls, config: WanConfig) -> str:
