@@ -76,7 +76,6 @@ class Chroma(Family):
     tiny = ChromaConfig(depth_double=1, depth_single=1)
     reference_tokens = 4608  # 1024x1024: 4096 image tokens and 512 of T5 text, as FLUX.1
 
-
     @classmethod
     def describe(cls, config: ChromaConfig) -> str:
         return (f"Chroma ({config.depth_double} double + {config.depth_single} single blocks, "

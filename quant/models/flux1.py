@@ -92,7 +92,6 @@ class Flux1(Family):
 
         return block_runs(model, weights, tokens, device, dtype, gen)
 
-
     @classmethod
     def describe(cls, config: FluxConfig) -> str:
         variant = "dev" if config.guidance else "schnell"

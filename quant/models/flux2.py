@@ -85,7 +85,6 @@ class Flux2(Family):
                        mlp_hidden=768)
     reference_tokens = 4608  # 1024x1024: 4096 image tokens (16x16 pixels each) and at least 512 of text
 
-
     @classmethod
     def describe(cls, config: Flux2Config) -> str:
         variant = "dev" if config.guidance else "klein"

@@ -127,7 +127,6 @@ class HiDream(Family):
     tiny = HiDreamConfig(hidden_size=256, depth_double=2, depth_single=3, routed_experts=5)
     reference_tokens = 4224  # 1024x1024: 4096 image tokens and 128 of T5 text joined to them
 
-
     @classmethod
     def describe(cls, config: HiDreamConfig) -> str:
         return (f"HiDream-I1 ({config.depth_double} double + {config.depth_single} single blocks, "

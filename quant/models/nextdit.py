@@ -62,7 +62,6 @@ class NextDiTFamily:
     modulation_width: ClassVar[int]  # the timestep vector that modulates blocks is min(dim, this) wide
     modulation_index: ClassVar[int]  # the Linear's index in a block's adaLN_modulation Sequential
 
-
     @classmethod
     def describe(cls, config: NextDiTConfig) -> str:
         return (f"{cls.title} ({config.refiner_depth} context_refiner + {config.refiner_depth} noise_refiner + "

@@ -89,7 +89,6 @@ class QwenImage(Family):
     tiny = QwenImageConfig(depth=2)
     reference_tokens = 4352  # 1024x1024: 4096 image tokens and 256 of Qwen2.5-VL text
 
-
     @classmethod
     def describe(cls, config: QwenImageConfig) -> str:
         return f"Qwen-Image ({config.depth} blocks, hidden {config.hidden_size})"

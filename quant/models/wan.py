@@ -108,7 +108,6 @@ class Wan(Family):
     tiny = WanConfig(dim=256, ffn_dim=1024, depth=4)
     reference_tokens = 32760  # 81 frames at 832x480: 21 latent frames of 30x52 tokens
 
-
     @classmethod
     def describe(cls, config: WanConfig) -> str:
         if config.out_dim == 48:
