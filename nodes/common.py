@@ -100,27 +100,42 @@ def speed_profile(model, family_model: Model, shapes, types: Sequence[str]) -> S
     kept in models/mxgguf_costs/, else measured now with ComfyUI-GGUF's dequantize functions
     (seconds on a GPU, a minute or more on a CPU) and kept, with the types it had before."""
     device = model.load_device
-    slug = "".join(c if c.isalnum() else "-" for c in device_name(device)).strip("-").lower()
-    path = Path(folder_paths.get_folder_paths(COSTS_FOLDER)[0]) / f"{slug}_{speed_profile_name(family_model)}"
-    stored = {tensor_type(t, s) for t in types for s in weight_shapes(family_model, shapes)}
-    tokens = family_model.family.reference_tokens  # the step the slowdown is predicted for
-    kept_types: set[str] = set()
-    if path.exists():
-        try:
-            kept = load_speed(path)
-        except SpeedError:
-            kept = None  # unreadable: measured again below, and replaced
-        if kept is not None and kept.tokens == tokens:
-            if covers(kept, family_model, shapes, sorted(stored)):
-                return kept
-            kept_types = set.intersection(set(PROFILED_TYPES), *(set(t) for t in kept.dequant_seconds.values()))
+    kept = kept_speed_profile(device, family_model)
+    stored = stored_types(family_model, shapes, types)
+    if kept is not None and covers(kept, family_model, shapes, stored):
+        return kept
+    kept_types = set() if kept is None else set.intersection(set(PROFILED_TYPES),
+                                                               *(set(t) for t in kept.dequant_seconds.values()))
     module = find_comfyui_gguf(folder_paths.get_folder_paths("custom_nodes"))
-    profile = measure(family_model, shapes, device, tokens, sorted(stored | kept_types),
+    profile = measure(family_model, shapes, device, family_model.family.reference_tokens,
+                      sorted(set(stored) | kept_types),
                       dequantizer=comfyui_gguf_dequantizer(module) if module else None,
                       dequantizer_name="ComfyUI-GGUF" if module else "mxgguf", progress=progress_bar(1))
+    path = kept_speed_path(device, family_model)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_speed(profile, path, overwrite=True)  # only a profile found unreadable or short of types above
     return profile
+
+
+def stored_types(family_model: Model, shapes, types: Sequence[str]) -> list[str]:
+    """The types a file's weights take when its recipe allows ``types`` (row fallbacks included)."""
+    return sorted({tensor_type(t, s) for t in types for s in weight_shapes(family_model, shapes)})
+
+
+def kept_speed_path(device, family_model: Model) -> Path:
+    slug = "".join(c if c.isalnum() else "-" for c in device_name(device)).strip("-").lower()
+    return Path(folder_paths.get_folder_paths(COSTS_FOLDER)[0]) / f"{slug}_{speed_profile_name(family_model)}"
+
+
+def kept_speed_profile(device, family_model: Model) -> SpeedProfile | None:
+    """The profile Quantize measured on ``device`` for this model and kept, at the family's step;
+    None where there is none (or it is unreadable, or for another token count)."""
+    path = kept_speed_path(device, family_model)
+    try:
+        kept = load_speed(path) if path.exists() else None
+    except SpeedError:
+        return None
+    return kept if kept is not None and kept.tokens == family_model.family.reference_tokens else None
 
 
 def speed_profile_name(family_model: Model) -> str:

@@ -15,18 +15,24 @@ from typing import Any
 
 from aiohttp import web
 
+from comfy.model_management import get_torch_device
+
 from ..quant import codecs
 from ..quant.optimize import Target
 from ..quant.plan import plan
+from ..quant.speed import SpeedProfile, covers, device_name
 from .chart import type_colours
-from .common import BUILTIN_CHOICES, TARGETS, cost_table, costs_choices, costs_path
+from .common import (BUILTIN_CHOICES, TARGETS, cost_table, costs_choices, costs_path, kept_speed_profile,
+                     stored_types)
 
 _registered = False
 
 
 def plan_for(query: Mapping[str, str]) -> dict[str, Any]:
-    """The plan ``?costs=&target=bpw|size_gb|card_gb&value=&types=`` asks for (``target`` may also
-    be the Quantize node's label of it)."""
+    """The plan ``?costs=&target=bpw|size_gb|card_gb&value=&types=&max_slowdown=`` asks for
+    (``target`` may also be the Quantize node's label of it). Where Quantize kept a speed profile of
+    this server's device for the table's model, the answer has the predicted slowdown and each
+    block's share of the step; a budget without one is refused, saying how to get one."""
     missing = [k for k in ("costs", "target", "value") if not query.get(k)]
     if missing:
         raise ValueError(f"missing parameter(s): {', '.join(missing)}")
@@ -40,8 +46,34 @@ def plan_for(query: Mapping[str, str]) -> dict[str, Any]:
         raise ValueError(f"value must be a number, got {query['value']!r}") from None
     types = query.get("types", "all").strip()
     allowed = None if types.lower() in ("", "all") else codecs.parse_type_list(types)
-    answer = plan(cost_table(query["costs"]), Target.of(**{target: value}), allowed)
+    table = cost_table(query["costs"])
+    max_slowdown = _max_slowdown(query.get("max_slowdown", ""))
+    speed = _kept_profile(table, allowed)
+    if max_slowdown is not None and speed is None:
+        raise ValueError(f"no speed profile of this server's {device_name(get_torch_device())} for "
+                         f"{table.family_model.describe()} is kept yet: queue Mixed GGUF Quantize on this model "
+                         f"once (it measures the device and keeps the profile), and the plan follows the budget")
+    answer = plan(table, Target.of(**{target: value}), allowed, speed, max_slowdown)
     return {**answer, "type_colors": type_colours(answer["blocks"])}  # as the node's chart draws them
+
+
+def _max_slowdown(text: str) -> float | None:
+    """The budget a query gives: 0 or absent is none (as on the node)."""
+    try:
+        value = float(text or 0)
+    except ValueError:
+        raise ValueError(f"max_slowdown must be a number, got {text!r}") from None
+    return value if value > 0 else None
+
+
+def _kept_profile(table, allowed) -> SpeedProfile | None:
+    """The speed profile Quantize kept for the table's model on the device this server samples on,
+    where it times every type the plan may choose."""
+    model = table.family_model
+    shapes = model.shapes()
+    kept = kept_speed_profile(get_torch_device(), model)
+    types = stored_types(model, shapes, allowed or table.types)
+    return kept if kept is not None and covers(kept, model, shapes, types) else None
 
 
 def costs_files() -> list[dict[str, Any]]:

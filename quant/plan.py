@@ -13,6 +13,8 @@ from typing import Any
 from .costs import CostTable
 from .models import Model
 from .optimize import GiB, Allocation, Target, optimize
+from .speed import SpeedProfile
+from .tensor_plan import plan_tensors
 
 # Card sizes a plan reports fitting (GB as cards are sold, GiB of memory).
 CARD_SIZES_GB = (6, 8, 10, 12, 16, 20, 24, 32, 48, 80)
@@ -33,16 +35,23 @@ def fits_cards(arch_params: int, data_bytes: int) -> list[int]:
     return [gb for gb in CARD_SIZES_GB if data_bytes <= Target.of(card_gb=gb).data_budget(arch_params)]
 
 
-def plan(table: CostTable, target: Target, allowed: Sequence[str] | None = None) -> dict[str, Any]:
-    """The allocation for ``target`` on the table's model at its family's shapes: ``allocation_json``'s
-    fields plus each block's cost, the size in GB and GiB, the cards it fits, and what the
-    shapes are. TargetError where the target cannot be met."""
+def plan(table: CostTable, target: Target, allowed: Sequence[str] | None = None, speed: SpeedProfile | None = None,
+         max_slowdown: float | None = None) -> dict[str, Any]:
+    """The allocation for ``target`` (and, given, a slowdown budget on ``speed``'s device) on the
+    table's model at its family's shapes: ``allocation_json``'s fields plus each block's cost, the
+    size in GB and GiB, the cards it fits, what the shapes are and, with ``speed``, each block's
+    dequantization time as a share of the unquantized step. TargetError where it cannot be met."""
     model = table.family_model
     shapes = model.shapes()
     per_block = table.costs()
-    alloc = optimize(model, shapes, per_block, target, allowed)
+    alloc = optimize(model, shapes, per_block, target, allowed, speed=speed, max_slowdown=max_slowdown)
     params = sum(math.prod(s) for s in shapes.values())
-    return {**allocation_json(alloc),
+    shares = {}
+    if speed is not None:
+        step = speed.step_seconds(model)
+        times = speed.block_dequant(plan_tensors(model, shapes, alloc.recipe), model.n_blocks)
+        shares = {"block_step_shares": [t / step for t in times]}
+    return {**allocation_json(alloc), **shares,
             "block_costs": [per_block[b][t] for b, t in enumerate(alloc.types)],
             "size_gb": alloc.data_bytes / 1e9, "size_gib": alloc.data_bytes / GiB,
             "fits_cards_gb": fits_cards(params, alloc.data_bytes),

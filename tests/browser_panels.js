@@ -3,7 +3,7 @@
 // Chromium via playwright-core.
 //
 //   node browser_panels.js URL PLAYWRIGHT_CORE_DIR QUESTION_JSON
-// QUESTION_JSON: {"costs", "target" (the node's label), "value", "types", "capture_costs"}.
+// QUESTION_JSON: {"costs", "target" (the node's label), "value", "types", "max_slowdown", "capture_costs"}.
 // Adds Mixed GGUF Quantize, sets its inputs as a user does (widget value + callback), waits for
 // the panel; enlarges the node and changes the value (it must not shrink); shows a run's text,
 // saves and reopens the workflow (text and plan must come back); adds Capture Layer Costs.
@@ -34,8 +34,9 @@ const question = JSON.parse(questionJson);
       app.graph.clear();
       const node = window.LiteGraph.createNode("MxMixedGGUFQuantize");
       app.graph.add(node);
-      for (const name of ["costs", "target", "value", "types"]) set(node, name, q[name]);
-      const asked = new URLSearchParams({ costs: q.costs, target: q.target, value: String(q.value), types: q.types });
+      for (const name of ["costs", "target", "value", "types", "max_slowdown"]) set(node, name, q[name]);
+      const asked = new URLSearchParams({ costs: q.costs, target: q.target, value: String(q.value), types: q.types,
+        max_slowdown: String(q.max_slowdown) });
       await until(() => node.mxggufAsked === asked.toString() && node.mxggufPlan, "the plan");
       const first = { plan: node.mxggufPlan, text: node.mxgguf.plan.textContent,
         bars: node.mxgguf.el.querySelectorAll(".mxgguf-bars > div").length };

@@ -44,7 +44,7 @@ def test_quantize_panel_shows_the_plan_the_cli_computes(comfy: ComfyServer) -> N
     node, chromium, playwright = browser_tools()
     (comfy.base / "models" / "mxgguf_costs").mkdir(parents=True, exist_ok=True)
     question = {"costs": "builtin:flux1-dev", "target": "bits per parameter", "value": 4.5,
-                "types": "Q8_0, Q6_K, Q5_K, Q4_K, Q3_K", "capture_costs": "browser-costs"}
+                "types": "Q8_0, Q6_K, Q5_K, Q4_K, Q3_K", "max_slowdown": 0, "capture_costs": "browser-costs"}
     r = subprocess.run([node, str(SCRIPT), comfy.url, playwright, json.dumps(question)], capture_output=True,
                        text=True, timeout=600, env={**os.environ, "MXGGUF_CHROMIUM": chromium})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

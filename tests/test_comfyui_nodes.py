@@ -177,6 +177,17 @@ def test_max_slowdown_in_a_real_graph(comfy: ComfyServer, tiny: str, tiny_costs:
     with pytest.raises(WorkflowError, match="cannot both be met"):
         comfy.run({"load": loader(tiny), "quant": quantize(["load", 0], tiny_costs, bpw, max_slowdown=1.0),
                    "savegguf": save(["quant", 0], "nodes-never")})
+    # the canvas's plan follows the budget with the profile Quantize kept (issue 22)
+    status, planned = http_json(comfy, "/mxgguf/plan", costs=tiny_costs, target="bpw", value=bpw, max_slowdown=budget)
+    assert status == 200, planned
+    assert planned["blocks"] == list(want.types) and planned["predicted_slowdown"] == want.predicted_slowdown
+    assert len(planned["block_step_shares"]) == TINY.n_blocks
+    assert 1 + sum(planned["block_step_shares"]) == pytest.approx(want.predicted_slowdown)
+    status, refused = http_json(comfy, "/mxgguf/plan", costs=tiny_costs, target="bpw", value=bpw, max_slowdown=1.0)
+    assert status == 400 and "cannot both be met" in refused["error"]
+    status, none_kept = http_json(comfy, "/mxgguf/plan", costs="builtin:flux1-dev", target="bpw", value=6.9,
+                                  max_slowdown=2.0)
+    assert status == 400 and "queue Mixed GGUF Quantize on this model once" in none_kept["error"], none_kept
 
 
 def test_quantize_with_the_imatrix_capture_wrote(comfy: ComfyServer, tiny: str, tiny_costs: str) -> None:

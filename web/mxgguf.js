@@ -9,7 +9,7 @@ import { api } from "../../scripts/api.js";
 
 const CATEGORY = "mxgguf";
 const DEBOUNCE_MS = 300;
-const PLAN_INPUTS = ["costs", "target", "value", "types"];
+const PLAN_INPUTS = ["costs", "target", "value", "types", "max_slowdown"];
 
 function widget(node, name) {
   return node.widgets?.find((w) => w.name === name);
@@ -50,12 +50,29 @@ function gb(bytes) {
   return `${(bytes / 1e9).toFixed(2)} GB (${(bytes / 2 ** 30).toFixed(2)} GiB)`;
 }
 
+// Under the bars, each block's dequantization time as a share of the step (as the chart draws it).
+function shareStrip(plan) {
+  const strip = document.createElement("div");
+  strip.className = "mxgguf-shares";
+  Object.assign(strip.style, { display: "flex", height: "10px", gap: "1px", alignItems: "flex-end" });
+  const peak = Math.max(...plan.block_step_shares, 1e-12);
+  plan.block_step_shares.forEach((share, b) => {
+    const bar = document.createElement("div");
+    bar.title = `block ${b}: ${(100 * share).toFixed(2)} % of the step dequantizing`;
+    Object.assign(bar.style, { flex: "1", height: `${(100 * share) / peak}%`, background: plan.type_colors[plan.blocks[b]] });
+    strip.append(bar);
+  });
+  return strip;
+}
+
 function planView(target, plan) {
   const view = document.createElement("div");
   const cards = plan.fits_cards_gb.length ? `fits ${plan.fits_cards_gb.join("/")} GB cards`
     : "fits none of 6-80 GB cards";
+  const slowdown = plan.predicted_slowdown === undefined ? ""
+    : `predicted step time ${plan.predicted_slowdown.toFixed(2)}x the unquantized model's\n`;
   view.append(`${plan.bpw.toFixed(3)} bits per parameter, ${gb(plan.size_bytes)}\n${cards}\n`
-    + `predicted cost ${plan.predicted_cost.toPrecision(4)}\n`);
+    + `predicted cost ${plan.predicted_cost.toPrecision(4)}\n${slowdown}`);
   const bars = document.createElement("div");
   bars.className = "mxgguf-bars";
   Object.assign(bars.style, { display: "flex", height: "18px", gap: "1px", margin: "2px 0" });
@@ -66,6 +83,7 @@ function planView(target, plan) {
     Object.assign(bar.style, { flex: "1", background: plan.type_colors[t] });
     bars.append(bar);
   });
+  if (plan.block_step_shares) view.append(shareStrip(plan));
   const legend = document.createElement("div");
   const counts = {};
   plan.blocks.forEach((t) => { counts[t] = (counts[t] || 0) + 1; });
