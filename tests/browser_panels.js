@@ -34,17 +34,19 @@ const question = JSON.parse(questionJson);
       app.graph.clear();
       const node = window.LiteGraph.createNode("MxMixedGGUFQuantize");
       app.graph.add(node);
-      for (const name of ["costs", "target", "value", "types", "max_slowdown"]) set(node, name, q[name]);
-      const asked = new URLSearchParams({ costs: q.costs, target: q.target, value: String(q.value), types: q.types,
-        max_slowdown: String(q.max_slowdown) });
+      const inputs = ["costs", "target", "value", "types", "max_slowdown"];
+      for (const name of inputs) set(node, name, q[name]);
+      // as the widgets hold them (a number widget rounds to its precision)
+      const asked = new URLSearchParams(inputs.map((n) => [n, String(node.widgets.find((x) => x.name === n).value)]));
       await until(() => node.mxggufAsked === asked.toString() && node.mxggufPlan, "the plan");
-      const first = { plan: node.mxggufPlan, text: node.mxgguf.plan.textContent,
+      const first = { plan: node.mxggufPlan, text: node.mxgguf.plan.textContent, asked: asked.toString(),
         bars: node.mxgguf.el.querySelectorAll(".mxgguf-bars > div").length };
       // a node the user enlarged stays as large when the plan changes
       node.setSize([node.size[0] + 300, node.size[1] + 200]);
       const enlarged = [...node.size];
       set(node, "value", q.value + 1);
-      await until(() => node.mxggufAsked.includes(`value=${q.value + 1}`) && node.mxggufPlan?.bpw !== first.plan.bpw, "the new plan");
+      const value = node.widgets.find((x) => x.name === "value").value;
+      await until(() => node.mxggufAsked.includes(`value=${value}`) && node.mxggufPlan !== first.plan, "the new plan");
       await sleep(200);
       const afterChange = [...node.size];
       // a run's text, then save and reopen the workflow
