@@ -62,11 +62,14 @@ def costs_for(model: Model, source, spec: str | None, imatrix: Path | None = Non
     """The costs to optimize with: the file given, else the built-in table of this model's shape,
     else (or given ``estimate``) an estimate from the checkpoint's weights."""
     fingerprint = model_fingerprint(model, source)
-    table = resolve_costs(spec) if spec and spec != ESTIMATE else None if spec else default_costs(fingerprint)
+    if spec == ESTIMATE:
+        table, why = None, "as asked"
+    else:
+        table = resolve_costs(spec) if spec else default_costs(fingerprint)
+        why = f"no built-in table fits {model.describe()}"
     if table is None:
         logging.getLogger(__package__).info(
-            "costs: estimated from the weights of %s (%s); measured costs pick better recipes",
-            source.name, "no built-in table fits " + model.describe() if spec is None else "as asked")
+            "costs: estimated from the weights of %s (%s); measured costs pick better recipes", source.name, why)
         return estimate_with_progress(model, source, imatrix)
     check_model(table, fingerprint)
     return table

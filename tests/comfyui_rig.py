@@ -53,6 +53,22 @@ def find_comfyui() -> tuple[Path, Path] | str:
     return f"no ComfyUI found (looked in {', '.join(looked)}); {SETUP_HINT}"
 
 
+def run_in_comfyui(script: str, *args: object, timeout: float = 600) -> Any:
+    """The JSON line a test script beside this file prints when ComfyUI's Python runs it from
+    ComfyUI's folder (given the ComfyUI folder first); the test is skipped, saying why, where
+    there is no ComfyUI."""
+    import pytest
+
+    found = find_comfyui()
+    if isinstance(found, str):
+        pytest.skip(f"real-ComfyUI integration test skipped: {found}")
+    root, python = found
+    r = subprocess.run([str(python), str(Path(__file__).with_name(script)), str(root), *map(str, args)], cwd=root,
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

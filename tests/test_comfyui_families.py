@@ -4,8 +4,6 @@ tests sample where ComfyUI detects them unaided (skipped without ComfyUI). FLUX.
 newer than the test ComfyUI (2025-10): they are checked against their published layouts instead."""
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import torch
 
 from safetensors.torch import save_file
 
-from comfyui_rig import PACK_ROOT, ComfyServer, find_comfyui, loader, sampling, saved_latent
+from comfyui_rig import PACK_ROOT, ComfyServer, loader, run_in_comfyui, sampling, saved_latent
 from quant.gguf_file import read_summary
 from quant.models import FAMILIES, NAMED_CONFIGS
 from quant.recipe import Recipe
@@ -35,15 +33,7 @@ NAMED = sorted(n for n, (fam, _) in NAMED_CONFIGS.items() if fam.name not in NEW
 
 @pytest.fixture(scope="module")
 def comfy_shapes() -> dict:
-    found = find_comfyui()
-    if isinstance(found, str):
-        pytest.skip(f"real-ComfyUI integration test skipped: {found}")
-    root, python = found
-    script = Path(__file__).with_name("comfyui_family_shapes.py")
-    r = subprocess.run([str(python), str(script), str(root), str(PACK_ROOT), *NAMED, *TINY_DETECTED], cwd=root,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_in_comfyui("comfyui_family_shapes.py", PACK_ROOT, *NAMED, *TINY_DETECTED)
 
 
 @pytest.mark.parametrize("name", NAMED + TINY_DETECTED)
@@ -95,20 +85,12 @@ def test_comfyui_gguf_reads_what_the_cli_writes(family: str, tmp_path: Path) -> 
     accepts, every tensor at its shape (Wan's 5-D patch embedding too), block weights at the
     recipe's type. This is how FLUX.2, Z-Image and HiDream are tested: the test ComfyUI cannot
     sample them (FLUX.2 and Z-Image are newer; HiDream's detection fixes its full size)."""
-    found = find_comfyui()
-    if isinstance(found, str):
-        pytest.skip(f"real-ComfyUI integration test skipped: {found}")
     model = FAMILIES[family].model()
     src, out = tmp_path / f"{family}.safetensors", tmp_path / f"{family}.gguf"
     save_file(random_state_dict(model, seed=3), str(src))
     r = run_cli("convert", str(src), "--type", "Q4_K", "-o", str(out))
     assert r.returncode == 0, r.stderr
-    root, python = found
-    script = Path(__file__).with_name("comfyui_gguf_read.py")
-    r = subprocess.run([str(python), str(script), str(root), str(out)], cwd=root, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    read = json.loads(r.stdout.strip().splitlines()[-1])
+    read = run_in_comfyui("comfyui_gguf_read.py", out, timeout=300)
     assert read["arch"] == FAMILIES[family].gguf_arch
     shapes = model.shapes()
     assert {k: tuple(shape) for k, (shape, _) in read["tensors"].items()} == shapes

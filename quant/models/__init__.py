@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import chroma, flux1, flux2, hidream, lumina2, qwen_image, wan, z_image  # noqa: F401  (each registers its family)
+# Each module registers its family as it is imported.
+from . import chroma, flux1, flux2, hidream, lumina2, qwen_image, wan, z_image  # noqa: F401
 from .family import COMFY_PREFIX, ArchitectureError, BlockGroup, Family, Model, Shapes, check_layout
 
-__all__ = ["DEFAULT_MODEL", "COMFY_PREFIX", "ArchitectureError", "BlockGroup", "Family", "Model", "Shapes", "FAMILIES", "detect",
-           "family", "from_fingerprint", "legacy_family", "named_model", "NAMED_CONFIGS"]
+__all__ = ["DEFAULT_MODEL", "COMFY_PREFIX", "ArchitectureError", "BlockGroup", "Family", "Model", "Shapes", "FAMILIES",
+           "detect", "family", "from_fingerprint", "legacy_family", "named_model", "NAMED_CONFIGS"]
 
 FAMILIES: Mapping[str, type[Family]] = Family.registry
 # What the command line plans and times where it is given no model.
