@@ -21,6 +21,7 @@ import argparse
 import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -178,9 +179,18 @@ def main() -> None:
     steps = a.steps.split(",")
     figures: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cpu_cores": os.cpu_count()}
     print(f"{figures['device']}, torch {torch.__version__}, {os.cpu_count()} CPU cores", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))  # timeout's TERM still prints the JSON
+    try:
+        run_steps(steps, a, figures)
+    finally:  # a lease is minutes long: what was measured before a failure still comes out
+        print(json.dumps(figures))
+
+
+def run_steps(steps: list[str], a: argparse.Namespace, figures: dict) -> None:
     if "codecs" in steps:
         figures["codecs"] = bench_codecs(a.rows, a.cols, a.types)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="mxgguf-gpu-"))
+    work.mkdir(parents=True, exist_ok=True)
     src = work / "flux1-dev-random.safetensors"
     if {"convert", "sweep"} & set(steps) and not src.exists():
         figures["checkpoint_s"] = make_checkpoint(src)
@@ -190,7 +200,6 @@ def main() -> None:
         print(f"convert --bpw 6.9: {figures['convert_6_9']}", flush=True)
     if "sweep" in steps:
         figures["sweep"] = bench_sweep(src)
-    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -120,6 +120,24 @@ def test_gpu_search_kernels_equal_ggml_interpreted() -> None:
     assert r.stdout.count("with an imatrix:") == len(IMATRIX_TYPES)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton: the GPU's search kernels cannot run here")
+def test_gpu_search_kernels_read_only_constant_globals() -> None:
+    """Triton's compiler refuses a kernel that reads a plain module global (its interpreter, the
+    test above, allows it): every global a kernel names is another kernel, a module or a
+    ``tl.constexpr``. Seen on an H200, where a plain float made every K-quant search fail."""
+    import triton.language as tl
+    from triton.runtime.jit import JITFunction
+
+    from quant.codecs import triton_kernels
+
+    kernels = {name: f for name, f in vars(triton_kernels).items() if isinstance(f, JITFunction)}
+    assert kernels
+    plain = [f"{name} reads {g}" for name, f in kernels.items() for g in f.fn.__code__.co_names
+             if g in vars(triton_kernels) and not isinstance(getattr(triton_kernels, g), (JITFunction, tl.constexpr))
+             and type(getattr(triton_kernels, g)).__name__ != "module"]
+    assert not plain, plain
+
+
 NEEDS_COMPILER = pytest.mark.skipif(not shutil.which("g++"), reason="no C++ compiler: the searches run op by op")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-GROUP_MAX_EPS = 1e-15
+GROUP_MAX_EPS = tl.constexpr(1e-15)  # the compiler refuses a plain global (the interpreter allows it)
 
 
 @triton.jit
