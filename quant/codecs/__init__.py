@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import floats, fused, iq4, kquants_affine, kquants_symmetric, legacy
+from . import floats, fused, iq4, kquants_affine, kquants_symmetric, legacy, triton_search
 from .base import Codec, QType, Workspace, div_by, seq_sum, value_weights
 
 CODECS: dict[QType, Codec] = {
@@ -126,10 +126,13 @@ def _importance(codec: Codec, imatrix: torch.Tensor | None, n: int, device: torc
 
 def _row_sigma2(rows: torch.Tensor) -> torch.Tensor:
     """Each row's mean square as ggml's legacy importance paths take it: x*x summed in order
-    from 0 in float32, over the row's length. Slices of a few million values; on a CPU numpy's
-    ``add.accumulate`` (strictly in order, in float32) sums each row in one pass, elsewhere
-    the positions are walked across all rows at once."""
+    from 0 in float32, over the row's length. Where the Triton kernels apply (a GPU) one kernel
+    sums every row; on a CPU numpy's ``add.accumulate`` (strictly in order, in float32) sums
+    slices of a few million values, each row in one pass; elsewhere the positions are walked
+    across the rows of a slice (one launch per column)."""
     n = rows.shape[1]
+    if triton_search.applies(rows):
+        return div_by(triton_search.row_square_sums(rows.contiguous()), n)
     out = torch.empty(rows.shape[0], dtype=torch.float32, device=rows.device)
     step = max(1, (1 << 22) // n)
     for r in range(0, rows.shape[0], step):

@@ -362,3 +362,20 @@ def iq4_kernel(x_ptr, w_ptr, tries_ptr, mid_ptr, step_ptr, d_ptr, m, N_TRIES: tl
         d = tl.where(better, tl.div_rn(sum_qx, tl.where(better, sum_q2, 1.0)), d)
         best = tl.where(better, d * sum_qx, best)
     tl.store(d_ptr + offs, tl.where(zero, 0.0, d), mask=mask)
+
+
+# --- each row's sum of squares, for the legacy types' importance (ggml's sigma2) ------------
+
+@triton.jit
+def row_square_sums_kernel(x_ptr, out_ptr, m, LANES: tl.constexpr, N: tl.constexpr):
+    """sum(x*x) over each of ``m`` rows of ``N`` values (row-major, any float type), in order
+    from +0 in float32, one row a lane: a row's values reach its lane's cache line by line.
+    ``range(N)`` stays a loop (a model has a few row lengths: one build each)."""
+    offs = tl.program_id(0) * LANES + tl.arange(0, LANES)
+    mask = offs < m
+    row = x_ptr + offs.to(tl.int64) * N
+    acc = tl.zeros(offs.shape, tl.float32)
+    for j in range(N):
+        xj = tl.load(row + j, mask=mask, other=0.0).to(tl.float32)
+        acc += xj * xj
+    tl.store(out_ptr + offs, acc, mask=mask)

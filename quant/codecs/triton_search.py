@@ -135,3 +135,13 @@ def iq4_scales(xt: torch.Tensor, first_value: int, tries: Sequence[float], midpo
             _f32_table(midpoints, xt.device), _f32_table(steps, xt.device), d, N_TRIES=len(tries), N=n,
             FIRST=float(first_value), N_MIDPOINTS=len(midpoints), HAS_W=wt is not None)
     return d
+
+
+def row_square_sums(rows: torch.Tensor) -> torch.Tensor:
+    """Each row's ``sum(x*x)`` in order from 0 in float32, for contiguous ``rows`` (m, n) of any
+    float type; one kernel where the torch steps take one launch per column. -> (m,)."""
+    m, n = rows.shape
+    out = torch.empty(m, dtype=torch.float32, device=rows.device)
+    _launch(_kernels().row_square_sums_kernel, m, rows, out, N=n)
+    return out
+
