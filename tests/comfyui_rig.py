@@ -251,6 +251,17 @@ def loader(unet_name: str, kind: str = "safetensors") -> dict:
                        "patch_on_device": False}}
 
 
+def capture(model: list, costs_file: str, types: str, step: int = -1, per_run: int = 1) -> dict:
+    return {"class_type": "MxCaptureLayerCosts", "inputs": {"model": model, "costs_file": costs_file, "step": step,
+                                                             "samples_per_run": per_run, "types": types}}
+
+
+def quantize(model: list, costs: str, bpw: float, types: str = "all", max_slowdown: float = 0.0) -> dict:
+    return {"class_type": "MxMixedGGUFQuantize", "inputs": {"model": model, "costs": costs,
+                                                             "target": "bits per parameter", "value": bpw,
+                                                             "max_slowdown": max_slowdown, "types": types}}
+
+
 def sampling(model: list, seed: int, prefix: str, steps: int = 4, size: int = 64, cfg: float = 1.0,
              video: bool = False) -> dict:
     """Nodes that sample a MODEL output and save the latent: conditioning from the fixture node, an

@@ -6,7 +6,7 @@ import pytest
 from safetensors.torch import save_file
 
 from quant.synthetic import random_state_dict
-from flux_models import TINY
+from flux_models import TINY, TINY_TYPES
 
 
 @pytest.fixture
@@ -29,3 +29,21 @@ def comfy(tmp_path_factory: pytest.TempPathFactory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny(comfy) -> str:
+    """A random TINY checkpoint in the server's diffusion_models."""
+    save_file(random_state_dict(TINY, seed=11), str(comfy.models / "nodes-tiny.safetensors"))
+    return "nodes-tiny.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_costs(comfy, tiny: str) -> str:
+    """Costs measured by Capture on the tiny model, in models/mxgguf_costs."""
+    from comfyui_rig import capture, loader, sampling
+
+    comfy.run({"load": loader(tiny), "capture": capture(["load", 0], "tiny-costs", TINY_TYPES),
+               **sampling(["capture", 0], 1, "nodes/costs")})
+    return "tiny-costs.json"
+

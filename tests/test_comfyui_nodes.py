@@ -15,15 +15,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from comfyui_rig import PACK_ROOT, ComfyServer, Messages, WorkflowError, loader, sample_workflow, sampling, saved_latent
+from comfyui_rig import (PACK_ROOT, ComfyServer, Messages, WorkflowError, capture, loader, quantize, sample_workflow,
+                         sampling, saved_latent)
 from quant import codecs
-from flux_models import STOCK, TINY, flux
+from flux_models import STOCK, TINY, TINY_TYPES, flux, midway_bpw
 from quant.models import detect
 from quant.costs import accumulate, load_costs
 from quant.imatrix import load_imatrix
 from quant.optimize import Target, optimize, pareto
-from quant.recipe import Recipe
-from quant.tensor_plan import average_bpw, plan_tensors
 from quant.speed import load_speed
 from quant.synthetic import random_state_dict
 from tests.cli_runner import run_cli
@@ -31,48 +30,15 @@ from tests.cli_runner import run_cli
 pytestmark = pytest.mark.comfy
 
 CAPTURE, QUANTIZE, SAVE = "MxCaptureLayerCosts", "MxMixedGGUFQuantize", "MxSaveMxGGUF"
-TINY_TYPES = "Q8_0, Q6_K, Q5_K, Q4_K, Q3_K"
 STOCK_SHALLOW = flux(STOCK, depth_double=1, depth_single=1)
-
-
-def capture(model: list, costs_file: str, types: str, step: int = -1, per_run: int = 1) -> dict:
-    return {"class_type": CAPTURE, "inputs": {"model": model, "costs_file": costs_file, "step": step,
-                                              "samples_per_run": per_run, "types": types}}
-
-
-def quantize(model: list, costs: str, bpw: float, types: str = "all", max_slowdown: float = 0.0) -> dict:
-    return {"class_type": QUANTIZE, "inputs": {"model": model, "costs": costs, "target": "bits per parameter",
-                                               "value": bpw, "max_slowdown": max_slowdown, "types": types}}
 
 
 def save(mx: list, model_name: str) -> dict:
     return {"class_type": SAVE, "inputs": {"mx_gguf": mx, "model_name": model_name, "folder": "unet"}}
 
 
-def midway_bpw(cfg, low: str, high: str) -> float:
-    """A target between two uniform types on this model (its embedders make bpw model-specific)."""
-    shapes = cfg.shapes()
-    arch = detect(shapes)
-    lo, hi = (average_bpw(plan_tensors(arch, shapes, Recipe.uniform(arch, t))) for t in (low, high))
-    return round((lo + hi) / 2, 2)
-
-
 def costs_file(comfy: ComfyServer, name: str) -> Path:
     return comfy.base / "models" / "mxgguf_costs" / name
-
-
-@pytest.fixture(scope="module")
-def tiny(comfy: ComfyServer) -> str:
-    save_file(random_state_dict(TINY, seed=11), str(comfy.models / "nodes-tiny.safetensors"))
-    return "nodes-tiny.safetensors"
-
-
-@pytest.fixture(scope="module")
-def tiny_costs(comfy: ComfyServer, tiny: str) -> str:
-    """Costs measured by Capture on the tiny model, in models/mxgguf_costs."""
-    comfy.run({"load": loader(tiny), "capture": capture(["load", 0], "tiny-costs", TINY_TYPES),
-               **sampling(["capture", 0], 1, "nodes/costs")})
-    return "tiny-costs.json"
 
 
 def test_nodes_registered_with_v3_schema(comfy: ComfyServer) -> None:
