@@ -29,6 +29,7 @@ from .recipe import Recipe
 COSTS_FORMAT = "mxgguf-costs/1"
 # What a table's costs are (its provenance's "measure"); tables of different measures never merge.
 FINAL_HIDDEN_STATE = "final hidden state"  # measured: the blocks' output error, one block quantized
+MODEL_OUTPUT = "model output"  # measured: the error of what the sampler receives, one block quantized
 ESTIMATED = "estimate: weight error"  # from the weights alone (quant.estimate)
 # Published tables shipped with the pack: used for any model of their shape (finetunes share
 # their base's sensitivities), referred to as "builtin:<name>".

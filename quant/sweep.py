@@ -13,7 +13,7 @@ measured with it. Samples of one shape run as one batch where the stack can join
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -100,6 +100,30 @@ def _clean_run(stack: BlockStack, inputs: Any) -> _CleanRun:
     return _CleanRun(inputs, states, stack.output(states[-1]).to(torch.float32))
 
 
+def quantized_blocks(weights_of: Callable[[int], MutableMapping[str, torch.Tensor]], blocks: Sequence[int],
+                     types: Sequence[str], progress: SweepProgress | None = None,
+                     importance: Callable[[int, str], torch.Tensor | None] | None = None) -> Iterator[tuple[int, str]]:
+    """Yields each (block, type) while that block's weights are swapped for their round trip
+    through the type; the originals (the same tensor objects) are back before the next, and
+    when the caller stops early or raises. ``progress`` is told after each."""
+    total, done = len(blocks) * len(types), 0
+    for b in blocks:
+        weights = weights_of(b)
+        for qtype in types:
+            originals = {}
+            try:
+                block_importance = None if importance is None else lambda name, b=b: importance(b, name)
+                for name, q in quantized_weights(weights, qtype, block_importance).items():
+                    originals[name] = weights[name]
+                    weights[name] = q
+                yield b, qtype
+            finally:
+                weights.update(originals)
+            done += 1
+            if progress:
+                progress(done, total)
+
+
 @torch.no_grad()
 def sweep(stack: BlockStack, samples: Sequence[Any], types: Sequence[str], blocks: Iterable[int] | None = None,
           progress: SweepProgress | None = None,
@@ -111,29 +135,19 @@ def sweep(stack: BlockStack, samples: Sequence[Any], types: Sequence[str], block
     blocks = list(range(stack.n_blocks) if blocks is None else blocks)
     runs = [_clean_run(stack, batch) for batch in stack.join(samples)]
     result = SweepResult({}, {}, len(runs) * stack.n_blocks)
-    total, done = len(blocks) * len(types), 0
-    for b in blocks:
-        weights = stack.weights(b)
-        for qtype in types:
-            originals = {}
-            try:
-                block_importance = None if importance is None else lambda name, b=b: importance(b, name)
-                for name, q in quantized_weights(weights, qtype, block_importance).items():
-                    originals[name] = weights[name]
-                    weights[name] = q
-                sse, count = 0.0, 0
-                for run in runs:
-                    state = run.states[b]
-                    for later in range(b, stack.n_blocks):
-                        state = stack.forward(later, state, run.inputs)
-                    err = stack.output(state).to(torch.float32) - run.output
-                    sse += float(torch.sum(err * err, dtype=torch.float64))
-                    count += err.numel()
-                result.block_forwards += len(runs) * (stack.n_blocks - b)
-                result.sse[(b, qtype)], result.count[(b, qtype)] = sse, count
-            finally:
-                weights.update(originals)
-            done += 1
-            if progress:
-                progress(done, total)
+    for b, qtype in quantized_blocks(stack.weights, blocks, types, progress, importance):
+        sse, count = 0.0, 0
+        for run in runs:
+            state = run.states[b]
+            for later in range(b, stack.n_blocks):
+                state = stack.forward(later, state, run.inputs)
+            sse, count = add_error(sse, count, stack.output(state), run.output)
+        result.block_forwards += len(runs) * (stack.n_blocks - b)
+        result.sse[(b, qtype)], result.count[(b, qtype)] = sse, count
     return result
+
+
+def add_error(sse: float, count: int, got: torch.Tensor, clean: torch.Tensor) -> tuple[float, int]:
+    """``sse`` and ``count`` with the squared error of ``got`` against ``clean`` (float32) added."""
+    err = got.to(torch.float32) - clean
+    return sse + float(torch.sum(err * err, dtype=torch.float64)), count + err.numel()
