@@ -1,139 +1,68 @@
 """Capture Layer Costs: measure per-block costs on the hidden states of a real sampling run.
 
-The node returns a clone of the MODEL with two additions, so the sampled image is
-bit-identical to the same graph without it:
-- a ``dit`` replace patch on the first double block that copies the stack's inputs at
-  the chosen step(s) and then runs the block unchanged;
-- a sampler wrapper that, while sampling, sums the squares of what enters every block
-  weight at every step (read-only hooks: an importance matrix), and once sampling has
-  finished (the model still loaded) runs ``quant.sweep`` on ComfyUI's own blocks for each
-  captured input; it adds the costs to the named file and the sums to
-  ``<name>.imatrix.gguf`` beside it.
+The node returns a clone of the MODEL with a sampler wrapper; the sampled image is
+bit-identical to the same graph without it. While sampling, read-only hooks copy the
+diffusion model's inputs (as ComfyUI called it) at the chosen step(s) and sum the squares of
+what enters every block weight at every step (an importance matrix). Once sampling has
+finished (the model still loaded), ``quant.replay`` measures each (block, type) on ComfyUI's
+own forward of every family, with the blocks before it replaying their recorded outputs; it
+adds the costs to the named file and the sums to ``<name>.imatrix.gguf`` beside it.
 """
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import torch
 from comfy_api.latest import io
 
+import comfy.model_management
 import comfy.patcher_extension
 
 from ..quant import codecs
 from ..quant.atomic import write_new
 from ..quant.capture_file import save_capture
-from ..quant.costs import accumulate, model_fingerprint
-from ..quant.models.flux1_stack import StackInputs, StackState, join_inputs
+from ..quant.costs import FINAL_HIDDEN_STATE, accumulate, model_fingerprint
 from ..quant.imatrix import Imatrix, add_to_file, linear_inputs
-from ..quant.sweep import sweep
+from ..quant.models import Model
+from ..quant.replay import BlockReplay, ModuleWeights, replay_sweep
 from .common import CATEGORY, costs_path, diffusion_model, model_source, progress_bar, refuse_quantized
 
 DEFAULT_TYPES = ", ".join(codecs.QUANTIZED_TYPE_NAMES)
 WRAPPER_KEY = "mxgguf_capture"
+MEASURE = FINAL_HIDDEN_STATE  # what the tables hold (see README, "Which error")
+DEVICE_RESERVE = 2 * 2**30  # recordings leave this much of the card free for the forwards
 
 
 @dataclass
 class Captured:
-    """The block stack's inputs at one step, as ComfyUI's Flux passed them to block 0."""
+    """The diffusion model's inputs at one step, as ComfyUI called it (tensors copied)."""
 
-    inputs: StackInputs
-    attn_mask: torch.Tensor | None
-    transformer_options: dict
+    args: tuple
+    kwargs: dict
     step: int
     sigma: float
 
-
-class ComfyBlockWeights(MutableMapping):
-    """A ComfyUI block's 2-D weights by name; setting one swaps the module's parameter.
-
-    The sweep restores the original Parameter objects themselves. A swapped-in value goes to
-    the parameter's device; it stays float32 where the layer casts weights to the compute
-    dtype as it runs, else takes the parameter's dtype (then the compute dtype): either way
-    the layer computes with what ComfyUI-GGUF's dequantization would give it."""
-
-    def __init__(self, block: torch.nn.Module):
-        self._slots = {name: (block.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2])
-                       for name, p in block.named_parameters() if p.dim() == 2}
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        module, leaf = self._slots[name]
-        return module._parameters[leaf]
-
-    def __setitem__(self, name: str, value: torch.Tensor) -> None:
-        module, leaf = self._slots[name]
-        if not isinstance(value, torch.nn.Parameter):
-            current = module._parameters[leaf]
-            dtype = None if getattr(module, "comfy_cast_weights", False) else current.dtype
-            value = value.to(device=current.device, dtype=dtype)
-        module._parameters[leaf] = value  # bypasses nn.Module's Parameter-only check on purpose
-
-    def __delitem__(self, name: str) -> None:
-        raise TypeError("a block's weights cannot be removed")
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._slots)
-
-    def __len__(self) -> int:
-        return len(self._slots)
+    def run(self, model: torch.nn.Module) -> torch.Tensor:
+        """The model's forward on these inputs (fresh copies: a forward may write into them)."""
+        fresh = lambda v: v.clone() if isinstance(v, torch.Tensor) else v  # noqa: E731
+        return model(*map(fresh, self.args), **{k: fresh(v) for k, v in self.kwargs.items()})
 
 
-class ComfyFluxStack:
-    """ComfyUI's own Flux blocks as the sweep's ``BlockStack``, run as Flux's forward runs them.
-
-    ComfyUI's blocks add into their inputs in place, so each block gets copies: the sweep
-    keeps every block's clean input."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.blocks = list(model.double_blocks) + list(model.single_blocks)
-        self.depth_double = len(model.double_blocks)
-
-    @property
-    def n_blocks(self) -> int:
-        return len(self.blocks)
-
-    def weights(self, block: int) -> ComfyBlockWeights:
-        return ComfyBlockWeights(self.blocks[block])
-
-    def start(self, c: Captured) -> StackState:
-        return StackState(c.inputs.img, c.inputs.txt, c.inputs.txt.shape[1])
-
-    def join(self, samples: Sequence[Captured]) -> list[Captured]:
-        """Captures of one shape as one batch; masked ones (rare) run alone."""
-        masked = [c for c in samples if c.attn_mask is not None]
-        plain = [c for c in samples if c.attn_mask is None]
-        joined = [Captured(inputs, None, plain[members[0]].transformer_options, plain[members[0]].step,
-                           plain[members[0]].sigma)
-                  for inputs, members in join_inputs([c.inputs for c in plain])]
-        return joined + masked
-
-    def forward(self, block: int, state: StackState, c: Captured) -> StackState:
-        kw = {"vec": c.inputs.vec, "pe": c.inputs.pe, "attn_mask": c.attn_mask,
-              "transformer_options": c.transformer_options}
-        if block < self.depth_double:
-            img, txt = self.blocks[block](img=state.img.clone(), txt=state.txt.clone(), **kw)
-            return StackState(img, txt, state.txt_tokens)
-        if state.txt is None:
-            x = state.img.clone()
-        else:  # entering the single blocks, as Flux.forward_orig does
-            img = state.img
-            if img.dtype == torch.float16:
-                img = torch.nan_to_num(img, nan=0.0, posinf=65504, neginf=-65504)
-            x = torch.cat((state.txt, img), 1)
-        return StackState(self.blocks[block](x, **kw), None, state.txt_tokens)
-
-    def output(self, state: StackState) -> torch.Tensor:
-        return state.image_tokens()
+def _copied(value):
+    return value.detach().clone() if isinstance(value, torch.Tensor) else value
 
 
 class CaptureSession:
     """Per sampling run: which steps to capture, what was captured, and the sweep after."""
 
-    def __init__(self, model, costs_file: Path, types: Sequence[str], step: int, per_run: int, model_fp: dict,
-                 block_weights: Sequence[str], save_inputs: bool = False):
-        self.model, self.costs_file, self.types, self.save_inputs = model, costs_file, list(types), save_inputs
+    def __init__(self, model, family_model: Model, costs_file: Path, types: Sequence[str], step: int, per_run: int,
+                 model_fp: dict, block_weights: Sequence[str], save_inputs: bool = False):
+        self.model, self.family_model, self.costs_file = model, family_model, costs_file
+        self.types, self.save_inputs = list(types), save_inputs
         self.block_weights = list(block_weights)
         self.step, self.per_run, self.model_fp = step, per_run, model_fp
         self.wanted: set[int] = set()
@@ -147,17 +76,19 @@ class CaptureSession:
             return {self.step}
         return set(random.Random(seed).sample(range(n_steps), min(self.per_run, n_steps)))
 
-    def block_patch(self, args: dict, extra: dict) -> dict:
-        """``dit`` replace patch of double block 0: copy the inputs at a wanted step, run the block."""
-        opts = args["transformer_options"]
-        if self.wanted and "sample_sigmas" in opts and "sigmas" in opts:
-            sigma = float(opts["sigmas"].reshape(-1)[0])
-            schedule = opts["sample_sigmas"][:-1].float().cpu()
-            step = int(torch.argmin((schedule - sigma).abs()))
-            if step in self.wanted and step not in {c.step for c in self.captured}:
-                inputs = StackInputs(args["img"].clone(), args["txt"].clone(), args["vec"], args["pe"])
-                self.captured.append(Captured(inputs, args.get("attn_mask"), opts, step, sigma))
-        return extra["original_block"](args)
+    def model_inputs(self, _module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook of the diffusion model: copy its inputs at a wanted step (the first call
+        of that step: with cond and uncond in separate calls, the cond one)."""
+        opts = kwargs.get("transformer_options") or {}
+        if not self.wanted or "sample_sigmas" not in opts or "sigmas" not in opts:
+            return
+        sigma = float(opts["sigmas"].reshape(-1)[0])
+        schedule = opts["sample_sigmas"][:-1].float().cpu()
+        step = int(torch.argmin((schedule - sigma).abs()))
+        if step in self.wanted and step not in {c.step for c in self.captured}:
+            kept = {k: _copied(v) for k, v in kwargs.items() if k != "transformer_options"}
+            kept["transformer_options"] = dict(opts)
+            self.captured.append(Captured(tuple(map(_copied, args)), kept, step, sigma))
 
     def sampler_wrapper(self, executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
         """Around one sampling run: choose steps, sample, then measure what was captured."""
@@ -165,11 +96,16 @@ class CaptureSession:
         seed = int(extra_args.get("seed", 0))
         self.wanted, self.captured = self.choose_steps(n_steps, seed), []
         imatrix = Imatrix(datasets=["ComfyUI sampling"], chunk_count=n_steps)
+        dm = diffusion_model(self.model)
         try:
-            with linear_inputs(diffusion_model(self.model), self.block_weights, imatrix):
-                out = executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
+            hook = dm.register_forward_pre_hook(self.model_inputs, with_kwargs=True)
+            try:
+                with linear_inputs(dm, self.block_weights, imatrix):
+                    out = executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
+            finally:
+                hook.remove()
             if self.captured:
-                self.measure(self.captured, n_steps, seed, tuple(noise.shape[-2:]))
+                self.measure(self.captured, n_steps, seed)
             add_to_file(self.imatrix_file, imatrix)  # atomic, after the costs: a Cancel leaves both as they were
         finally:
             self.wanted, self.captured = set(), []
@@ -179,28 +115,55 @@ class CaptureSession:
     def imatrix_file(self) -> Path:
         return self.costs_file.with_name(self.costs_file.stem + ".imatrix.gguf")
 
-    def measure(self, captured: Sequence[Captured], n_steps: int, seed: int, latent_hw: tuple[int, int]) -> None:
+    def measure(self, captured: Sequence[Captured], n_steps: int, seed: int) -> None:
         """One sweep over every capture of the run: each (block, type) is quantized once for all."""
-        samples = []
-        for c in captured:
-            sample = {"source": "comfyui", "seed": seed, "steps": n_steps, "step": c.step,
-                      "sigma": round(c.sigma, 6), "resolution": [8 * latent_hw[1], 8 * latent_hw[0]],
-                      "batch": int(c.inputs.img.shape[0]), "dtype": str(c.inputs.img.dtype).removeprefix("torch.")}
+        dm = diffusion_model(self.model)
+        fm = self.family_model
+        device = next(dm.parameters()).device
+        replay = BlockReplay(dm, [fm.block_name(b) for b in range(fm.n_blocks)], fm.family.final_layer,
+                             on_device=lambda nbytes: fits_on(device, nbytes), first_inputs=self.save_inputs)
+        samples = [self.sample(c, n_steps, seed) for c in captured]
+
+        def recorded(i: int, rec) -> None:
             if self.save_inputs:
-                self.keep_inputs(c, sample, f"seed{seed}_step{c.step}")
-            samples.append(sample)
-        stack = ComfyFluxStack(diffusion_model(self.model))
-        total = stack.n_blocks * len(self.types)
-        result = sweep(stack, captured, self.types, progress=progress_bar(total))
-        table = result.table(self.model_fp, stack.n_blocks, self.types, samples,
-                             {"measured_with": "Capture Layer Costs (ComfyUI's Flux blocks)"})
+                self.keep_inputs(rec.first_inputs, samples[i], f"seed{seed}_step{captured[i].step}")
+
+        names = {b: [k.removeprefix(fm.block_name(b) + ".") for k in self.block_weights
+                     if k.startswith(fm.block_name(b) + ".")] for b in range(fm.n_blocks)}
+        results = replay_sweep(replay, [lambda c=c: c.run(dm) for c in captured], self.types,
+                               lambda b: ModuleWeights(replay.blocks[b], names[b]), memory_budget(device),
+                               progress=progress_bar(fm.n_blocks * len(self.types)), recorded=recorded)
+        table = results[MEASURE].table(self.model_fp, fm.n_blocks, self.types, samples,
+                                       {"measured_with": "Capture Layer Costs (ComfyUI's own forward, replayed)",
+                                        "measure": MEASURE,
+                                        "block_forwards_per_sample": results[MEASURE].block_forwards / len(captured)})
         accumulate(self.costs_file, table)  # atomic: a Cancel before this leaves the file as it was
 
-    def keep_inputs(self, c: Captured, sample: dict, stem: str) -> None:
-        """Save what entered the blocks beside the costs file, for ``python -m quant costs --inputs``."""
+    @staticmethod
+    def sample(c: Captured, n_steps: int, seed: int) -> dict:
+        x = c.args[0] if c.args else c.kwargs["x"]
+        return {"source": "comfyui", "seed": seed, "steps": n_steps, "step": c.step, "sigma": round(c.sigma, 6),
+                "latent": list(x.shape[1:]), "batch": int(x.shape[0]), "dtype": str(x.dtype).removeprefix("torch.")}
+
+    def keep_inputs(self, tensors: dict, sample: dict, stem: str) -> None:
+        """Save what entered the first block beside the costs file (FLUX.1's serve
+        ``python -m quant costs --inputs``)."""
         folder = self.costs_file.with_suffix(".inputs")
         folder.mkdir(exist_ok=True)
-        write_new(folder / f"{stem}.safetensors", lambda path: save_capture(path, c.inputs, sample))
+        write_new(folder / f"{stem}.safetensors", lambda path: save_capture(path, tensors, sample))
+
+
+def fits_on(device: torch.device, nbytes: int) -> bool:
+    """Whether a recorded tensor stays on the compute device (else pinned CPU memory)."""
+    return comfy.model_management.get_free_memory(device) > nbytes + DEVICE_RESERVE
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes of recordings one group of samples may hold: half of what is free, device and RAM."""
+    free = psutil.virtual_memory().available
+    if device.type != "cpu":
+        free += max(0, comfy.model_management.get_free_memory(device) - DEVICE_RESERVE)
+    return free // 2
 
 
 class CaptureLayerCosts(io.ComfyNode):
@@ -210,13 +173,15 @@ class CaptureLayerCosts(io.ComfyNode):
             node_id="MxCaptureLayerCosts",
             display_name="Capture Layer Costs",
             category=CATEGORY,
-            description="Place on the MODEL line before the sampler. At a chosen step it records what enters "
-                        "FLUX's blocks; after sampling it measures, for each block and type, the error of the "
+            description="Place on the MODEL line before the sampler. At a chosen step it records the diffusion "
+                        "model's inputs; after sampling it measures, for each block and type, the error of the "
                         "final hidden state with only that block quantized, and adds it to a costs file. "
                         "Every step it also sums what enters each block weight: an importance matrix "
                         "(<costs_file>.imatrix.gguf) for 'convert --imatrix'. The image is unchanged.",
             inputs=[
-                io.Model.Input("model", tooltip="A full-precision FLUX model (not GGUF or fp8)."),
+                io.Model.Input("model", tooltip="A full-precision model of a family the pack knows (FLUX.1, FLUX.2, "
+                                                "Chroma, Qwen-Image, Wan, HiDream, Lumina 2, Z-Image; not GGUF "
+                                                "or fp8)."),
                 io.String.Input("costs_file", default="flux1-dev-measured",
                                 tooltip="Name of the costs file in models/mxgguf_costs (.json is added). Each "
                                         "queued run adds its samples to it; a name, not a path."),
@@ -229,9 +194,9 @@ class CaptureLayerCosts(io.ComfyNode):
                                 tooltip="GGUF types to measure, comma-separated. Each adds one pass over the "
                                         "blocks after the first."),
                 io.Boolean.Input("save_inputs", default=False, optional=True,
-                                 tooltip="Also save what entered the blocks (<costs_file>.inputs/*.safetensors), "
-                                         "so 'python -m quant costs --inputs' can measure more types later "
-                                         "without ComfyUI."),
+                                 tooltip="Also save what entered the first block (<costs_file>.inputs/"
+                                         "*.safetensors); for FLUX.1, 'python -m quant costs --inputs' "
+                                         "measures more types from them later without ComfyUI."),
             ],
             outputs=[io.Model.Output(tooltip="The same model; sampling it also measures costs.")],
         )
@@ -242,15 +207,11 @@ class CaptureLayerCosts(io.ComfyNode):
         refuse_quantized(model, "costs must be measured on full-precision weights")
         path = costs_path(costs_file)
         source, family_model = model_source(model)
-        if family_model.family.name != "flux1":  # ComfyFluxStack runs FLUX.1's forward only, for now
-            raise ValueError(f"Capture Layer Costs measures FLUX.1 models so far; this MODEL is "
-                             f"{family_model.describe()}")
         out = model.clone()
         block_weights = [k for k, shape in source.shapes.items() if family_model.is_quantizable(k, shape)]
-        session = CaptureSession(out, path, codecs.parse_type_list(types), step, samples_per_run,
+        session = CaptureSession(out, family_model, path, codecs.parse_type_list(types), step, samples_per_run,
                                  model_fingerprint(family_model, source), block_weights, save_inputs)
         path.parent.mkdir(parents=True, exist_ok=True)
-        out.set_model_patch_replace(session.block_patch, "dit", "double_block", 0)
         out.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
                                  session.sampler_wrapper)
         text = f"costs of {', '.join(session.types)} go to {path}; importance matrix to {session.imatrix_file.name}"

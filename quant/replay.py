@@ -53,9 +53,10 @@ def recorded_bytes(value: Any) -> int:
     return total[0]
 
 
-def _kept(t: Tensor, on_device: bool) -> Tensor:
-    """A copy of ``t``: on its device, or in pinned CPU memory (page-locked: copies back at full speed)."""
-    if on_device or t.device.type == "cpu":
+def _kept(t: Tensor, on_device: Callable[[int], bool]) -> Tensor:
+    """A copy of ``t``: on its device where ``on_device(bytes)`` says it fits, else in pinned CPU
+    memory (page-locked: it copies back at full speed)."""
+    if t.device.type == "cpu" or on_device(t.numel() * t.element_size()):
         return t.detach().clone()
     out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
     return out.copy_(t.detach())
@@ -105,6 +106,7 @@ class Recording:
     devices: dict[int, torch.device]  # block -> where its output was
     order: list[int]  # the blocks in the order the forward ran them
     final: dict[str, Tensor] = field(default_factory=dict)  # measure -> the clean value, float32
+    first_inputs: dict[str, Tensor] = field(default_factory=dict)  # what entered the first block, by keyword
 
     def ran_before(self, block: int) -> set[int]:
         return set(self.order[: self.order.index(block)])
@@ -116,14 +118,16 @@ class Recording:
 
 class BlockReplay:
     """A model's blocks (by submodule name, in the family's numbering) and its final layer, for
-    recording and replaying forwards. ``on_device``: keep recordings on the compute device
-    (else in pinned CPU memory)."""
+    recording and replaying forwards. ``on_device(bytes)``: whether a recorded tensor of that
+    size stays on the compute device (default: always), else it goes to pinned CPU memory."""
 
-    def __init__(self, model: nn.Module, block_names: Sequence[str], final_layer: str, on_device: bool = True):
+    def __init__(self, model: nn.Module, block_names: Sequence[str], final_layer: str,
+                 on_device: Callable[[int], bool] = lambda nbytes: True, first_inputs: bool = False):
         self.blocks = [model.get_submodule(name) for name in block_names]
         self.block_names = list(block_names)
         self.final_layer = model.get_submodule(final_layer)
         self.on_device = on_device
+        self.first_inputs = first_inputs  # recordings keep CPU copies of what entered the first block
         self.forwards = 0  # block forwards computed, not replayed
 
     @property
@@ -132,6 +136,8 @@ class BlockReplay:
 
     @torch.no_grad()
     def record(self, run: Callable[[], Any]) -> Recording:
+        """One clean forward; with ``first_inputs``, also CPU copies of the tensors that entered the
+        first block to run (positional ones as ``arg0``...), for a saved capture."""
         rec = Recording({}, {}, [])
 
         def recording(b: int, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -139,6 +145,9 @@ class BlockReplay:
                 if b in rec.outputs:
                     raise RuntimeError(f"block {self.block_names[b]} ran twice in one forward: the replay needs "
                                        f"each block to run once")
+                if self.first_inputs and not rec.order:
+                    named = {**{f"arg{i}": a for i, a in enumerate(args)}, **kwargs}
+                    rec.first_inputs = {k: v.detach().cpu().clone() for k, v in named.items() if isinstance(v, Tensor)}
                 out = self._computed(original, args, kwargs)
                 rec.outputs[b] = _tensors_mapped(out, lambda t: _kept(t, self.on_device))
                 rec.devices[b] = _first_tensor(out).device
@@ -206,21 +215,30 @@ class BlockReplay:
 def replay_sweep(replay: BlockReplay, runs: Sequence[Callable[[], Any]], types: Sequence[str],
                  weights_of: Callable[[int], MutableMapping[str, Tensor]], memory_budget: int | None = None,
                  progress: SweepProgress | None = None,
-                 importance: Callable[[int, str], Tensor | None] | None = None) -> dict[str, SweepResult]:
+                 importance: Callable[[int, str], Tensor | None] | None = None,
+                 recorded: Callable[[int, Recording], None] | None = None) -> dict[str, SweepResult]:
     """Costs of ``types`` at every block over the samples ``runs``, by measure (the final hidden
     state, the model's output). Each (block, type) is quantized once for as many samples as
-    ``memory_budget`` bytes of recordings hold (all where None), so a group's samples share it."""
+    ``memory_budget`` bytes of recordings hold (all where None), so a group's samples share it.
+    ``recorded(sample index, recording)`` is told of each sample's clean forward."""
     if not runs:
         raise ValueError("the sweep needs at least one sample")
     results = {m: SweepResult({}, {}, 0) for m in MEASURES}
-    first: Recording | None = replay.record(runs[0])
+    def record(i: int) -> Recording:
+        rec = replay.record(runs[i])
+        if recorded is not None:
+            recorded(i, rec)
+        return rec
+
+    first: Recording | None = record(0)
     per_group = len(runs) if memory_budget is None else max(1, memory_budget // max(1, first.nbytes))
-    groups = [runs[i : i + per_group] for i in range(0, len(runs), per_group)]
+    starts = range(0, len(runs), per_group)
     steps = replay.n_blocks * len(types)
-    for g, group in enumerate(groups):
-        recordings = [first if first is not None and i == 0 else replay.record(run) for i, run in enumerate(group)]
+    for g, start in enumerate(starts):
+        group = runs[start : start + per_group]
+        recordings = [first if first is not None and i == 0 else record(start + i) for i in range(len(group))]
         first = None
-        told = None if progress is None else lambda done, _total, g=g: progress(g * steps + done, len(groups) * steps)
+        told = None if progress is None else lambda done, _total, g=g: progress(g * steps + done, len(starts) * steps)
         for b, qtype in quantized_blocks(weights_of, range(replay.n_blocks), types, told, importance):
             for run, rec in zip(group, recordings):
                 got = replay.rerun(run, rec, b)

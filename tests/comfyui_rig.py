@@ -262,6 +262,10 @@ def quantize(model: list, costs: str, bpw: float, types: str = "all", max_slowdo
                                                              "max_slowdown": max_slowdown, "types": types}}
 
 
+def save(mx: list, model_name: str) -> dict:
+    return {"class_type": "MxSaveMxGGUF", "inputs": {"mx_gguf": mx, "model_name": model_name, "folder": "unet"}}
+
+
 def sampling(model: list, seed: int, prefix: str, steps: int = 4, size: int = 64, cfg: float = 1.0,
              video: bool = False) -> dict:
     """Nodes that sample a MODEL output and save the latent: conditioning from the fixture node, an

@@ -100,7 +100,7 @@ def test_merge_costs(tmp_path: Path) -> None:
 
 def test_costs_from_saved_captures(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """Saved stack inputs (as Capture Layer Costs writes them) measure the same costs headless
-    as sweeping those inputs directly; a capture from another width is refused."""
+    as sweeping those inputs directly; a capture from another width or family is refused."""
     from quant.models import detect
     from quant.checkpoint import open_safetensors
     from quant.costs import load_costs
@@ -112,7 +112,8 @@ def test_costs_from_saved_captures(tiny_checkpoint: Path, tmp_path: Path) -> Non
         stack = ReferenceStack(detect(source.shapes), source)
         inputs = stack.make_inputs(seed=3, width=128, height=128, sigma=0.4)
         direct = sweep(stack, [inputs], ["Q8_0", "Q3_K"])
-    save_capture(tmp_path / "c.safetensors", inputs, {"source": "comfyui", "step": 2, "sigma": 0.4})
+    block_inputs = lambda i: {"img": i.img, "txt": i.txt, "vec": i.vec, "pe": i.pe}  # noqa: E731  as block 0 took them
+    save_capture(tmp_path / "c.safetensors", block_inputs(inputs), {"source": "comfyui", "step": 2, "sigma": 0.4})
     costs = tmp_path / "costs.json"
     r = run_cli("costs", str(tiny_checkpoint), "-o", str(costs), "--types", "Q8_0", "Q3_K",
             "--inputs", str(tmp_path / "c.safetensors"))
@@ -124,9 +125,12 @@ def test_costs_from_saved_captures(tiny_checkpoint: Path, tmp_path: Path) -> Non
         assert table.mean(block, qtype) == sse / direct.count[(block, qtype)]
 
     narrow = type(inputs)(inputs.img[..., :128], inputs.txt[..., :128], inputs.vec[..., :128], inputs.pe)
-    save_capture(tmp_path / "narrow.safetensors", narrow, {})
+    save_capture(tmp_path / "narrow.safetensors", block_inputs(narrow), {})
     r = run_cli("costs", str(tiny_checkpoint), "-o", str(costs), "--inputs", str(tmp_path / "narrow.safetensors"))
     assert r.returncode != 0 and "hidden size 128" in r.stderr
+    save_capture(tmp_path / "wan.safetensors", {"x": inputs.img, "e": inputs.vec}, {})  # another family's block 0
+    r = run_cli("costs", str(tiny_checkpoint), "-o", str(costs), "--inputs", str(tmp_path / "wan.safetensors"))
+    assert r.returncode != 0 and "captured on another family" in r.stderr
 
 
 def test_speed_profile_then_slowdown_budget(tiny_checkpoint: Path, tmp_path: Path) -> None:

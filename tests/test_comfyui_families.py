@@ -4,6 +4,7 @@ tests sample where ComfyUI detects them unaided (skipped without ComfyUI). FLUX.
 newer than the test ComfyUI (2025-10): they are checked against their published layouts instead."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,15 @@ import torch
 
 from safetensors.torch import save_file
 
-from comfyui_rig import PACK_ROOT, ComfyServer, loader, run_in_comfyui, sampling, saved_latent
+from comfyui_rig import (PACK_ROOT, ComfyServer, capture, loader, quantize, run_in_comfyui, sampling, save,
+                         saved_latent)
+from quant.costs import FINAL_HIDDEN_STATE, load_costs
 from quant.gguf_file import read_summary
+from quant.imatrix import load_imatrix
 from quant.models import FAMILIES, NAMED_CONFIGS
 from quant.recipe import Recipe
 from quant.synthetic import random_state_dict
 from quant.tensor_plan import average_bpw, plan_tensors
-from test_comfyui_nodes import quantize, save
 from tests.cli_runner import run_cli
 
 pytestmark = pytest.mark.comfy
@@ -49,22 +52,25 @@ ROUND_TRIP = {"wan": {"video": True}, "qwen_image": {}, "chroma": {}, "lumina2":
 TYPES = "Q8_0, Q6_K, Q4_K"
 
 
-@pytest.mark.parametrize("family", sorted(ROUND_TRIP))
-def test_quantize_save_load_and_sample(comfy: ComfyServer, family: str) -> None:
-    """A random checkpoint in the family's layout, which ComfyUI detects by itself: Quantize (on
-    costs estimated from its weights) and Save in one graph, then Unet Loader (GGUF) loads the
-    file and samples the latents Quantize's MODEL sampled, bit for bit (dequantized in float32)."""
-    model = FAMILIES[family].model()
+def random_checkpoint(comfy: ComfyServer, family: str) -> str:
     name = f"family-{family}"
-    save_file(random_state_dict(model, seed=21), str(comfy.models / f"{name}.safetensors"))
+    if not (comfy.models / f"{name}.safetensors").exists():
+        save_file(random_state_dict(FAMILIES[family].model(), seed=21), str(comfy.models / f"{name}.safetensors"))
+    return name
+
+
+def quantize_save_and_reload(comfy: ComfyServer, family: str, name: str, costs: str, types: str = TYPES
+                             ) -> tuple[str, dict]:
+    """Quantize (just above midway between Q4_K and Q8_0: half the blocks of a 2-block model fit) and Save in one graph, then Unet Loader (GGUF) loads
+    the file and samples the latents Quantize's MODEL sampled, bit for bit (dequantized in float32).
+    -> (Quantize's summary, the file's summary)."""
+    model = FAMILIES[family].model()
     lo, hi = (average_bpw(plan_tensors(model, model.shapes(), Recipe.uniform(model, t))) for t in ("Q4_K", "Q8_0"))
     video = ROUND_TRIP[family].get("video", False)
     entry = comfy.run({"load": loader(f"{name}.safetensors"),
-                       "quant": quantize(["load", 0], ESTIMATE_CHOICE, round((lo + hi) / 2, 2), TYPES),
+                       "quant": quantize(["load", 0], costs, math.ceil(50 * (lo + hi)) / 100, types),
                        "savegguf": save(["quant", 0], name),
                        **sampling(["quant", 1], 5, f"families/{family}-inline", steps=2, video=video)})
-    summary = entry["outputs"]["quant"]["text"][0]
-    assert "estimated cost" in summary and "an estimate from the weights" in summary
     written = Path(entry["outputs"]["savegguf"]["text"][0].splitlines()[0])
     inline = saved_latent(comfy, entry)
     loaded = comfy.run({"load": loader(written.name, "gguf-f32"),
@@ -73,9 +79,50 @@ def test_quantize_save_load_and_sample(comfy: ComfyServer, family: str) -> None:
     assert torch.isfinite(inline).all() and inline.std() > 0
     assert torch.equal(inline, from_file), f"max abs diff {(inline - from_file).abs().max().item()}"
     file = read_summary(written)
-    assert file["family"] == family and file["costs"] == "estimated from the weights"
-    assert file["metadata"]["general.architecture"] == FAMILIES[family].gguf_arch
-    assert set(file["blocks"]) <= {"Q8_0", "Q6_K", "Q4_K"} and len(set(file["blocks"])) > 1
+    written.unlink()  # the next test of this family saves under the same name
+    assert file["family"] == family and file["metadata"]["general.architecture"] == FAMILIES[family].gguf_arch
+    assert set(file["blocks"]) <= set(types.split(", ")) and len(set(file["blocks"])) > 1
+    return entry["outputs"]["quant"]["text"][0], file
+
+
+@pytest.mark.parametrize("family", sorted(ROUND_TRIP))
+def test_quantize_save_load_and_sample(comfy: ComfyServer, family: str) -> None:
+    """A random checkpoint in the family's layout, which ComfyUI detects by itself, on costs
+    estimated from its weights: quantized, saved, loaded by ComfyUI-GGUF and sampled."""
+    summary, file = quantize_save_and_reload(comfy, family, random_checkpoint(comfy, family), ESTIMATE_CHOICE)
+    assert "estimated cost" in summary and "an estimate from the weights" in summary
+    assert file["costs"] == "estimated from the weights"
+    comfy.free()
+
+
+@pytest.mark.parametrize("family", sorted(ROUND_TRIP))
+def test_capture_on_comfyuis_own_forward(comfy: ComfyServer, family: str) -> None:
+    """Capture Layer Costs in a real sampling graph of each family: the latents are bit-identical
+    to the graph without it; the table holds the family, the measure, a cost per block and type,
+    at N + T*N(N+1)/2 block forwards per sample (blocks before the quantized one replayed); the
+    importance matrix covers every block weight. Quantize on those costs, Save, Unet Loader
+    (GGUF), sample."""
+    name = random_checkpoint(comfy, family)
+    video = ROUND_TRIP[family].get("video", False)
+    plain = comfy.run({"load": loader(f"{name}.safetensors"),
+                       **sampling(["load", 0], 7, f"families/{family}-plain", steps=3, video=video)})
+    costs, types = f"{name}-captured", "Q8_0, Q4_K"  # two types: the 0.5 B-parameter models quantize slowly
+    measured = comfy.run({"load": loader(f"{name}.safetensors"), "capture": capture(["load", 0], costs, types, step=1),
+                          **sampling(["capture", 0], 7, f"families/{family}-captured", steps=3, video=video)})
+    assert torch.equal(saved_latent(comfy, plain), saved_latent(comfy, measured))
+    folder = comfy.base / "models" / "mxgguf_costs"
+    table = load_costs(folder / f"{costs}.json")
+    model = FAMILIES[family].model()
+    n = model.n_blocks
+    assert table.family_model.family.name == family and table.measure == FINAL_HIDDEN_STATE
+    assert table.provenance["block_forwards_per_sample"] == n + 2 * n * (n + 1) // 2
+    assert [sorted(c) for c in table.costs()] == [["Q4_K", "Q8_0"]] * n
+    assert all(c["Q4_K"] > c["Q8_0"] > 0 for c in table.costs())
+    assert [s["step"] for s in table.samples] == [1]
+    imatrix = load_imatrix(folder / f"{costs}.imatrix.gguf")
+    assert set(imatrix.sums) == {k for k, s in model.shapes().items() if model.is_quantizable(k, s)}
+    summary, file = quantize_save_and_reload(comfy, family, name, f"{costs}.json", types)
+    assert f"{costs}.json" in summary and file["costs"] != "estimated from the weights"
     comfy.free()
 
 

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from comfyui_rig import (PACK_ROOT, ComfyServer, Messages, WorkflowError, capture, loader, quantize, sample_workflow,
-                         sampling, saved_latent)
+                         sampling, save, saved_latent)
 from quant import codecs
 from flux_models import STOCK, TINY, TINY_TYPES, flux, midway_bpw
 from quant.models import detect
@@ -31,10 +31,6 @@ pytestmark = pytest.mark.comfy
 
 CAPTURE, QUANTIZE, SAVE = "MxCaptureLayerCosts", "MxMixedGGUFQuantize", "MxSaveMxGGUF"
 STOCK_SHALLOW = flux(STOCK, depth_double=1, depth_single=1)
-
-
-def save(mx: list, model_name: str) -> dict:
-    return {"class_type": SAVE, "inputs": {"mx_gguf": mx, "model_name": model_name, "folder": "unet"}}
 
 
 def costs_file(comfy: ComfyServer, name: str) -> Path:

@@ -51,6 +51,8 @@ class Family:
     title: ClassVar[str]  # for people: "FLUX.1"
     gguf_arch: ClassVar[str]  # general.architecture, as ComfyUI-GGUF's loader accepts it
     groups: ClassVar[tuple[BlockGroup, ...]]  # in forward order
+    # the module that reads the last block's output in ComfyUI's model (Capture's final hidden state)
+    final_layer: ClassVar[str] = "final_layer"
     recognized_by: ClassVar[tuple[str, ...]]  # all present in a checkpoint of this family
     legacy_arch: ClassVar[str | None] = None  # what tables and recipes from before families called it
     not_with: ClassVar[tuple[str, ...]] = ()  # any present: a sibling family sharing the keys above

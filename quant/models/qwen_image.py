@@ -74,6 +74,7 @@ class QwenImage(Family):
     title = "Qwen-Image"
     gguf_arch = "qwen_image"
     groups = (BlockGroup("blocks", "transformer_blocks", "depth"),)
+    final_layer = "norm_out"
     recognized_by = ("txt_norm.weight", "img_in.weight", "txt_in.weight", "transformer_blocks.0.img_mod.1.weight",
                      "transformer_blocks.0.img_mlp.net.0.proj.weight")
     identity_keys = ("img_in.weight", "transformer_blocks.0.attn.to_q.weight", "proj_out.weight")

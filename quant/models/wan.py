@@ -82,6 +82,7 @@ class Wan(Family):
     title = "Wan 2.1/2.2"
     gguf_arch = "wan"
     groups = (BlockGroup("blocks", "blocks", "depth"),)
+    final_layer = "head"
     recognized_by = ("head.modulation", "patch_embedding.weight", "text_embedding.2.weight",
                      "blocks.0.self_attn.norm_q.weight")
     kept_in_blocks = (".modulation",)
