@@ -28,12 +28,11 @@ from ..quant.capture_file import save_capture
 from ..quant.costs import FINAL_HIDDEN_STATE, accumulate, model_fingerprint
 from ..quant.imatrix import Imatrix, add_to_file, linear_inputs
 from ..quant.models import Model
-from ..quant.replay import BlockReplay, ModuleWeights, replay_sweep
+from ..quant.replay import MEASURES, BlockReplay, ModuleWeights, replay_sweep
 from .common import CATEGORY, costs_path, diffusion_model, model_source, progress_bar, refuse_quantized
 
 DEFAULT_TYPES = ", ".join(codecs.QUANTIZED_TYPE_NAMES)
 WRAPPER_KEY = "mxgguf_capture"
-MEASURE = FINAL_HIDDEN_STATE  # what the tables hold (see README, "Which error")
 DEVICE_RESERVE = 2 * 2**30  # recordings leave this much of the card free for the forwards
 
 
@@ -60,8 +59,9 @@ class CaptureSession:
     """Per sampling run: which steps to capture, what was captured, and the sweep after."""
 
     def __init__(self, model, family_model: Model, costs_file: Path, types: Sequence[str], step: int, per_run: int,
-                 model_fp: dict, block_weights: Sequence[str], save_inputs: bool = False):
-        self.model, self.family_model, self.costs_file = model, family_model, costs_file
+                 model_fp: dict, block_weights: Sequence[str], save_inputs: bool = False,
+                 measure: str = FINAL_HIDDEN_STATE):
+        self.model, self.family_model, self.costs_file, self.measure = model, family_model, costs_file, measure
         self.types, self.save_inputs = list(types), save_inputs
         self.block_weights = list(block_weights)
         self.step, self.per_run, self.model_fp = step, per_run, model_fp
@@ -105,7 +105,7 @@ class CaptureSession:
             finally:
                 hook.remove()
             if self.captured:
-                self.measure(self.captured, n_steps, seed)
+                self.sweep_captured(self.captured, n_steps, seed)
             add_to_file(self.imatrix_file, imatrix)  # atomic, after the costs: a Cancel leaves both as they were
         finally:
             self.wanted, self.captured = set(), []
@@ -115,7 +115,7 @@ class CaptureSession:
     def imatrix_file(self) -> Path:
         return self.costs_file.with_name(self.costs_file.stem + ".imatrix.gguf")
 
-    def measure(self, captured: Sequence[Captured], n_steps: int, seed: int) -> None:
+    def sweep_captured(self, captured: Sequence[Captured], n_steps: int, seed: int) -> None:
         """One sweep over every capture of the run: each (block, type) is quantized once for all."""
         dm = diffusion_model(self.model)
         fm = self.family_model
@@ -124,7 +124,10 @@ class CaptureSession:
                              on_device=lambda nbytes: fits_on(device, nbytes), first_inputs=self.save_inputs)
         samples = [self.sample(c, n_steps, seed) for c in captured]
 
+        recorded_bytes = []
+
         def recorded(i: int, rec) -> None:
+            recorded_bytes.append(rec.nbytes)
             if self.save_inputs:
                 self.keep_inputs(rec.first_inputs, samples[i], f"seed{seed}_step{captured[i].step}")
 
@@ -133,10 +136,12 @@ class CaptureSession:
         results = replay_sweep(replay, [lambda c=c: c.run(dm) for c in captured], self.types,
                                lambda b: ModuleWeights(replay.blocks[b], names[b]), memory_budget(device),
                                progress=progress_bar(fm.n_blocks * len(self.types)), recorded=recorded)
-        table = results[MEASURE].table(self.model_fp, fm.n_blocks, self.types, samples,
-                                       {"measured_with": "Capture Layer Costs (ComfyUI's own forward, replayed)",
-                                        "measure": MEASURE,
-                                        "block_forwards_per_sample": results[MEASURE].block_forwards / len(captured)})
+        result = results[self.measure]
+        table = result.table(self.model_fp, fm.n_blocks, self.types, samples,
+                             {"measured_with": "Capture Layer Costs (ComfyUI's own forward, replayed)",
+                              "measure": self.measure,
+                              "block_forwards_per_sample": result.block_forwards / len(captured),
+                              "recorded_bytes_per_sample": max(recorded_bytes)})
         accumulate(self.costs_file, table)  # atomic: a Cancel before this leaves the file as it was
 
     @staticmethod
@@ -197,20 +202,26 @@ class CaptureLayerCosts(io.ComfyNode):
                                  tooltip="Also save what entered the first block (<costs_file>.inputs/"
                                          "*.safetensors); for FLUX.1, 'python -m quant costs --inputs' "
                                          "measures more types from them later without ComfyUI."),
+                io.Combo.Input("measure", options=list(MEASURES), default=FINAL_HIDDEN_STATE, optional=True,
+                               tooltip="The error each cost is: of the final hidden state (what the last block "
+                                       "hands to the final layer) or of the model's output (what the sampler "
+                                       "receives). Tables of different measures never merge."),
             ],
             outputs=[io.Model.Output(tooltip="The same model; sampling it also measures costs.")],
         )
 
     @classmethod
     def execute(cls, model, costs_file: str, step: int, samples_per_run: int, types: str,
-                save_inputs: bool = False) -> io.NodeOutput:
+                save_inputs: bool = False, measure: str = FINAL_HIDDEN_STATE) -> io.NodeOutput:
         refuse_quantized(model, "costs must be measured on full-precision weights")
+        if measure not in MEASURES:  # ComfyUI checks no V3 combo against its options at /prompt
+            raise ValueError(f"unknown measure {measure!r}; one of {list(MEASURES)}")
         path = costs_path(costs_file)
         source, family_model = model_source(model)
         out = model.clone()
         block_weights = [k for k, shape in source.shapes.items() if family_model.is_quantizable(k, shape)]
         session = CaptureSession(out, family_model, path, codecs.parse_type_list(types), step, samples_per_run,
-                                 model_fingerprint(family_model, source), block_weights, save_inputs)
+                                 model_fingerprint(family_model, source), block_weights, save_inputs, measure)
         path.parent.mkdir(parents=True, exist_ok=True)
         out.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
                                  session.sampler_wrapper)

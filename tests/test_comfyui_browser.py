@@ -83,7 +83,8 @@ def test_speed_budget_on_the_canvas_is_what_quantize_meets(comfy: ComfyServer, t
     kept_folder = comfy.base / "models" / "mxgguf_costs"
     (kept,) = [p for p in kept_folder.glob("*.speed.json") if load_speed(p).provenance["model"] == TINY.describe()]
     measured = kept.read_text()
-    shapes, costs, types = TINY.shapes(), load_costs(kept_folder / tiny_costs).costs(), codecs.parse_type_list(TINY_TYPES)
+    shapes, types = TINY.shapes(), codecs.parse_type_list(TINY_TYPES)
+    costs = load_costs(kept_folder / tiny_costs).costs()
     free = optimize(TINY, shapes, costs, Target(bpw=bpw), types, speed=load_speed(kept))
     gpu_like = json.loads(measured)
     gpu_like["block_seconds"] = {g: s * (free.predicted_slowdown - 1) for g, s in gpu_like["block_seconds"].items()}

@@ -61,8 +61,9 @@ def random_checkpoint(comfy: ComfyServer, family: str) -> str:
 
 def quantize_save_and_reload(comfy: ComfyServer, family: str, name: str, costs: str, types: str = TYPES
                              ) -> tuple[str, dict]:
-    """Quantize (just above midway between Q4_K and Q8_0: half the blocks of a 2-block model fit) and Save in one graph, then Unet Loader (GGUF) loads
-    the file and samples the latents Quantize's MODEL sampled, bit for bit (dequantized in float32).
+    """Quantize (just above midway between Q4_K and Q8_0: one of a 2-block model's blocks gets
+    Q8_0) and Save in one graph, then Unet Loader (GGUF) loads the file and samples the latents
+    Quantize's MODEL sampled, bit for bit (dequantized in float32).
     -> (Quantize's summary, the file's summary)."""
     model = FAMILIES[family].model()
     lo, hi = (average_bpw(plan_tensors(model, model.shapes(), Recipe.uniform(model, t))) for t in ("Q4_K", "Q8_0"))
