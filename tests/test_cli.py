@@ -177,3 +177,20 @@ def test_optimize_for_a_named_model() -> None:
     r = run_cli("optimize", "--costs", "builtin:flux1-dev", "--model", "wan2.2-14b", "--bpw", "5")
     assert r.returncode == 2 and "they are for FLUX.1 [dev] (19 double + 38 single blocks" in r.stderr
     assert "this model is Wan T2V (40 blocks, dim 5120" in r.stderr
+
+
+@pytest.mark.parametrize("family", ["wan", "qwen_image"])
+def test_headless_costs_of_other_families_point_to_capture(family: str, tmp_path: Path) -> None:
+    """Headless costs need the pack's reference blocks (FLUX.1's): for another family the command
+    says where its costs are measured, and writes nothing."""
+    from safetensors.torch import save_file
+
+    from quant.models import FAMILIES
+    from quant.synthetic import random_state_dict
+
+    src = tmp_path / f"{family}.safetensors"
+    save_file(random_state_dict(FAMILIES[family].model(), seed=1), str(src))
+    for command in ("costs", "imatrix"):
+        r = run_cli(command, str(src), "-o", str(tmp_path / f"out-{command}"))
+        assert r.returncode != 0 and "measured in ComfyUI, with the Capture Layer Costs node" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
