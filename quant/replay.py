@@ -54,11 +54,11 @@ def recorded_bytes(value: Any) -> int:
 
 
 def _kept(t: Tensor, on_device: Callable[[int], bool]) -> Tensor:
-    """A copy of ``t``: on its device where ``on_device(bytes)`` says it fits, else in pinned CPU
-    memory (page-locked: it copies back at full speed)."""
+    """A copy of ``t``: on its device where ``on_device(bytes)`` says it fits, else in CPU memory,
+    pinned from a CUDA device (page-locked: it copies back at full speed)."""
     if t.device.type == "cpu" or on_device(t.numel() * t.element_size()):
         return t.detach().clone()
-    out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    out = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
     return out.copy_(t.detach())
 
 

@@ -129,3 +129,4 @@ def test_a_block_that_does_not_run_or_runs_twice_is_refused(toy: Toy) -> None:
     assert "forward" not in toy.blocks[0].__dict__
     with pytest.raises(RuntimeError, match=r"blocks blocks\.1 did not run"):
         replay.record(lambda: toy.final_layer(toy.blocks[0](torch.zeros(1, 2, WIDTH), 1.0)))
+
