@@ -119,7 +119,7 @@ class CaptureSession:
         """One sweep over every capture of the run: each (block, type) is quantized once for all."""
         dm = diffusion_model(self.model)
         fm = self.family_model
-        device = next(dm.parameters()).device
+        device = self.model.load_device  # where ComfyUI computes (weights may sit elsewhere when offloaded)
         replay = BlockReplay(dm, [fm.block_name(b) for b in range(fm.n_blocks)], fm.family.final_layer,
                              on_device=lambda nbytes: fits_on(device, nbytes), first_inputs=self.save_inputs)
         samples = [self.sample(c, n_steps, seed) for c in captured]
@@ -128,6 +128,7 @@ class CaptureSession:
 
         def recorded(i: int, rec) -> None:
             recorded_bytes.append(rec.nbytes)
+            samples[i]["dtype"] = str(rec.dtype).removeprefix("torch.")  # the blocks' compute dtype
             if self.save_inputs:
                 self.keep_inputs(rec.first_inputs, samples[i], f"seed{seed}_step{captured[i].step}")
 
@@ -148,7 +149,7 @@ class CaptureSession:
     def sample(c: Captured, n_steps: int, seed: int) -> dict:
         x = c.args[0] if c.args else c.kwargs["x"]
         return {"source": "comfyui", "seed": seed, "steps": n_steps, "step": c.step, "sigma": round(c.sigma, 6),
-                "latent": list(x.shape[1:]), "batch": int(x.shape[0]), "dtype": str(x.dtype).removeprefix("torch.")}
+                "latent": list(x.shape[1:]), "batch": int(x.shape[0])}
 
     def keep_inputs(self, tensors: dict, sample: dict, stem: str) -> None:
         """Save what entered the first block beside the costs file (FLUX.1's serve

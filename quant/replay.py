@@ -112,6 +112,11 @@ class Recording:
         return set(self.order[: self.order.index(block)])
 
     @property
+    def dtype(self) -> torch.dtype:
+        """What the blocks computed in: the first block's output dtype."""
+        return _first_tensor(self.outputs[self.order[0]]).dtype
+
+    @property
     def nbytes(self) -> int:
         return sum(recorded_bytes(o) for o in self.outputs.values())
 
