@@ -47,8 +47,7 @@ class Captured:
 
     def run(self, model: torch.nn.Module) -> torch.Tensor:
         """The model's forward on these inputs (fresh copies: a forward may write into them)."""
-        fresh = lambda v: v.clone() if isinstance(v, torch.Tensor) else v  # noqa: E731
-        return model(*map(fresh, self.args), **{k: fresh(v) for k, v in self.kwargs.items()})
+        return model(*map(_copied, self.args), **{k: _copied(v) for k, v in self.kwargs.items()})
 
 
 def _copied(value):
@@ -120,7 +119,8 @@ class CaptureSession:
         dm = diffusion_model(self.model)
         fm = self.family_model
         device = self.model.load_device  # where ComfyUI computes (weights may sit elsewhere when offloaded)
-        replay = BlockReplay(dm, [fm.block_name(b) for b in range(fm.n_blocks)], fm.family.final_layer,
+        block_names = [fm.block_name(b) for b in range(fm.n_blocks)]
+        replay = BlockReplay(dm, block_names, fm.family.final_layer,
                              on_device=lambda nbytes: fits_on(device, nbytes), first_inputs=self.save_inputs)
         samples = [self.sample(c, n_steps, seed) for c in captured]
 
@@ -132,8 +132,8 @@ class CaptureSession:
             if self.save_inputs:
                 self.keep_inputs(rec.first_inputs, samples[i], f"seed{seed}_step{captured[i].step}")
 
-        names = {b: [k.removeprefix(fm.block_name(b) + ".") for k in self.block_weights
-                     if k.startswith(fm.block_name(b) + ".")] for b in range(fm.n_blocks)}
+        names = [[k.removeprefix(f"{block}.") for k in self.block_weights if k.startswith(f"{block}.")]
+                 for block in block_names]
         results = replay_sweep(replay, [lambda c=c: c.run(dm) for c in captured], self.types,
                                lambda b: ModuleWeights(replay.blocks[b], names[b]), memory_budget(device),
                                progress=progress_bar(fm.n_blocks * len(self.types)), recorded=recorded)

@@ -39,18 +39,23 @@ def _tensors_mapped(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     return value
 
 
+def _tensors_in(value: Any) -> Iterator[Tensor]:
+    """The tensors in ``value`` (a tensor, or tuples, lists and dicts of them), in order."""
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors_in(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors_in(v)
+
+
 def _first_tensor(value: Any) -> Tensor:
-    found: list[Tensor] = []
-    _tensors_mapped(value, lambda t: found.append(t) or t)
-    if not found:
+    first = next(_tensors_in(value), None)
+    if first is None:
         raise TypeError(f"expected a tensor, got {type(value).__name__}")
-    return found[0]
-
-
-def recorded_bytes(value: Any) -> int:
-    total = [0]
-    _tensors_mapped(value, lambda t: total.__setitem__(0, total[0] + t.numel() * t.element_size()) or t)
-    return total[0]
+    return first
 
 
 def _kept(t: Tensor, on_device: Callable[[int], bool]) -> Tensor:
@@ -118,7 +123,7 @@ class Recording:
 
     @property
     def nbytes(self) -> int:
-        return sum(recorded_bytes(o) for o in self.outputs.values())
+        return sum(t.numel() * t.element_size() for o in self.outputs.values() for t in _tensors_in(o))
 
 
 class BlockReplay:

@@ -1,7 +1,7 @@
 """What flows through FLUX's block stack: a sample's inputs to it and the state between blocks.
 
-Both stacks the sweep runs share these: the reference blocks (``quant.flux_blocks``,
-headless) and ComfyUI's own (the Capture node).
+The reference blocks (``flux1_blocks``, headless) run on these, and saved captures
+(``quant.capture_file``) load into them.
 """
 from __future__ import annotations
 
