@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
@@ -16,7 +17,7 @@ from tqdm import tqdm
 from . import codecs
 from .models import DEFAULT_MODEL, FAMILIES, NAMED_CONFIGS, ArchitectureError, Model, detect, named_model
 from .atomic import check_target
-from .checkpoint import CheckpointError, open_safetensors
+from .checkpoint import CheckpointError, Source, open_safetensors
 from .encode import write_gguf
 from .gguf_file import GGUFWriteError, WriteResult, read_summary
 from .costs import (CostError, CostTable, accumulate, check_model, default_costs, model_fingerprint, noting_costs,
@@ -26,6 +27,8 @@ from .plan import allocation_json
 from .recipe import Recipe, RecipeError, load_recipe, save_recipe
 from .tensor_plan import average_bpw, output_name, plan_tensors
 from .imatrix import ImatrixError, load_imatrix
+from .lora import LoraError, LoraSpec, baked_in
+from .patches import BakedLora, describe_loras, loras_metadata, parse_loras
 from .speed import SpeedError, SpeedProfile, load_speed
 
 ESTIMATE = "estimate"  # --costs: estimate from the checkpoint's weights
@@ -35,12 +38,11 @@ USER_ERRORS = (ArchitectureError, RecipeError, CheckpointError, GGUFWriteError, 
 
 def convert(src: Path, out: Path | None, recipe: Recipe | None = None, qtype: str | None = None,
             overwrite: bool = False, device: str | None = None, quiet: bool = False,
-            imatrix: Path | None = None) -> WriteResult:
+            imatrix: Path | None = None, loras: Sequence[LoraSpec] = ()) -> WriteResult:
     """safetensors -> GGUF with every block ``qtype``, or per ``recipe``; with an importance
-    matrix file ``imatrix`` (of this model) where given."""
+    matrix file ``imatrix`` (of this model) where given, and ``loras`` baked in."""
     importance = load_imatrix(imatrix) if imatrix else None
-    with open_safetensors(src) as source:
-        model = detect(source.shapes)
+    with checkpoint(src, loras, device) as (source, model, baked):
         recipe = recipe or Recipe.uniform(model, qtype or "Q8_0")
         plan = plan_tensors(model, source.shapes, recipe)
         out = out or src.parent / output_name(src.name, average_bpw(plan))
@@ -49,7 +51,18 @@ def convert(src: Path, out: Path | None, recipe: Recipe | None = None, qtype: st
         with tqdm(total=total, unit="param", unit_scale=True, desc=out.name, disable=quiet) as bar:
             return write_gguf(source, recipe, plan, out, overwrite=overwrite, device=device,
                               progress=lambda done, _total, _key: bar.update(done - bar.n),
-                              imatrix=importance, imatrix_name=imatrix.name if imatrix else "")
+                              imatrix=importance, imatrix_name=imatrix.name if imatrix else "",
+                              extra_metadata=loras_metadata(baked))
+
+
+@contextlib.contextmanager
+def checkpoint(src: Path, loras: Sequence[LoraSpec] = (), device: str | None = None,
+               hash_file: bool = True) -> Iterator[tuple[Source, Model, list[BakedLora]]]:
+    """The checkpoint read tensor by tensor, its model, and the LoRAs baked in as it is read."""
+    with open_safetensors(src, hash_file) as source:
+        model = detect(source.shapes)
+        with baked_in(source, model, loras, device) as (patched, baked):
+            yield patched, model, baked
 
 
 def target_from(args: argparse.Namespace) -> Target | None:
@@ -121,15 +134,17 @@ def format_summary(s: dict) -> str:
     lines += [f"  {t}: {n / 1e6:.1f} M params" for t, n in sorted(s["type_params"].items())]
     if s.get("costs"):
         lines.append(f"  recipe chosen by costs: {s['costs']}")
+    if s["loras"]:
+        lines.append(f"  LoRAs baked in: {describe_loras(parse_loras(s['loras']))}")
     return "\n".join(lines)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe) if args.recipe else None
     target = target_from(args)
+    loras = [LoraSpec.parse(text) for text in args.lora or ()]
     if target is not None:
-        with open_safetensors(args.src, hash_file=False) as source:
-            model = detect(source.shapes)
+        with checkpoint(Path(args.src), loras, args.device, hash_file=False) as (source, model, _):
             table = costs_for(model, source, args.costs, Path(args.imatrix) if args.imatrix else None)
             alloc = allocate(model, source.shapes, table, target, args, Path(args.src).stem)
         recipe = noting_costs(alloc.recipe, table, args.costs or 'built-in table')
@@ -139,7 +154,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     elif args.speed or args.max_slowdown is not None:
         raise ValueError("--speed and --max-slowdown steer the optimizer: give a target (--bpw, --size-gb, --card-gb)")
     r = convert(Path(args.src), Path(args.output) if args.output else None, recipe, args.type, args.overwrite,
-                args.device, imatrix=Path(args.imatrix) if args.imatrix else None)
+                args.device, imatrix=Path(args.imatrix) if args.imatrix else None, loras=loras)
     print(f"wrote {r.path} ({r.size_bytes / 2**20:.1f} MiB, {r.bpw:.3f} bits/param, {r.n_tensors} tensors)")
     return 0
 
@@ -449,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert_cmd.add_argument("--imatrix", metavar="FILE",
                              help="importance matrix of this model (llama.cpp's GGUF imatrix format; 'python -m quant "
                                   "imatrix' collects one): weights are quantized with ggml's importance-weighted paths")
+    convert_cmd.add_argument("--lora", action="append", metavar="FILE[:STRENGTH]",
+                             help="bake this LoRA in before quantizing (strength default 1; repeat for several, "
+                                  "applied in order); keys as ComfyUI's generic or kohya's LoRAs name the "
+                                  "checkpoint's tensors")
     convert_cmd.set_defaults(run=cmd_convert)
     inspect_cmd = sub.add_parser("inspect", help="type per block, size and bits per parameter of a GGUF")
     inspect_cmd.add_argument("file")

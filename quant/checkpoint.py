@@ -46,6 +46,8 @@ class Source:
     dtypes: dict[str, torch.dtype] | None = None
     # Rows start..stop-1 of a tensor without reading the rest, where the source can.
     read_rows: Callable[[str, int, int], torch.Tensor] | None = None
+    # Under weight patches (``quant.patches``): the checkpoint patched, which identifies the model.
+    base: Source | None = None
 
     def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start..stop-1`` (along the first axis) of tensor ``key``."""

@@ -24,6 +24,7 @@ from . import codecs
 from .atomic import atomic_write_text, load_json
 from .checkpoint import Source
 from .models import ArchitectureError, Model, from_fingerprint
+from .patches import LORAS_KEY, BakedLora, describe_loras, parse_loras
 from .recipe import Recipe
 
 COSTS_FORMAT = "mxgguf-costs/1"
@@ -45,10 +46,12 @@ def model_fingerprint(model: Model, source: Source | None = None) -> dict[str, A
     """The model's family and config plus, given the checkpoint, a hash of a few of its weights.
 
     Values are hashed as bf16, the coarsest dtype checkpoints ship in, so the same model
-    loaded as bf16, fp16 or fp32 has the same fingerprint.
+    loaded as bf16, fp16 or fp32 has the same fingerprint. A patched source (a LoRA baked in)
+    is its base checkpoint here: the patches are recorded apart.
     """
     fp = model.fingerprint()
     if source is not None:
+        source = source.base or source
         h = hashlib.sha256()
         for key in model.family.identity_keys:
             x = source.read(model.prefix + key).detach().cpu().reshape(-1)[:_FINGERPRINT_VALUES]
@@ -119,6 +122,10 @@ class CostTable:
         if mine != theirs:
             raise CostError(f"cost tables measured with different importance matrices ({mine or 'none'} and "
                             f"{theirs or 'none'}) cannot be merged: quantizing with one changes every cost")
+        if self.loras != other.loras:
+            raise CostError(f"cost tables measured with different LoRAs ({describe_loras(self.loras)} and "
+                            f"{describe_loras(other.loras)}) cannot be merged: a LoRA changes the weights and "
+                            f"the hidden states every cost is measured on")
         types = self.types + [t for t in other.types if t not in self.types]
         out = CostTable.empty({**other.model, **self.model}, self.n_blocks, types)
         for table in (self, other):
@@ -147,6 +154,11 @@ class CostTable:
     def to_dict(self) -> dict[str, Any]:
         return {"format": COSTS_FORMAT, "model": self.model, "provenance": self.provenance,
                 "types": self.types, "sse": self.sse, "count": self.count, "samples": self.samples}
+
+    @property
+    def loras(self) -> list[BakedLora]:
+        """The LoRAs the model carried when the costs were measured (tables from before: none)."""
+        return parse_loras(self.provenance.get(LORAS_KEY))
 
     @property
     def measure(self) -> str:

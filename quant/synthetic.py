@@ -6,7 +6,7 @@ and shapes (its ``shapes(config)``) at any width and depth.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -33,3 +33,21 @@ def random_tensors(model: Model, seed: int = 0, dtype: torch.dtype = torch.bfloa
 def random_state_dict(model: Model, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
                       prefix: str = "", device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     return dict(random_tensors(model, seed, dtype, prefix, device))
+
+
+def random_lora(model: Model, keys: Iterable[str], rank: int = 8, seed: int = 0, alpha: float | None = None,
+                kohya: bool = False, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """A LoRA on the (prefix-free) tensors ``keys``, in ComfyUI's generic key format or kohya's:
+    each update ``up @ down`` about a tenth of its weight's scale."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = model.shapes()
+    out = {}
+    for key in keys:
+        rows, cols = shapes[key][0], math.prod(shapes[key][1:])
+        stem = key.removesuffix(".weight")
+        name = f"lora_unet_{stem.replace('.', '_')}" if kohya else f"diffusion_model.{stem}"
+        out[f"{name}.lora_up.weight"] = (torch.randn(rows, rank, generator=gen) * 0.1 / rank ** 0.5).to(dtype)
+        out[f"{name}.lora_down.weight"] = (torch.randn(rank, cols, generator=gen) / cols ** 0.5).to(dtype)
+        if alpha is not None:
+            out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return out
