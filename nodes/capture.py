@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
@@ -28,8 +28,10 @@ from ..quant.capture_file import save_capture
 from ..quant.costs import FINAL_HIDDEN_STATE, accumulate, model_fingerprint
 from ..quant.imatrix import Imatrix, add_to_file, linear_inputs
 from ..quant.models import Model
+from ..quant.patches import LORAS_KEY, BakedLora, describe_loras
 from ..quant.replay import MEASURES, BlockReplay, ModuleWeights, replay_sweep
 from .common import CATEGORY, costs_path, diffusion_model, model_source, progress_bar, refuse_quantized
+from .loras import baked_loras
 
 DEFAULT_TYPES = ", ".join(codecs.QUANTIZED_TYPE_NAMES)
 WRAPPER_KEY = "mxgguf_capture"
@@ -59,11 +61,12 @@ class CaptureSession:
 
     def __init__(self, model, family_model: Model, costs_file: Path, types: Sequence[str], step: int, per_run: int,
                  model_fp: dict, block_weights: Sequence[str], save_inputs: bool = False,
-                 measure: str = FINAL_HIDDEN_STATE):
+                 measure: str = FINAL_HIDDEN_STATE, loras: Sequence[BakedLora] = ()):
         self.model, self.family_model, self.costs_file, self.measure = model, family_model, costs_file, measure
         self.types, self.save_inputs = list(types), save_inputs
         self.block_weights = list(block_weights)
         self.step, self.per_run, self.model_fp = step, per_run, model_fp
+        self.loras = list(loras)
         self.wanted: set[int] = set()
         self.captured: list[Captured] = []
 
@@ -142,7 +145,8 @@ class CaptureSession:
                              {"measured_with": "Capture Layer Costs (ComfyUI's own forward, replayed)",
                               "measure": self.measure,
                               "block_forwards_per_sample": result.block_forwards / len(captured),
-                              "recorded_bytes_per_sample": max(recorded_bytes)})
+                              "recorded_bytes_per_sample": max(recorded_bytes),
+                              **({LORAS_KEY: [asdict(lora) for lora in self.loras]} if self.loras else {})})
         accumulate(self.costs_file, table)  # atomic: a Cancel before this leaves the file as it was
 
     @staticmethod
@@ -209,6 +213,7 @@ class CaptureLayerCosts(io.ComfyNode):
                                        "receives). Tables of different measures never merge."),
             ],
             outputs=[io.Model.Output(tooltip="The same model; sampling it also measures costs.")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],  # the LoRA loaders upstream, for the table to name
         )
 
     @classmethod
@@ -222,9 +227,12 @@ class CaptureLayerCosts(io.ComfyNode):
         out = model.clone()
         block_weights = [k for k, shape in source.shapes.items() if family_model.is_quantizable(k, shape)]
         session = CaptureSession(out, family_model, path, codecs.parse_type_list(types), step, samples_per_run,
-                                 model_fingerprint(family_model, source), block_weights, save_inputs, measure)
+                                 model_fingerprint(family_model, source), block_weights, save_inputs, measure,
+                                 baked_loras(model, cls.hidden.prompt, cls.hidden.unique_id))
         path.parent.mkdir(parents=True, exist_ok=True)
         out.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
                                  session.sampler_wrapper)
         text = f"costs of {', '.join(session.types)} go to {path}; importance matrix to {session.imatrix_file.name}"
+        if session.loras:
+            text += f"; measured with LoRAs {describe_loras(session.loras)}"
         return io.NodeOutput(out, ui={"text": [text]})

@@ -24,6 +24,7 @@ from ..quant.tensor_plan import tensor_type
 
 CATEGORY = "mxgguf"
 MixedGGUF = io.Custom("MX_GGUF")  # Quantize's output, Save's input: a quantize_model result
+PREFIX = "diffusion_model."  # the diffusion model's keys in a ModelPatcher's state dict and its patches
 COSTS_FOLDER = "mxgguf_costs"  # models/mxgguf_costs/*.json
 SPEED_SUFFIX = ".speed.json"  # speed profiles kept beside the costs, one per device, family and model width
 BUILTIN_CHOICES = [f"builtin:{name}" for name in BUILTIN]
@@ -161,18 +162,11 @@ def refuse_quantized(model, why: str) -> None:
                              f"weight_dtype 'default' (bf16/fp16/fp32)")
 
 
-def refuse_patched(model) -> None:
-    """Weight patches (LoRA and the like) are applied by ComfyUI only while the model is loaded,
-    so the weights read here may or may not carry them: refuse rather than guess."""
-    if model.patches:
-        raise ValueError(f"this MODEL carries weight patches on {len(model.patches)} tensors (a LoRA?); "
-                         f"quantizing them in is not supported: quantize the model without them, or save "
-                         f"the merged model (ModelSave) and load that")
-
-
 def model_source(model, name: str = "ComfyUI MODEL") -> tuple[Source, Model]:
-    """The MODEL's diffusion weights as a checkpoint read tensor by tensor (no copies)."""
-    state = diffusion_model(model).state_dict()
+    """The MODEL's diffusion weights as ComfyUI loaded them, before any weight patch, read tensor
+    by tensor (no copies). A clone that sampled with a LoRA may have patched the shared weights in
+    place; ComfyUI's backup of the originals (shared by clones) is read for those."""
+    state = {key.removeprefix(PREFIX): entry[0][0] for key, entry in model.get_key_patches(PREFIX).items()}
     source = state_dict_source(state, name)
     return source, detect(source.shapes)
 

@@ -18,11 +18,13 @@ from ..quant.estimate import estimate_costs
 from ..quant.imatrix import load_imatrix
 from ..quant.mixed import MixedModel, quantize_model
 from ..quant.optimize import GiB, Allocation, Target, optimize
+from ..quant.patches import BakedLora, describe_loras
 from ..quant.speed import SpeedProfile
 from .chart import block_chart
-from .common import (BUILTIN_CHOICES, CATEGORY, ESTIMATE_CHOICE, TARGETS, MixedGGUF, cost_table, costs_choices,
+from .common import (BUILTIN_CHOICES, CATEGORY, ESTIMATE_CHOICE, PREFIX, TARGETS, MixedGGUF, cost_table, costs_choices,
                      costs_path, file_state, imatrix_choices, imatrix_path, model_source, progress_bar,
-                     refuse_patched, refuse_quantized, speed_profile)
+                     refuse_quantized, speed_profile)
+from .loras import baked_loras, patched, refuse_hooks, without_patches
 
 
 class DequantizedWeight:
@@ -51,6 +53,14 @@ def summary(alloc: Allocation, mixed: MixedModel, costs_name: str, table: CostTa
     return "\n".join(lines)
 
 
+def lora_lines(loras: list[BakedLora], table: CostTable) -> str:
+    """The LoRAs baked in, and the costs' where they were measured with others."""
+    text = f"\nLoRAs baked in: {describe_loras(loras)}" if loras else ""
+    if not table.estimated and table.loras != loras and (table.loras or not table.provenance.get("means_only")):
+        text += f"\ncosts measured with LoRAs: {describe_loras(table.loras)}"
+    return text
+
+
 class MixedGGUFQuantize(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -60,9 +70,11 @@ class MixedGGUFQuantize(io.ComfyNode):
             category=CATEGORY,
             description="Chooses a GGUF type per block (FLUX.1, FLUX.2, Chroma, Qwen-Image, Wan, HiDream, "
                         "Lumina 2, Z-Image) that meets the target at the least total cost "
-                        "(exact), and quantizes. Sample the MODEL output to see the mixed model before saving.",
+                        "(exact), and quantizes. LoRAs loaded on the MODEL line are baked in first, at full "
+                        "precision. Sample the MODEL output to see the mixed model before saving.",
             inputs=[
-                io.Model.Input("model", tooltip="The full-precision model to quantize (not GGUF or fp8)."),
+                io.Model.Input("model", tooltip="The full-precision model to quantize (not GGUF or fp8), with any "
+                                                "LoRAs to bake in."),
                 io.Combo.Input("costs", options=costs_choices(), default=BUILTIN_CHOICES[0],
                                tooltip="Per-block costs: the built-in FLUX.1-dev table (also right for its "
                                        "finetunes) or a file made by Capture Layer Costs. A file that Capture "
@@ -96,10 +108,11 @@ class MixedGGUFQuantize(io.ComfyNode):
                 MixedGGUF.Output("mx_gguf", tooltip="The quantized model, for Save mx GGUF."),
                 io.Model.Output("mixed_model", tooltip="The mixed model, to sample before saving."),
                 io.String.Output("summary", tooltip="Size, bits per parameter, predicted cost and step time, "
-                                                    "types."),
+                                                    "types, LoRAs baked in."),
                 io.Image.Output("chart", tooltip="Type (bar height: bits) and cost (dot) per block; below, each "
                                                  "block's share of the predicted step time."),
             ],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],  # the LoRA loaders upstream, for the file to name
         )
 
     @classmethod
@@ -129,11 +142,13 @@ class MixedGGUFQuantize(io.ComfyNode):
     def execute(cls, model, costs: str, target: str, value: float, max_slowdown: float, types: str,
                 imatrix: str = "none", after=None) -> io.NodeOutput:
         refuse_quantized(model, "quantize the full-precision model")
-        refuse_patched(model)
+        refuse_hooks(model)
         if target not in TARGETS:
             raise ValueError(f"unknown target {target!r}; one of {list(TARGETS)}")
         size_target = Target.of(**{TARGETS[target]: value})
         source, family_model = model_source(model)
+        loras = baked_loras(model, cls.hidden.prompt, cls.hidden.unique_id)
+        source = patched(model, source)
         importance = None if imatrix == "none" else load_imatrix(imatrix_path(imatrix))
         if costs == ESTIMATE_CHOICE:
             table = estimate_costs(family_model, source, codecs.QUANTIZED_TYPE_NAMES, importance, imatrix,
@@ -151,12 +166,17 @@ class MixedGGUFQuantize(io.ComfyNode):
         recipe = noting_costs(alloc.recipe, table, costs)
         mixed = quantize_model(source, family_model, recipe, device=model.load_device,
                                progress=progress_bar(sum(math.prod(s) for s in source.shapes.values())),
-                               predicted_cost=alloc.predicted_cost, imatrix=importance, imatrix_name=imatrix)
-        out = model.clone()
-        for t in mixed.plan:
-            if t.qtype != "F32":
-                out.add_weight_wrapper(f"diffusion_model.{t.key}", DequantizedWeight(mixed, t.key))
-        text = summary(alloc, mixed, costs, table, size_target, speed, slowdown_budget)
+                               predicted_cost=alloc.predicted_cost, imatrix=importance, imatrix_name=imatrix,
+                               loras=loras)
+        # Each quantized weight, and each patched F32 weight or bias, comes from the mixed model as
+        # the file will hold it; patches on other tensors (norm scales) stay ComfyUI's to apply.
+        baked = {k.removeprefix(PREFIX) for k in model.patches}
+        wrapped = [t.key for t in mixed.plan
+                   if t.qtype != "F32" or (t.key in baked and t.key.endswith((".weight", ".bias")))]
+        out = without_patches(model, wrapped)
+        for key in wrapped:
+            out.add_weight_wrapper(PREFIX + key, DequantizedWeight(mixed, key))
+        text = summary(alloc, mixed, costs, table, size_target, speed, slowdown_budget) + lora_lines(loras, table)
         if importance is not None:
             text += f"\nimportance matrix: {imatrix} ({importance.describe()})"
         step = speed.step_seconds(family_model)

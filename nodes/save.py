@@ -11,6 +11,7 @@ from ..quant.atomic import checked_name, write_new
 from ..quant.gguf_file import read_summary
 from ..quant.mixed import MixedModel
 from ..quant.optimize import GiB
+from ..quant.patches import describe_loras, parse_loras
 from ..quant.tensor_plan import output_name
 from .common import CATEGORY, MixedGGUF, progress_bar
 
@@ -61,4 +62,6 @@ class SaveMxGGUF(io.ComfyNode):
         info = read_summary(path)
         text = (f"{path}\n{info['size_bytes'] / GiB:.2f} GiB, {info['bpw']:.3f} bits per parameter, "
                 f"{info['n_tensors']} tensors")
+        if info["loras"]:
+            text += f"\nLoRAs baked in: {describe_loras(parse_loras(info['loras']))}"
         return io.NodeOutput(path.name, ui={"text": [text]})

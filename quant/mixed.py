@@ -8,7 +8,7 @@ the file it becomes, and no more: one tensor is quantized at a time.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -20,6 +20,7 @@ from .encode import encode_tensor, imatrix_metadata
 from .gguf_file import WriteResult, write_tensors
 from .imatrix import Imatrix
 from .models import Model
+from .patches import BakedLora, loras_metadata
 from .recipe import Recipe
 from .tensor_plan import TensorPlan, average_bpw, plan_tensors
 
@@ -38,6 +39,7 @@ class MixedModel:
     encoded: dict[str, torch.Tensor]  # GGUF tensor name -> flat uint8
     predicted_cost: float | None = None
     quantize_metadata: dict[str, str | int] = field(default_factory=dict)  # the imatrix used, as llama.cpp says
+    loras: list[BakedLora] = field(default_factory=list)  # baked into the weights (the source is patched)
 
     @property
     def bpw(self) -> float:
@@ -61,14 +63,17 @@ class MixedModel:
         """Write the GGUF (atomic, read back), from the bytes already made; ``name`` is the
         model name it records (default: the source's)."""
         return write_tensors(name or self.source_name, self.recipe, self.plan, lambda t: self.encoded[t.key].numpy(),
-                             out_path, overwrite=overwrite, progress=progress, quantize_metadata=self.quantize_metadata)
+                             out_path, overwrite=overwrite, progress=progress, quantize_metadata=self.quantize_metadata,
+                             extra_metadata=loras_metadata(self.loras))
 
 
 def quantize_model(source: Source, model: Model, recipe: Recipe, *, device: torch.device | str | None = None,
                    progress: QuantizeProgress | None = None, predicted_cost: float | None = None,
-                   imatrix: Imatrix | None = None, imatrix_name: str = "") -> MixedModel:
+                   imatrix: Imatrix | None = None, imatrix_name: str = "",
+                   loras: Sequence[BakedLora] = ()) -> MixedModel:
     """Quantize every tensor of ``source`` as ``recipe`` says, one at a time; with an
-    ``imatrix`` of this model, each weight it covers with its importance."""
+    ``imatrix`` of this model, each weight it covers with its importance. ``loras`` says what
+    a patched ``source`` has baked in, for the file to record."""
     plan = plan_tensors(model, source.shapes, recipe)
     if imatrix is not None:
         imatrix.check_model({t.key: t.shape for t in plan})
@@ -80,4 +85,4 @@ def quantize_model(source: Source, model: Model, recipe: Recipe, *, device: torc
         if progress:
             progress(done, total)
     metadata = imatrix_metadata(imatrix, imatrix_name) if imatrix is not None else {}
-    return MixedModel(source.name, model, recipe, plan, encoded, predicted_cost, metadata)
+    return MixedModel(source.name, model, recipe, plan, encoded, predicted_cost, metadata, list(loras))

@@ -325,21 +325,6 @@ def test_quantized_models_are_refused(comfy: ComfyServer, tiny: str, tiny_costs:
     assert not costs_file(comfy, "refused.json").exists()
 
 
-def test_lora_patched_model_is_refused_by_quantize(comfy: ComfyServer, tiny: str, tiny_costs: str) -> None:
-    loras = comfy.base / "models" / "loras"
-    loras.mkdir(exist_ok=True)
-    hidden = TINY.config.hidden_size
-    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.randn(3 * hidden, 4),
-               "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.randn(4, hidden)},
-              str(loras / "nodes-lora.safetensors"))
-    wf = {"load": loader(tiny),
-          "lora": {"class_type": "LoraLoaderModelOnly",
-                   "inputs": {"model": ["load", 0], "lora_name": "nodes-lora.safetensors", "strength_model": 1.0}},
-          "quant": quantize(["lora", 0], tiny_costs, 11.0, "Q8_0"), "savegguf": save(["quant", 0], "nodes-lora")}
-    with pytest.raises(WorkflowError, match="weight patches on 1 tensors"):
-        comfy.run(wf)
-
-
 def http_json(comfy: ComfyServer, path: str, **query: object) -> tuple[int, dict]:
     """GET ``path?query`` -> (status, JSON body), 4xx answers included."""
     url = path + ("?" + urllib.parse.urlencode(query) if query else "")
