@@ -19,8 +19,10 @@ import psutil
 import torch
 from comfy_api.latest import io
 
+import comfy.lora
 import comfy.model_management
 import comfy.patcher_extension
+from comfy.model_patcher import LowVramPatch
 
 from ..quant import codecs
 from ..quant.atomic import write_new
@@ -138,7 +140,7 @@ class CaptureSession:
         names = [[k.removeprefix(f"{block}.") for k in self.block_weights if k.startswith(f"{block}.")]
                  for block in block_names]
         results = replay_sweep(replay, [lambda c=c: c.run(dm) for c in captured], self.types,
-                               lambda b: ModuleWeights(replay.blocks[b], names[b]), memory_budget(device),
+                               lambda b: LoadedBlockWeights(replay.blocks[b], names[b], device), memory_budget(device),
                                progress=progress_bar(fm.n_blocks * len(self.types)), recorded=recorded)
         result = results[self.measure]
         table = result.table(self.model_fp, fm.n_blocks, self.types, samples,
@@ -161,6 +163,39 @@ class CaptureSession:
         folder = self.costs_file.with_suffix(".inputs")
         folder.mkdir(exist_ok=True)
         write_new(folder / f"{stem}.safetensors", lambda path: save_capture(path, tensors, sample))
+
+
+class LoadedBlockWeights(ModuleWeights):
+    """A block's weights as ComfyUI loaded them. Loading in low VRAM leaves some weights unpatched
+    and patches them as their layer runs (a ``LowVramPatch`` among the module's
+    ``weight_function``s). While the block is swept (``with``), each such weight is patched in
+    place at float32 and its run-time patch set aside, so a type is measured on the patched
+    weight, as Quantize quantizes it, and not as the LoRA added to the quantized weight."""
+
+    def __init__(self, block: torch.nn.Module, names: Sequence[str], device: torch.device):
+        super().__init__(block, names)
+        self.device = device
+        self._set_aside: list[tuple[torch.nn.Module, torch.nn.Parameter, list]] = []
+
+    def __enter__(self) -> LoadedBlockWeights:
+        for module, leaf in self._slots.values():
+            functions = getattr(module, "weight_function", [])
+            run_time = [f for f in functions if isinstance(f, LowVramPatch)]
+            if leaf != "weight" or not run_time:
+                continue
+            original = module.weight
+            weight = original.detach().to(self.device, torch.float32, copy=True)
+            for f in run_time:
+                weight = comfy.lora.calculate_weight(f.patches[f.key], weight, f.key, intermediate_dtype=torch.float32)
+            self._set_aside.append((module, original, functions))
+            module.weight_function = [f for f in functions if f not in run_time]
+            module._parameters["weight"] = torch.nn.Parameter(weight.to(original.device), requires_grad=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        while self._set_aside:
+            module, original, functions = self._set_aside.pop()
+            module._parameters["weight"], module.weight_function = original, functions
 
 
 def fits_on(device: torch.device, nbytes: int) -> bool:

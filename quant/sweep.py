@@ -13,6 +13,8 @@ measured with it. Samples of one shape run as one batch where the stack can join
 """
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -105,23 +107,25 @@ def quantized_blocks(weights_of: Callable[[int], MutableMapping[str, torch.Tenso
                      importance: Callable[[int, str], torch.Tensor | None] | None = None) -> Iterator[tuple[int, str]]:
     """Yields each (block, type) while that block's weights are swapped for their round trip
     through the type; the originals (the same tensor objects) are back before the next, and
-    when the caller stops early or raises. ``progress`` is told after each."""
+    when the caller stops early or raises. ``progress`` is told after each. A ``weights_of(b)``
+    that is a context manager is entered while its block is swept (to prepare the weights)."""
     total, done = len(blocks) * len(types), 0
     for b in blocks:
         weights = weights_of(b)
-        for qtype in types:
-            originals = {}
-            try:
-                block_importance = None if importance is None else lambda name, b=b: importance(b, name)
-                for name, q in quantized_weights(weights, qtype, block_importance).items():
-                    originals[name] = weights[name]
-                    weights[name] = q
-                yield b, qtype
-            finally:
-                weights.update(originals)
-            done += 1
-            if progress:
-                progress(done, total)
+        with weights if isinstance(weights, contextlib.AbstractContextManager) else contextlib.nullcontext():
+            for qtype in types:
+                originals = {}
+                try:
+                    block_importance = None if importance is None else lambda name, b=b: importance(b, name)
+                    for name, q in quantized_weights(weights, qtype, block_importance).items():
+                        originals[name] = weights[name]
+                        weights[name] = q
+                    yield b, qtype
+                finally:
+                    weights.update(originals)
+                done += 1
+                if progress:
+                    progress(done, total)
 
 
 @torch.no_grad()

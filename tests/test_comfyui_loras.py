@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfyui_rig import (PACK_ROOT, ComfyServer, WorkflowError, capture, loader, quantize, sample_workflow, sampling,
-                         save, saved_latent)
+from comfyui_rig import (PACK_ROOT, ComfyServer, WorkflowError, capture, loader, quantize, run_in_comfyui,
+                         sample_workflow, sampling, save, saved_latent)
 from flux_models import TINY, TINY_TYPES, midway_bpw
 from quant.costs import load_costs
 from quant.gguf_file import read_summary
@@ -146,3 +146,12 @@ def test_capture_measures_the_patched_model_and_keeps_its_table_apart(comfy: Com
     # Quantize says so when the costs were measured with the same LoRAs (no warning line)
     path, entry = quantized(comfy, tiny, "tiny-lora-costs.json", [(loras["a"], 0.8)], "loras-captured")
     assert "costs measured with LoRAs" not in entry["outputs"]["quant"]["text"][0]
+
+
+def test_capture_sweeps_low_vram_weights_patched() -> None:
+    """Loaded in low VRAM, ComfyUI patches a weight as its layer runs: while Capture sweeps the block,
+    the weight quantized is the patched one and the layer runs the quantized value as it is (the
+    plain view would add the LoRA again on top); everything is put back after."""
+    got = run_in_comfyui("comfyui_lowvram_check.py", PACK_ROOT)
+    assert got["run_time_patched"] and got["swept_the_patched_weight"] and got["restored"]
+    assert got["runs_as_swapped"] == 0.0 and got["plain_view_runs"] > 1e-3
