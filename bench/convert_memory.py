@@ -1,7 +1,7 @@
 """Peak memory and time of a conversion, on full-width checkpoints of any family made on the fly.
 
     python bench/convert_memory.py [--model flux1-dev] [--depths 2+4 4+8] [--recipe-types Q8_0,Q6_K,...]
-                                   [--keep DIR]
+                                   [--keep DIR] [--lora-rank R]
 
 For each depth (blocks per group, ``+`` between groups; groups whose config shares one count take
 the first) it writes a random checkpoint of the named full-size model (``python -m quant optimize
@@ -10,6 +10,10 @@ convert`` in a fresh process that reports its own peak RSS and its RSS after imp
 interpreter's baseline). Streaming means the peak above baseline stays flat as the model grows.
 Target: <= 2 GB above baseline, within 10 % between depths. It also projects the full model's
 time (at the measured parameters per second) and memory (the same peak: it does not grow).
+
+With ``--lora-rank R`` each checkpoint is converted again with a random LoRA of rank R on every
+block weight, the embedders and the final layer (``convert --lora``), and the two peaks are
+compared. Target: the patched peak within the unpatched one's + 10 %.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import json, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch, gguf, safetensors, numpy  # the imports a conversion needs, before the baseline
 from quant.__main__ import convert
+from quant.lora import LoraSpec
 from quant.recipe import load_recipe
 from pathlib import Path
 
@@ -41,7 +46,8 @@ def status_kb(field):
 
 base = status_kb("VmRSS")
 t = time.perf_counter()
-r = convert(Path(sys.argv[2]), Path(sys.argv[3]), load_recipe(sys.argv[4]), quiet=True)
+loras = [LoraSpec(Path(p)) for p in sys.argv[5:]]
+r = convert(Path(sys.argv[2]), Path(sys.argv[3]), load_recipe(sys.argv[4]), quiet=True, loras=loras)
 # VmHWM, not ru_maxrss: ru_maxrss carries over the parent's high-water mark through exec
 print(json.dumps({"baseline_kb": base, "peak_kb": status_kb("VmHWM"),
                   "seconds": time.perf_counter() - t, "bytes": r.size_bytes, "bpw": r.bpw}))
@@ -58,6 +64,26 @@ def make_checkpoint(path: Path, name: str, depths: dict[str, int]) -> int:
     out = subprocess.run([sys.executable, "-c", code, str(ROOT), str(path), name, json.dumps(depths)],
                          capture_output=True, text=True, check=True)
     return int(out.stdout.strip())
+
+
+def make_lora(path: Path, name: str, depths: dict[str, int], rank: int) -> None:
+    """A random LoRA of ``rank`` on every 2-D tensor of the checkpoint, from a separate process."""
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from safetensors.torch import save_file; "
+            "from quant.models import named_model; from quant.synthetic import random_lora; "
+            "model = named_model(sys.argv[3]); model = model.family.model(model.config, **json.loads(sys.argv[4])); "
+            "keys = [k for k, s in model.shapes().items() if len(s) == 2]; "
+            "save_file(random_lora(model, keys, rank=int(sys.argv[5]), alpha=1.0), sys.argv[2])")
+    subprocess.run([sys.executable, "-c", code, str(ROOT), str(path), name, json.dumps(depths), str(rank)],
+                   capture_output=True, text=True, check=True)
+
+
+def convert_in_child(src: Path, out: Path, recipe: Path, *loras: Path) -> dict:
+    """The child's report of one conversion (a fresh process: its peak is its own)."""
+    out.unlink(missing_ok=True)
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(src), str(out), str(recipe), *map(str, loras)],
+                          capture_output=True, text=True, check=True)
+    out.unlink()
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def depth_fields(model, spec: str) -> dict[str, int]:
@@ -78,6 +104,7 @@ def main() -> None:
     ap.add_argument("--recipe-types", default="Q8_0,Q6_K,Q5_K,Q4_K,IQ4_XS,Q3_K",
                     help="types assigned over the blocks, first to last")
     ap.add_argument("--keep", help="folder to keep the files in (default: a temp folder, removed)")
+    ap.add_argument("--lora-rank", type=int, help="also convert with a random LoRA of this rank baked in")
     a = ap.parse_args()
     import math
 
@@ -102,10 +129,7 @@ def main() -> None:
             n = model.n_blocks
             types = tuple(ladder[i * len(ladder) // n] for i in range(n))
             save_recipe(Recipe.for_model(model, types, name=f"bench {depth}"), recipe_path)
-            out.unlink(missing_ok=True)
-            proc = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(src), str(out), str(recipe_path)],
-                                  capture_output=True, text=True, check=True)
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r = convert_in_child(src, out, recipe_path)
             above = (r["peak_kb"] - r["baseline_kb"]) / 2**20
             results.append(above)
             rate = params / r["seconds"]
@@ -113,8 +137,16 @@ def main() -> None:
                   f"{made:.0f} s) -> {r['bytes'] / 2**30:.2f} GiB at {r['bpw']:.2f} bpw in {r['seconds']:.0f} s "
                   f"({rate / 1e6:.0f} Mparams/s); RSS baseline {r['baseline_kb'] / 2**20:.2f} GiB, "
                   f"peak {r['peak_kb'] / 2**20:.2f} GiB, above baseline {above:.2f} GiB", flush=True)
+            if a.lora_rank:
+                lora = folder / f"lora-{stem}.safetensors"
+                make_lora(lora, a.model, fields, a.lora_rank)
+                p = convert_in_child(src, out, recipe_path, lora)
+                print(f"  with a rank-{a.lora_rank} LoRA on every 2-D tensor ({lora.stat().st_size / 2**20:.0f} MiB): "
+                      f"{p['seconds']:.0f} s, peak {p['peak_kb'] / 2**20:.2f} GiB = {p['peak_kb'] / r['peak_kb']:.3f}x "
+                      f"the unpatched peak (target <= 1.10x); above baseline {(p['peak_kb'] - p['baseline_kb']) / 2**20:.2f} "
+                      f"GiB", flush=True)
+                lora.unlink()
             src.unlink()
-            out.unlink()
         print(f"{full.describe()}, {full_params / 1e9:.2f} B params: projected {full_params / rate / 60:.0f} min at "
               f"{rate / 1e6:.0f} Mparams/s, peak above baseline as measured ({max(results):.2f} GiB: streaming "
               f"holds one tensor at a time)")

@@ -36,7 +36,7 @@ def patched(model, source: Source) -> Source:
     if not patches:
         return source
 
-    def patch(key: str, weight: torch.Tensor) -> torch.Tensor:
+    def patch(key: str, weight: torch.Tensor, _start: int) -> torch.Tensor:  # always the whole weight
         return comfy.lora.calculate_weight(patches[key], weight, PREFIX + key, intermediate_dtype=torch.float32)
 
     return patched_source(source, patch, patches, model.load_device)

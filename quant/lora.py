@@ -9,7 +9,8 @@ naming a key found: ComfyUI's loaders read those, and Mixed GGUF Quantize bakes 
 The math is ComfyUI's (``comfy.weight_adapter.lora``), in its order, so a file converted here
 and one quantized from the same LoRA in ComfyUI are the same bytes:
 ``W += (strength * (alpha / rank)) * up @ down`` at float32, each LoRA in the order given.
-A LoRA file is read as the tensors it patches are: only its header stays in memory.
+A LoRA file is read as the tensors it patches are, a chunk of rows at a time: only its header
+stays in memory, and a patched weight never exists whole at float32.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ LOG = logging.getLogger(__package__)
 PAIRS = ((".lora_up.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_A.weight"))
 ALPHA = ".alpha"
 GENERIC, KOHYA = "diffusion_model.", "lora_unet_"
+TILE_ROWS = 1024  # rows of a LoRA's product made at once (a multiple of 64: see encode.chunk_rows)
 # Keys of a text encoder's LoRA, which a diffusion model's file has no use for.
 TEXT_ENCODER = re.compile(r"^(lora_te\d*_|text_encoders?\.|te\d*\.)")
 FORMATS = ("ComfyUI's 'diffusion_model.<tensor>.lora_up.weight/.lora_down.weight' and kohya's "
@@ -75,14 +77,18 @@ class LoraFile:
     source: Source
     modules: dict[str, LoraModule] = field(default_factory=dict)
 
-    def add_to(self, key: str, weight: torch.Tensor) -> None:
-        """``weight += strength * alpha/rank * up @ down``, in place, as ComfyUI computes it."""
+    def add_to(self, key: str, rows: torch.Tensor, start: int) -> None:
+        """Rows ``start..`` of the weight ``+= strength * alpha/rank * up @ down``, in place, as
+        ComfyUI computes the whole weight's; a tile of TILE_ROWS rows of the product at a time
+        (a row of it needs only that row of up)."""
         m = self.modules[key]
-        up = self.source.read(m.up).to(weight.device, torch.float32)
-        down = self.source.read(m.down).to(weight.device, torch.float32)
-        alpha = self.source.read(m.alpha).item() / down.shape[0] if m.alpha else 1.0
-        diff = torch.mm(up.flatten(start_dim=1), down.flatten(start_dim=1)).reshape(weight.shape)
-        weight += (self.spec.strength * alpha) * diff
+        down = self.source.read(m.down).to(rows.device, torch.float32).flatten(start_dim=1)
+        scale = self.spec.strength * (self.source.read(m.alpha).item() / down.shape[0] if m.alpha else 1.0)
+        flat = rows.view(rows.shape[0], -1)
+        for i in range(0, rows.shape[0], TILE_ROWS):
+            stop = min(i + TILE_ROWS, rows.shape[0])
+            up = self.source.rows(m.up, start + i, start + stop).to(rows.device, torch.float32)
+            flat[i:stop] += torch.mm(up.flatten(start_dim=1), down).mul_(scale)  # ComfyUI's (s*alpha)*diff
 
 
 def module_names(model: Model, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, str]:
@@ -178,12 +184,12 @@ def baked_in(source: Source, model: Model, specs: Sequence[LoraSpec],
             yield source, []
             return
 
-        def patch(key: str, weight: torch.Tensor) -> torch.Tensor:
+        def patch(key: str, rows: torch.Tensor, start: int) -> torch.Tensor:
             for lora in loras:
                 if key in lora.modules:
-                    lora.add_to(key, weight)
-            return weight
+                    lora.add_to(key, rows, start)
+            return rows
 
         keys = set().union(*(lora.modules for lora in loras))
-        yield (patched_source(source, patch, keys, device),
+        yield (patched_source(source, patch, keys, device, by_rows=True),
                [BakedLora(lora.spec.path.name, lora.spec.strength) for lora in loras])

@@ -20,8 +20,9 @@ import torch
 from .checkpoint import Source
 
 LORAS_KEY = "loras"  # mxgguf.loras in a GGUF, "loras" in a cost table's provenance
-# (source key, its base weight as a float32 copy on the patching device) -> the patched float32 weight
-PatchFn = Callable[[str, torch.Tensor], torch.Tensor]
+# (source key, rows start.. of its base weight as a float32 copy on the patching device, start)
+# -> those rows patched (float32, in place or new)
+PatchFn = Callable[[str, torch.Tensor, int], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -53,25 +54,31 @@ def parse_loras(value: Any) -> list[BakedLora]:
 
 
 def patched_source(source: Source, patch: PatchFn, keys: Collection[str],
-                   device: torch.device | str | None = None) -> Source:
+                   device: torch.device | str | None = None, by_rows: bool = False) -> Source:
     """``source`` with the tensors in ``keys`` read through ``patch`` (on ``device``, default the
-    CPU), as float32; every other tensor as it is. Refuses keys the source lacks: a patch that
-    lands nowhere would be lost silently."""
+    CPU), as float32; every other tensor as it is. ``patch(key, rows, start)`` gets rows
+    ``start..`` of the base tensor: with ``by_rows`` any rows, so the source reads rows as its base
+    does; else always the whole tensor. Refuses keys the source lacks: a patch that lands nowhere
+    would be lost silently."""
     keys = frozenset(keys)
     if missing := sorted(keys - source.shapes.keys()):
         raise ValueError(f"weight patches name {len(missing)} tensors {source.name} does not have, "
                          f"e.g. {missing[0]!r}")
 
+    def float32(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device=device or "cpu", dtype=torch.float32, copy=True)
+
     def read(key: str) -> torch.Tensor:
-        x = source.read(key)
-        return patch(key, x.to(device=device or "cpu", dtype=torch.float32, copy=True)) if key in keys else x
+        return patch(key, float32(source.read(key)), 0) if key in keys else source.read(key)
 
     def read_rows(key: str, start: int, stop: int) -> torch.Tensor:
-        return read(key)[start:stop] if key in keys else source.rows(key, start, stop)
+        rows = source.rows(key, start, stop)
+        return patch(key, float32(rows), start) if key in keys else rows
 
     dtypes = None if source.dtypes is None else {k: torch.float32 if k in keys else d
                                                    for k, d in source.dtypes.items()}
-    return Source(source.name, source.shapes, read, source.sha256, dtypes, read_rows, base=source.base or source)
+    return Source(source.name, source.shapes, read, source.sha256, dtypes,
+                  read_rows if by_rows and source.read_rows else None, base=source.base or source)
 
 
 def loras_metadata(loras: Sequence[BakedLora]) -> Mapping[str, str]:

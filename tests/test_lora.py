@@ -123,3 +123,17 @@ def test_text_encoder_keys_are_left_out(tiny_checkpoint: Path, tmp_path: Path, l
     save_file(with_te, tmp_path / "te.safetensors")
     assert tensor_bytes(convert(tiny_checkpoint, tmp_path / "te.gguf", str(tmp_path / "te.safetensors"))) == \
         tensor_bytes(convert(tiny_checkpoint, tmp_path / "a.gguf", str(lora_a[0])))
+
+
+def test_chunks_of_rows_change_no_byte(tiny_checkpoint: Path, tmp_path: Path, lora_a,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file's weights are read, patched and quantized 64 rows at a time here (the tiny model's
+    fit one chunk otherwise): the same bytes, with the LoRA and without."""
+    import quant.encode
+
+    whole = [tensor_bytes(convert(tiny_checkpoint, tmp_path / f"w{i}.gguf", *lora)) for i, lora in
+             enumerate([(), (f"{lora_a[0]}:0.7",)])]
+    monkeypatch.setattr(quant.encode, "CHUNK_VALUES", {"cpu": 1})
+    chunked = [tensor_bytes(convert(tiny_checkpoint, tmp_path / f"c{i}.gguf", *lora)) for i, lora in
+               enumerate([(), (f"{lora_a[0]}:0.7",)])]
+    assert chunked == whole
