@@ -62,7 +62,9 @@ def estimate_costs(model: Model, source: Source, types: Sequence[str], imatrix: 
     for done, key in enumerate(weights, 1):
         name, shape = model.strip_prefix(key), source.shapes[key]
         runs = sampled_rows(shape[0], rows_per_weight)
-        w = torch.cat([source.rows(key, a, b) for a, b in runs]).to(device)
+        # A source that cannot read rows (one patched as a whole, in ComfyUI) is read once
+        whole = None if source.read_rows else source.read(key)
+        w = torch.cat([source.rows(key, a, b) if whole is None else whole[a:b] for a, b in runs]).to(device)
         scale = shape[0] / w.shape[0]
         importance = imatrix.importance(name) if imatrix is not None else None
         for j, qtype in enumerate(types):
