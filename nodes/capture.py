@@ -27,7 +27,7 @@ from comfy.model_patcher import LowVramPatch
 from ..quant import codecs
 from ..quant.atomic import write_new
 from ..quant.capture_file import save_capture
-from ..quant.costs import FINAL_HIDDEN_STATE, accumulate, model_fingerprint
+from ..quant.costs import FINAL_HIDDEN_STATE, CostError, accumulate, load_costs, model_fingerprint
 from ..quant.imatrix import Imatrix, add_to_file, linear_inputs
 from ..quant.models import Model
 from ..quant.patches import LORAS_KEY, BakedLora, describe_loras
@@ -166,11 +166,12 @@ class CaptureSession:
 
 
 class LoadedBlockWeights(ModuleWeights):
-    """A block's weights as ComfyUI loaded them. Loading in low VRAM leaves some weights unpatched
-    and patches them as their layer runs (a ``LowVramPatch`` among the module's
-    ``weight_function``s). While the block is swept (``with``), each such weight is patched in
-    place at float32 and its run-time patch set aside, so a type is measured on the patched
-    weight, as Quantize quantizes it, and not as the LoRA added to the quantized weight."""
+    """A block's weights as ComfyUI loaded them: with a LoRA, patched in place (rounded to the
+    weight's dtype) on a full load. Loading in low VRAM leaves some weights unpatched and patches
+    them as their layer runs (a ``LowVramPatch`` among the module's ``weight_function``s). While
+    the block is swept (``with``), each such weight is patched in place at float32 (as Quantize
+    patches it) and its run-time patch set aside, so a type is measured on the patched weight,
+    not as the LoRA added to the quantized weight."""
 
     def __init__(self, block: torch.nn.Module, names: Sequence[str], device: torch.device):
         super().__init__(block, names)
@@ -178,19 +179,25 @@ class LoadedBlockWeights(ModuleWeights):
         self._set_aside: list[tuple[torch.nn.Module, torch.nn.Parameter, list]] = []
 
     def __enter__(self) -> LoadedBlockWeights:
-        for module, leaf in self._slots.values():
-            functions = getattr(module, "weight_function", [])
-            run_time = [f for f in functions if isinstance(f, LowVramPatch)]
-            if leaf != "weight" or not run_time:
-                continue
-            original = module.weight
-            weight = original.detach().to(self.device, torch.float32, copy=True)
-            for f in run_time:
-                weight = comfy.lora.calculate_weight(f.patches[f.key], weight, f.key, intermediate_dtype=torch.float32)
-            self._set_aside.append((module, original, functions))
-            module.weight_function = [f for f in functions if f not in run_time]
-            module._parameters["weight"] = torch.nn.Parameter(weight.to(original.device), requires_grad=False)
+        try:
+            for module, leaf in self._slots.values():
+                functions = getattr(module, "weight_function", [])
+                run_time = [f for f in functions if isinstance(f, LowVramPatch)]
+                if leaf == "weight" and run_time:
+                    self._patch_in_place(module, functions, run_time)
+        except BaseException:  # out of memory halfway: the modules (shared by every clone) as they were
+            self.__exit__()
+            raise
         return self
+
+    def _patch_in_place(self, module: torch.nn.Module, functions: list, run_time: list) -> None:
+        original = module.weight
+        weight = original.detach().to(self.device, torch.float32, copy=True)
+        for f in run_time:
+            weight = comfy.lora.calculate_weight(f.patches[f.key], weight, f.key, intermediate_dtype=torch.float32)
+        self._set_aside.append((module, original, functions))
+        module.weight_function = [f for f in functions if f not in run_time]
+        module._parameters["weight"] = torch.nn.Parameter(weight.to(original.device), requires_grad=False)
 
     def __exit__(self, *exc: object) -> None:
         while self._set_aside:
@@ -258,12 +265,15 @@ class CaptureLayerCosts(io.ComfyNode):
         if measure not in MEASURES:  # ComfyUI checks no V3 combo against its options at /prompt
             raise ValueError(f"unknown measure {measure!r}; one of {list(MEASURES)}")
         path = costs_path(costs_file)
+        loras = baked_loras(model, cls.hidden.prompt, cls.hidden.unique_id)
+        if path.exists() and (kept := load_costs(path).loras) != loras:  # refused now, not after the sweep
+            raise CostError(f"{path.name} was measured with LoRAs {describe_loras(kept)}; this model has "
+                            f"{describe_loras(loras)}: their costs do not merge. Choose another costs_file")
         source, family_model = model_source(model)
         out = model.clone()
         block_weights = [k for k, shape in source.shapes.items() if family_model.is_quantizable(k, shape)]
         session = CaptureSession(out, family_model, path, codecs.parse_type_list(types), step, samples_per_run,
-                                 model_fingerprint(family_model, source), block_weights, save_inputs, measure,
-                                 baked_loras(model, cls.hidden.prompt, cls.hidden.unique_id))
+                                 model_fingerprint(family_model, source), block_weights, save_inputs, measure, loras)
         path.parent.mkdir(parents=True, exist_ok=True)
         out.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
                                  session.sampler_wrapper)

@@ -19,6 +19,7 @@ import comfy.lora
 import folder_paths
 
 from ..quant.checkpoint import Source
+from ..quant.lora import TEXT_ENCODER
 from ..quant.patches import BakedLora, patched_source
 from .common import PREFIX
 
@@ -52,19 +53,25 @@ def without_patches(model, keys: Collection[str]):
 
 def baked_loras(model, prompt: Mapping | None, node_id: str | None) -> list[BakedLora]:
     """What the patches of ``model`` (the input of node ``node_id``) are: the LoRA loaders on its
-    MODEL line, first applied first. A loader whose LoRA names none of the model's tensors is
-    refused: ComfyUI ignores such a LoRA, and the file would claim it."""
+    MODEL line, first applied first (those whose LoRA holds only text-encoder keys change the
+    CLIP, not this model). A loader whose LoRA names none of the model's tensors is refused:
+    ComfyUI ignores such a LoRA, and the file would claim it."""
     loaders = [(name, strength) for name, strength in upstream_loras(prompt, node_id) if strength != 0]
-    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {}) if loaders else {}
+    named = []
     for name, strength in loaders:
-        if not names_a_tensor(name, key_map):
-            raise ValueError(f"LoRA {BakedLora(name, strength).describe()} matches no tensor of this model, so ComfyUI "
-                             f"leaves it out: a LoRA for another model? Remove it or load one made for this model")
+        target = lora_target(name, key_map)
+        if target == "none":
+            raise ValueError(f"LoRA {BakedLora(name, strength).describe()} matches no tensor of this model, so "
+                             f"ComfyUI leaves it out: a LoRA for another model? Remove it or load one made for "
+                             f"this model")
+        if target == "model":
+            named.append(BakedLora(name, strength))
     if not model.patches:
         return []
-    if not loaders:  # patches no LoRA loader made (a merge, a custom node): say so rather than name nothing
+    if not named:  # patches no LoRA loader made (a merge, a custom node): say so rather than name nothing
         return [BakedLora(f"weight patches on {len(model.patches)} tensors (no LoRA loader upstream)", None)]
-    return [BakedLora(name, strength) for name, strength in loaders]
+    return named
 
 
 def upstream_loras(prompt: Mapping | None, node_id: str | None) -> list[tuple[str, float | None]]:
@@ -85,14 +92,16 @@ def upstream_loras(prompt: Mapping | None, node_id: str | None) -> list[tuple[st
     return found[::-1]
 
 
-def names_a_tensor(lora_name: str, key_map: Mapping[str, str]) -> bool:
-    """Whether any key of the LoRA file starts with a module name ComfyUI maps onto the model
-    (``<module>.`` or ``<module>_lora.``, as its loader reads them). Only the header is read;
-    a file that is not safetensors is given the benefit of the doubt."""
+def lora_target(lora_name: str, key_map: Mapping[str, str]) -> str:
+    """"model" where a key of the LoRA file starts with a module name ComfyUI maps onto the model
+    (``<module>.`` or ``<module>_lora.``, as its loader reads them), "text encoder" where every key
+    is a text encoder's, else "none". Only the header is read; a file that is not safetensors is
+    given the benefit of the doubt."""
     path = folder_paths.get_full_path("loras", lora_name)
     if path is None or Path(path).suffix != ".safetensors":
-        return True
+        return "model"
     with safe_open(path, framework="pt") as f:
         keys = list(f.keys())
-    return any(key[:i] in key_map for key in keys for i, c in enumerate(key)
-               if c == "." or key.startswith("_lora.", i))
+    if any(key[:i] in key_map for key in keys for i, c in enumerate(key) if c == "." or key.startswith("_lora.", i)):
+        return "model"
+    return "text encoder" if keys and all(TEXT_ENCODER.match(key) for key in keys) else "none"

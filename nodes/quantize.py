@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+import torch
 from comfy_api.latest import io
 
 from ..quant import codecs
@@ -22,8 +23,8 @@ from ..quant.patches import BakedLora, describe_loras
 from ..quant.speed import SpeedProfile
 from .chart import block_chart
 from .common import (BUILTIN_CHOICES, CATEGORY, ESTIMATE_CHOICE, PREFIX, TARGETS, MixedGGUF, cost_table, costs_choices,
-                     costs_path, file_state, imatrix_choices, imatrix_path, model_source, progress_bar,
-                     refuse_quantized, speed_profile)
+                     costs_path, diffusion_model, file_state, imatrix_choices, imatrix_path, model_source,
+                     progress_bar, refuse_quantized, speed_profile)
 from .loras import baked_loras, patched, refuse_hooks, without_patches
 
 
@@ -53,12 +54,16 @@ def summary(alloc: Allocation, mixed: MixedModel, costs_name: str, table: CostTa
     return "\n".join(lines)
 
 
+def runs_wrappers(module: torch.nn.Module, key: str) -> bool:
+    """Whether ComfyUI runs weight wrappers for tensor ``key``: a weight or bias of one of its layers."""
+    owner, _, leaf = key.rpartition(".")
+    return leaf in ("weight", "bias") and hasattr(module.get_submodule(owner), f"{leaf}_function")
+
+
 def lora_lines(loras: list[BakedLora], table: CostTable) -> str:
     """The LoRAs baked in, and the costs' where they were measured with others."""
     text = f"\nLoRAs baked in: {describe_loras(loras)}" if loras else ""
-    if not table.estimated and table.loras != loras and (table.loras or not table.provenance.get("means_only")):
-        text += f"\ncosts measured with LoRAs: {describe_loras(table.loras)}"
-    return text
+    return text + (f"\n{note}" if (note := table.other_loras(loras)) else "")
 
 
 class MixedGGUFQuantize(io.ComfyNode):
@@ -168,11 +173,12 @@ class MixedGGUFQuantize(io.ComfyNode):
                                progress=progress_bar(sum(math.prod(s) for s in source.shapes.values())),
                                predicted_cost=alloc.predicted_cost, imatrix=importance, imatrix_name=imatrix,
                                loras=loras)
-        # Each quantized weight, and each patched F32 weight or bias, comes from the mixed model as
-        # the file will hold it; patches on other tensors (norm scales) stay ComfyUI's to apply.
+        # Each quantized weight, and each patched F32 weight or bias of a ComfyUI layer, comes from
+        # the mixed model as the file will hold it; patches on other tensors (norm scales, plain
+        # modules' weights) stay ComfyUI's to apply.
         baked = {k.removeprefix(PREFIX) for k in model.patches}
         wrapped = [t.key for t in mixed.plan
-                   if t.qtype != "F32" or (t.key in baked and t.key.endswith((".weight", ".bias")))]
+                   if t.qtype != "F32" or (t.key in baked and runs_wrappers(diffusion_model(model), t.key))]
         out = without_patches(model, wrapped)
         for key in wrapped:
             out.add_weight_wrapper(PREFIX + key, DequantizedWeight(mixed, key))

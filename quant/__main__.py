@@ -144,9 +144,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     target = target_from(args)
     loras = [LoraSpec.parse(text) for text in args.lora or ()]
     if target is not None:
-        with checkpoint(Path(args.src), loras, args.device, hash_file=False) as (source, model, _):
+        with checkpoint(Path(args.src), loras, args.device, hash_file=False) as (source, model, baked):
             table = costs_for(model, source, args.costs, Path(args.imatrix) if args.imatrix else None)
             alloc = allocate(model, source.shapes, table, target, args, Path(args.src).stem)
+        if note := table.other_loras(baked):
+            logging.getLogger(__package__).info("%s; this file bakes in %s", note, describe_loras(baked))
         recipe = noting_costs(alloc.recipe, table, args.costs or 'built-in table')
         print(f"recipe for {target.describe()}: {describe_allocation(alloc, table)}")
     elif args.type is None and recipe is None:

@@ -160,6 +160,13 @@ class CostTable:
         """The LoRAs the model carried when the costs were measured (tables from before: none)."""
         return parse_loras(self.provenance.get(LORAS_KEY))
 
+    def other_loras(self, loras: Sequence[BakedLora]) -> str | None:
+        """What to tell someone quantizing a model with ``loras`` on these costs, where they were
+        measured with other LoRAs (a published table, of the base model, says nothing)."""
+        if self.estimated or self.loras == list(loras) or (self.provenance.get("means_only") and not self.loras):
+            return None
+        return f"costs measured with LoRAs: {describe_loras(self.loras)}"
+
     @property
     def measure(self) -> str:
         """What the costs are: measured final-state errors (tables from before this was recorded

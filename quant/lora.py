@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -156,14 +157,12 @@ def check_module(name: str, key: str, m: LoraModule, lora_shapes: Mapping[str, t
         raise LoraError(f"LoRA {name}: {key} has a {'down' if m.down else 'up'} matrix without its "
                         f"{'up' if m.down else 'down'} one")
     up, down = lora_shapes[m.up], lora_shapes[m.down]
-    rows, rank, cols = up[0], down[0], 1
-    for s in down[1:]:
-        cols *= s
-    numel = 1
-    for s in shape:
-        numel *= s
-    if len(up) < 2 or up[1] != rank or rows * cols != numel:
+    # up (out, rank[, 1, 1]) @ down (rank, in...) flattened, as ComfyUI multiplies them
+    if (len(up) < 2 or len(down) < 2 or math.prod(up[2:]) != 1 or up[0] != shape[0] or up[1] != down[0]
+            or math.prod(down[1:]) != math.prod(shape[1:])):
         raise LoraError(f"LoRA {name}: {key} is {shape}, its up {up} x down {down} is not")
+    if m.alpha and math.prod(lora_shapes[m.alpha]) != 1:
+        raise LoraError(f"LoRA {name}: {m.alpha} holds {lora_shapes[m.alpha]} values, not one alpha")
 
 
 @contextlib.contextmanager

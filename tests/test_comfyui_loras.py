@@ -30,13 +30,15 @@ BPW = midway_bpw(TINY, "Q4_K", "Q8_0")
 @pytest.fixture(scope="module")
 def loras(comfy: ComfyServer) -> dict[str, str]:
     """Random LoRAs in models/loras: two on this model (ComfyUI's generic keys and kohya's, rank 8
-    and 16, updates a tenth of the weights') and one made for Wan."""
+    and 16, updates a tenth of the weights'), one made for Wan, one for a text encoder only."""
     folder = comfy.base / "models" / "loras"
     folder.mkdir(exist_ok=True)
     files = {"a": random_lora(TINY, PATCHED, rank=8, seed=1, alpha=4.0),
              "b": random_lora(TINY, PATCHED[::2], rank=16, seed=2, kohya=True),
              "wan": {"diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.randn(64, 4),
-                     "diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.randn(4, 64)}}
+                     "diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.randn(4, 64)},
+             "te": {"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.randn(64, 4),
+                    "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.randn(4, 64)}}
     for name, sd in files.items():
         save_file(sd, folder / f"lora-{name}.safetensors")
     return {name: f"lora-{name}.safetensors" for name in files}
@@ -61,6 +63,18 @@ def quantized(comfy: ComfyServer, tiny: str, costs: str, chain: list[tuple[str, 
 
 def tensor_bytes(path: Path) -> dict[str, bytes]:
     return {t.name: np.asarray(t.data).tobytes() for t in gguf.GGUFReader(path).tensors}
+
+
+def cli_convert(comfy: ComfyServer, tiny: str, like: Path, folder: Path, *loras: str) -> Path:
+    """``convert`` of the tiny checkpoint with the recipe the file ``like`` records and ``loras``,
+    in ComfyUI's Python: the same torch as the server's, so the same float32 matrix products."""
+    recipe, out = folder / "recipe.yaml", folder / "cli.gguf"
+    recipe.write_text(read_summary(like)["metadata"]["mxgguf.recipe"])
+    r = subprocess.run([str(comfy.python), "-m", "quant", "convert", str(comfy.models / tiny), "--recipe", str(recipe),
+                        *[a for lora in loras for a in ("--lora", lora)], "-o", str(out)],
+                       cwd=PACK_ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out
 
 
 def test_baked_file_samples_as_quantizes_model(comfy: ComfyServer, tiny: str, tiny_costs: str, loras) -> None:
@@ -105,16 +119,9 @@ def test_stacked_loras_are_the_command_lines_sum(comfy: ComfyServer, tiny: str, 
     path, _ = quantized(comfy, tiny, tiny_costs, chain, "loras-stacked")
     summary = read_summary(path)
     assert summary["loras"] == [{"name": loras["a"], "strength": 0.5}, {"name": loras["b"], "strength": -1.0}]
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(summary["metadata"]["mxgguf.recipe"])
     folder = comfy.base / "models" / "loras"
-    out = tmp_path / "cli.gguf"
-    # ComfyUI's Python: the same torch as the server's, so the same float32 matrix products
-    r = subprocess.run([str(comfy.python), "-m", "quant", "convert", str(comfy.models / tiny), "--recipe", str(recipe),
-                        "--lora", f"{folder / loras['a']}:0.5", "--lora", f"{folder / loras['b']}:-1", "-o", str(out)],
-                       cwd=PACK_ROOT, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert tensor_bytes(out) == tensor_bytes(path)
+    cli = cli_convert(comfy, tiny, path, tmp_path, f"{folder / loras['a']}:0.5", f"{folder / loras['b']}:-1")
+    assert tensor_bytes(cli) == tensor_bytes(path)
     one, _ = quantized(comfy, tiny, tiny_costs, chain[:1], "loras-one")
     assert tensor_bytes(one) != tensor_bytes(path)
 
@@ -125,6 +132,19 @@ def test_lora_for_another_model_is_refused(comfy: ComfyServer, tiny: str, tiny_c
             quantized(comfy, tiny, tiny_costs, chain, "loras-foreign")
         assert "\n" not in str(e.value).strip()
     assert not list(comfy.unet.glob("loras-foreign*"))
+    # a LoRA of the text encoder only changes the CLIP: nothing to bake, nothing claimed
+    path, _ = quantized(comfy, tiny, tiny_costs, [(loras["te"], 1.0)], "loras-te")
+    assert read_summary(path)["loras"] == []
+
+
+def test_base_weights_are_read_where_a_lora_clone_patched_them(comfy: ComfyServer, tiny: str, tiny_costs: str, loras,
+                                                                tmp_path: Path) -> None:
+    """Sampling the LoRA'd clone patches the weights it shares with the plain model in place (and
+    leaves them so while it stays loaded): the plain model quantized next is still the checkpoint's."""
+    nodes, model = with_loras(tiny, [(loras["a"], 1.0)])
+    comfy.run({**nodes, **sampling(model, 13, "loras/in-place")})
+    path, _ = quantized(comfy, tiny, tiny_costs, [], "loras-base")
+    assert tensor_bytes(cli_convert(comfy, tiny, path, tmp_path)) == tensor_bytes(path)
 
 
 def test_capture_measures_the_patched_model_and_keeps_its_table_apart(comfy: ComfyServer, tiny: str,
@@ -143,6 +163,12 @@ def test_capture_measures_the_patched_model_and_keeps_its_table_apart(comfy: Com
     r = run_cli("merge", str(costs / tiny_costs), str(costs / "tiny-lora-costs.json"), "-o",
                 str(costs / "merged.json"))
     assert r.returncode == 2 and "different LoRAs" in r.stderr and not (costs / "merged.json").exists()
+    # Capture refuses at once to add the plain model's costs to the LoRA's file
+    kept = (costs / "tiny-lora-costs.json").read_bytes()
+    with pytest.raises(WorkflowError, match="tiny-lora-costs.json was measured with LoRAs lora-a.safetensors at 0.8"):
+        comfy.run({"load": loader(tiny), "capture": capture(["load", 0], "tiny-lora-costs", TINY_TYPES),
+                   **sampling(["capture", 0], 9, "loras/refused")})
+    assert (costs / "tiny-lora-costs.json").read_bytes() == kept
     # Quantize says so when the costs were measured with the same LoRAs (no warning line)
     path, entry = quantized(comfy, tiny, "tiny-lora-costs.json", [(loras["a"], 0.8)], "loras-captured")
     assert "costs measured with LoRAs" not in entry["outputs"]["quant"]["text"][0]

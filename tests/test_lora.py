@@ -113,9 +113,12 @@ def test_foreign_and_unread_loras_are_refused_in_one_line(tiny_checkpoint: Path,
     assert "format convert does not read" in refused(tiny_checkpoint, tmp_path, loha)
     half = {k: v for k, v in random_lora(TINY, PATCHED[:1]).items() if "down" in k}
     assert "has a down matrix without its up one" in refused(tiny_checkpoint, tmp_path, half)
-    wrong = random_lora(TINY, PATCHED[:1])
-    wrong["diffusion_model.double_blocks.0.img_attn.qkv.lora_down.weight"] = torch.zeros(8, 7)
-    assert "double_blocks.0.img_attn.qkv.weight is (768, 256)" in refused(tiny_checkpoint, tmp_path, wrong)
+    up = "diffusion_model.double_blocks.0.img_attn.qkv.lora_up.weight"
+    down = "diffusion_model.double_blocks.0.img_attn.qkv.lora_down.weight"
+    for bad in ({down: torch.zeros(8, 7)}, {up: torch.zeros(256, 8), down: torch.zeros(8, 768)}, {down: torch.zeros(8)},
+                {up: torch.zeros(768, 8, 3, 3)}, {"diffusion_model.double_blocks.0.img_attn.qkv.alpha": torch.ones(2)}):
+        wrong = {**random_lora(TINY, PATCHED[:1]), **bad}
+        assert "double_blocks.0.img_attn.qkv" in refused(tiny_checkpoint, tmp_path, wrong)
 
 
 def test_text_encoder_keys_are_left_out(tiny_checkpoint: Path, tmp_path: Path, lora_a) -> None:
