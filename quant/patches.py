@@ -68,12 +68,19 @@ def patched_source(source: Source, patch: PatchFn, keys: Collection[str],
     def float32(x: torch.Tensor) -> torch.Tensor:
         return x.to(device=device or "cpu", dtype=torch.float32, copy=True)
 
+    def patched(key: str, rows: torch.Tensor, start: int) -> torch.Tensor:
+        out = patch(key, float32(rows), start)
+        if out.shape != rows.shape:
+            raise ValueError(f"weight patches change {key} from {tuple(rows.shape)} to {tuple(out.shape)}; "
+                             f"a file of this model cannot hold that (a LoRA for a resized model?)")
+        return out
+
     def read(key: str) -> torch.Tensor:
-        return patch(key, float32(source.read(key)), 0) if key in keys else source.read(key)
+        return patched(key, source.read(key), 0) if key in keys else source.read(key)
 
     def read_rows(key: str, start: int, stop: int) -> torch.Tensor:
         rows = source.rows(key, start, stop)
-        return patch(key, float32(rows), start) if key in keys else rows
+        return patched(key, rows, start) if key in keys else rows
 
     dtypes = None if source.dtypes is None else {k: torch.float32 if k in keys else d
                                                    for k, d in source.dtypes.items()}

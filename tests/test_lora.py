@@ -140,3 +140,19 @@ def test_chunks_of_rows_change_no_byte(tiny_checkpoint: Path, tmp_path: Path, lo
     chunked = [tensor_bytes(convert(tiny_checkpoint, tmp_path / f"c{i}.gguf", *lora)) for i, lora in
                enumerate([(), (f"{lora_a[0]}:0.7",)])]
     assert chunked == whole
+
+
+def test_patched_source_refuses_patches_it_cannot_hold() -> None:
+    from quant.checkpoint import state_dict_source
+    from quant.patches import patched_source
+
+    sd = {"a.weight": torch.ones(4, 4), "b.bias": torch.ones(4)}
+    source = state_dict_source(sd, "m")
+    with pytest.raises(ValueError, match="name 1 tensors m does not have, e.g. 'c.weight'"):
+        patched_source(source, lambda key, rows, start: rows, {"c.weight"})
+    grown = patched_source(source, lambda key, rows, start: torch.zeros(5, 4), {"a.weight"})
+    with pytest.raises(ValueError, match=r"change a.weight from \(4, 4\) to \(5, 4\)"):
+        grown.read("a.weight")
+    doubled = patched_source(source, lambda key, rows, start: rows * 2, {"a.weight"})
+    assert torch.equal(doubled.read("a.weight"), 2 * sd["a.weight"]) and doubled.read("b.bias") is sd["b.bias"]
+    assert doubled.base is source and sd["a.weight"].eq(1).all()  # the base is never written
