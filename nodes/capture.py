@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -30,7 +30,7 @@ from ..quant.capture_file import save_capture
 from ..quant.costs import FINAL_HIDDEN_STATE, CostError, accumulate, load_costs, model_fingerprint
 from ..quant.imatrix import Imatrix, add_to_file, linear_inputs
 from ..quant.models import Model
-from ..quant.patches import LORAS_KEY, BakedLora, describe_loras
+from ..quant.patches import LORAS_KEY, BakedLora, describe_loras, lora_records
 from ..quant.replay import MEASURES, BlockReplay, ModuleWeights, replay_sweep
 from .common import CATEGORY, costs_path, diffusion_model, model_source, progress_bar, refuse_quantized
 from .loras import baked_loras
@@ -148,7 +148,7 @@ class CaptureSession:
                               "measure": self.measure,
                               "block_forwards_per_sample": result.block_forwards / len(captured),
                               "recorded_bytes_per_sample": max(recorded_bytes),
-                              **({LORAS_KEY: [asdict(lora) for lora in self.loras]} if self.loras else {})})
+                              **({LORAS_KEY: lora_records(self.loras)} if self.loras else {})})
         accumulate(self.costs_file, table)  # atomic: a Cancel before this leaves the file as it was
 
     @staticmethod

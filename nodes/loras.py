@@ -23,6 +23,7 @@ from ..quant.lora import TEXT_ENCODER
 from ..quant.patches import BakedLora, patched_source
 from .common import PREFIX
 
+
 def refuse_hooks(model) -> None:
     """Scheduled LoRAs (hooks) change the weights per conditioning while sampling: no one file holds them."""
     if getattr(model, "hook_patches", None):

@@ -13,7 +13,7 @@ import os
 import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import yaml
 
 from .models import detect, family
 from .atomic import atomic_output
-from .patches import LORAS_KEY, parse_loras
+from .patches import LORAS_KEY, lora_records, parse_loras
 from .recipe import Recipe, recipe_yaml
 from .tensor_plan import TensorPlan, average_bpw
 
@@ -185,7 +185,7 @@ def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
         "blocks": ["+".join(sorted(c)) if c else "-" for c in per_block],
         "type_params": dict(type_params),
         "costs": _recipe_notes(meta).get("costs"),
-        "loras": [asdict(lora) for lora in parse_loras(meta.get(f"{PACK_KEY}.{LORAS_KEY}"))],
+        "loras": lora_records(parse_loras(meta.get(f"{PACK_KEY}.{LORAS_KEY}"))),
         "metadata": meta,
     }
 

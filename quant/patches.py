@@ -41,8 +41,13 @@ def describe_loras(loras: Sequence[BakedLora]) -> str:
     return ", ".join(lora.describe() for lora in loras) if loras else "none"
 
 
+def lora_records(loras: Sequence[BakedLora]) -> list[dict[str, Any]]:
+    """The LoRAs as a file, a table or ``inspect --json`` records them: {"name", "strength"} each."""
+    return [asdict(lora) for lora in loras]
+
+
 def loras_json(loras: Sequence[BakedLora]) -> str:
-    return json.dumps([asdict(lora) for lora in loras])
+    return json.dumps(lora_records(loras))
 
 
 def parse_loras(value: Any) -> list[BakedLora]:

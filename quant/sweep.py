@@ -14,7 +14,6 @@ measured with it. Samples of one shape run as one batch where the stack can join
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
